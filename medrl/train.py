@@ -1,41 +1,62 @@
 """Hydra entry point: `python -m medrl.train [overrides]` (`--cfg job` prints the composition).
 
-The run: compose the config, check that every requested stage exists, seed, instantiate the
-components in one place (medrl.components), then run the stages in order.
+The run: check that every requested stage exists, instantiate the run's pieces in one place
+(medrl.components), seed, then run the stages in order, each starting from the previous stage's
+checkpoint. Returns `optimized_metric` for sweepers.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+import lightning.pytorch as pl
+from omegaconf import DictConfig
 
-from medrl.components import build_specs
+from medrl.components import build_pools, build_specs
+from medrl.stages.context import RunContext, StageOutcome, StagePoint
+from medrl.stages.evaluate import run_eval
+from medrl.stages.grpo import run_grpo
+from medrl.stages.sft import run_sft
+from medrl.stages.start import base_point
 from medrl.utils.config import CONFIG_DIR
 
 log = logging.getLogger(__name__)
 
-# Stage name -> runner. Runners arrive with their issues (sft, grpo, eval); until a stage is
-# registered here, asking for it fails at once, before any data or weights load.
-STAGE_RUNNERS: dict[str, object] = {}
+StageRunner = Callable[[RunContext, Sequence[StagePoint]], StageOutcome]
+# Stage name -> runner. A runner gets the chain so far and returns its checkpoint (or None).
+STAGE_RUNNERS: dict[str, StageRunner] = {"sft": run_sft, "grpo": run_grpo, "eval": run_eval}
 
 
-def check_stages(stages: list[str]) -> None:
+def check_stages(stages: Sequence[str]) -> None:
+    """Fail before any data or weights load if a stage has no runner."""
     unknown = [stage for stage in stages if stage not in STAGE_RUNNERS]
     if unknown:
-        available = sorted(STAGE_RUNNERS) or "none yet"
         raise ValueError(
-            f"stages={list(stages)}: no runner for {unknown}; available stages: {available}"
+            f"stages={list(stages)}: no runner for {unknown}; "
+            f"available stages: {sorted(STAGE_RUNNERS)}"
         )
 
 
 def run(cfg: DictConfig) -> float | None:
+    """Run `cfg.stages` and return the value of `cfg.optimized_metric` (None if not produced)."""
     check_stages(list(cfg.stages))
     specs = build_specs(cfg)
-    log.info("run specs: %s", specs)
-    log.info("resolved config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
-    return None
+    pl.seed_everything(cfg.seed, workers=True)
+    pools = build_pools(specs)
+    ctx = RunContext(cfg=cfg, specs=specs, pools=pools, output_dir=Path(cfg.paths.output_dir))
+    chain = [base_point(specs.model, cfg.get("init_from"))]
+    metrics: dict[str, float] = {}
+    for stage in cfg.stages:
+        log.info("stage %s starts from %s", stage, chain[-1].name)
+        outcome = STAGE_RUNNERS[stage](ctx, chain)
+        metrics.update(outcome.metrics)
+        if outcome.point is not None:
+            chain.append(outcome.point)
+    log.info("run finished; outputs in %s", ctx.output_dir)
+    return metrics.get(cfg.optimized_metric)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")

@@ -55,3 +55,13 @@ def compose(tmp_path):
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture
+def tiny_spec(compose, shared_dir, tmp_path_factory):
+    """The tiny_qwen3 ModelSpec from conf/, cached in a per-session folder."""
+    from hydra.utils import instantiate
+
+    spec = instantiate(compose("train", ["model=tiny_qwen3"]).model)
+    spec.cache_dir = str(tmp_path_factory.getbasetemp() / "model-cache")
+    return spec

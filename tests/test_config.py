@@ -56,8 +56,10 @@ def assert_targets_bind(cfg: DictConfig) -> None:
         target = get_object(node._target_)
         kwargs = {k: v for k, v in node.items() if not str(k).startswith("_")}
         args = node.get("_args_", [])
+        # A partial target gets its remaining arguments (e.g. the model) from the stage runner.
+        bind = "bind_partial" if node.get("_partial_", False) else "bind"
         try:
-            inspect.signature(target).bind(*args, **kwargs)
+            getattr(inspect.signature(target), bind)(*args, **kwargs)
         except TypeError as error:
             pytest.fail(f"{path}: {node._target_} does not accept {sorted(kwargs)}: {error}")
 

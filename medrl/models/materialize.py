@@ -29,6 +29,8 @@ def materialize(spec: ModelSpec) -> str:
     """
     if spec.source == "pretrained":
         return str(spec.path)
+    if spec.source == "checkpoint":
+        return str(Path(str(spec.path)) / "merged")
     if spec.source == "gguf":
         return str(_cached(_gguf_cache_dir(spec), lambda out: _convert_gguf(spec, out)))
     return str(_cached(_tiny_cache_dir(spec), lambda out: _build_tiny(spec, out)))
@@ -64,6 +66,7 @@ def _cached(folder: Path, build) -> Path:
         build(staging)
         if (folder / "config.json").is_file():  # another process won the race
             return folder
+        staging.chmod(0o755)  # mkdtemp makes it owner-only; the cache is shared
         staging.rename(folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

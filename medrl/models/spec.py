@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-MODEL_SOURCES = ("pretrained", "gguf", "tiny_random")
+MODEL_SOURCES = ("pretrained", "gguf", "tiny_random", "checkpoint")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -25,6 +25,8 @@ class ModelSpec:
       tiny_random: a randomly initialised model of `architecture` built from `tiny_config` with
                    the tokenizer at `tokenizer_path`, seeded with `init_seed`, cached under
                    `cache_dir`; for tests of real code paths (e.g. the Qwen3 chat template).
+      checkpoint:  `path` is a medrl stage checkpoint folder; its merged weights are loaded
+                   (the stage that starts from it checks its lineage manifest).
     dtype: weights dtype; `auto` = bfloat16 on a CUDA device that supports it, else float32.
     chat_template_kwargs: passed to the tokenizer's chat template (e.g. enable_thinking=False
       for Qwen3), recorded with every run.
@@ -57,6 +59,7 @@ class ModelSpec:
             "pretrained": ("path",),
             "gguf": ("gguf_package", "gguf_file", "cache_dir"),
             "tiny_random": ("architecture", "tokenizer_path", "cache_dir"),
+            "checkpoint": ("path",),
         }[self.source]
         for key in required:
             if getattr(self, key) in (None, ""):

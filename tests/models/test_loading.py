@@ -18,14 +18,6 @@ from medrl.models import (
 )
 
 
-@pytest.fixture
-def tiny_spec(compose, shared_dir, tmp_path_factory) -> ModelSpec:
-    """The tiny_qwen3 spec from conf/, cached in a per-session folder."""
-    spec = instantiate(compose("train", ["model=tiny_qwen3"]).model)
-    spec.cache_dir = str(tmp_path_factory.getbasetemp() / "model-cache")
-    return spec
-
-
 def forward_backward(policy) -> torch.Tensor:
     ids = policy.tokenizer("Which vitamin is found only in animal products?", return_tensors="pt")
     out = policy.model(input_ids=ids.input_ids, labels=ids.input_ids)

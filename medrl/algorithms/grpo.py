@@ -1,0 +1,498 @@
+"""GRPO as a LightningModule with manual optimization: one training_step = one rollout step.
+
+Per step: B prompts -> G completions each -> rewards [B, G] -> group advantages -> reference
+log-probs (adapters disabled, or a frozen copy for full fine-tuning; none when beta = 0) ->
+mu passes over micro-batches (gradient accumulation, clipping, optimizer and scheduler steps).
+With mu = 1 the old log-probs are the current ones detached (no extra forward pass).
+All math is in medrl.algorithms.core; this module moves tensors and logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import random
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from medrl.algorithms.core import AGGREGATIONS, group_advantages, grpo_loss
+from medrl.algorithms.optim import build_optimizer
+from medrl.data.records import QARecord
+from medrl.prompts import build_messages, render_prompt
+from medrl.prompts.base import OutputFormat
+from medrl.rewards import RewardSample, RewardSet
+from medrl.rollout import (
+    Rollout,
+    SamplingSettings,
+    completion_logprobs,
+    eval_mode,
+    generate,
+    merge_rollouts,
+)
+
+
+@dataclass(frozen=True)
+class AdvantageSettings:
+    """See core.group_advantages: std_scope group | batch | none, population | unbiased."""
+
+    std_scope: str = "group"
+    std_estimator: str = "population"
+    eps: float = 1e-4
+
+
+@dataclass(frozen=True)
+class ClipSettings:
+    """PPO clip range [1 - eps_low, 1 + eps_high] (clip-higher when eps_high > eps_low)."""
+
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    dual_clip: float | None = None
+
+
+@dataclass(frozen=True)
+class KLSettings:
+    """KL(pi || pi_ref) in the loss with coefficient beta; beta = 0 loads no reference."""
+
+    beta: float = 0.04
+    estimator: str = "k3"
+
+
+@dataclass(frozen=True)
+class DynamicSampling:
+    """Drop groups whose rewards are all equal and draw more prompts, at most max_extra_draws
+    extra batches of B prompts per step (DAPO's dynamic sampling)."""
+
+    enabled: bool = False
+    max_extra_draws: int = 0
+
+
+@dataclass
+class RolloutBatch:
+    """One step's rollout, local to the step: prompts, samples, rewards and advantages."""
+
+    records: list[QARecord]  # B
+    rollout: Rollout  # N = B*G rows, prompt-major
+    rewards: torch.Tensor  # [B, G]
+    adv: torch.Tensor  # [N]
+    components: list[dict[str, float]]  # N per-completion unweighted component rewards
+    extra_draws: int = 0  # dynamic sampling: extra batches of prompts drawn for this step
+
+
+class PromptSampler:
+    """Endless seeded passes over the prompt pool; the position is part of resumable state."""
+
+    def __init__(self, records: Sequence[QARecord], seed: int) -> None:
+        if not records:
+            raise ValueError("the GRPO pool is empty")
+        self.records = list(records)
+        self.seed = seed
+        self.position = 0
+        self._epoch = -1
+        self._order: list[int] = []
+
+    def take(self, count: int) -> list[QARecord]:
+        batch = [self._at(self.position + i) for i in range(count)]
+        self.position += count
+        return batch
+
+    def _at(self, index: int) -> QARecord:
+        epoch, offset = divmod(index, len(self.records))
+        if self._epoch != epoch:  # a fresh seeded order for every pass over the pool
+            self._order = list(range(len(self.records)))
+            random.Random(self.seed + epoch).shuffle(self._order)
+            self._epoch = epoch
+        return self.records[self._order[offset]]
+
+
+class GRPOModule(pl.LightningModule):
+    """GRPO on a policy (peft LoRA / QLoRA or full fine-tuning).
+
+    Args (all but the first five come from conf/grpo/):
+        model, tokenizer: the policy; with a peft model the reference is the same weights with
+            adapters disabled, i.e. the policy the stage started from.
+        prompts: the GRPO pool; rewards: the reward set; output_format: renders the prompts.
+        chat_template_kwargs: passed to the chat template (enable_thinking ...).
+        prompts_per_step (B), group_size (G), mu (update passes per rollout),
+        micro_batch_size (completions per forward/backward), sampling, advantage, clip, kl,
+        loss_aggregation, mask_truncated (truncated completions get no loss), dynamic_sampling,
+        lr, weight_decay, warmup_ratio, scheduler, grad_clip, seed, sample_table_every (log a
+        table of completions every N rollout steps; 0 = never).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        prompts: Sequence[QARecord],
+        rewards: RewardSet,
+        output_format: OutputFormat,
+        chat_template_kwargs: dict[str, Any] | None = None,
+        prompts_per_step: int = 4,
+        group_size: int = 4,
+        mu: int = 1,
+        micro_batch_size: int = 4,
+        sampling: SamplingSettings | None = None,
+        advantage: AdvantageSettings | None = None,
+        clip: ClipSettings | None = None,
+        kl: KLSettings | None = None,
+        loss_aggregation: str = "seq_mean_token_mean",
+        mask_truncated: bool = False,
+        dynamic_sampling: DynamicSampling | None = None,
+        lr: float = 5e-6,
+        weight_decay: float = 0.0,
+        warmup_ratio: float = 0.0,
+        scheduler: str = "constant",
+        grad_clip: float = 1.0,
+        seed: int = 0,
+        sample_table_every: int = 10,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.model = model
+        self.tokenizer = tokenizer
+        self.rewards = rewards
+        self.output_format = output_format
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
+        self.B, self.G, self.mu = prompts_per_step, group_size, mu
+        self.micro_batch_size = micro_batch_size
+        self.sampling = sampling or SamplingSettings()
+        self.advantage = advantage or AdvantageSettings()
+        self.clip = clip or ClipSettings()
+        self.kl = kl or KLSettings()
+        self.loss_aggregation = loss_aggregation
+        self.mask_truncated = mask_truncated
+        self.dynamic_sampling = dynamic_sampling or DynamicSampling()
+        self.optim = dict(
+            lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio, scheduler=scheduler
+        )
+        self.grad_clip = grad_clip
+        self.seed = seed
+        self.sample_table_every = sample_table_every
+        self.sampler = PromptSampler(prompts, seed)
+        self.rollout_step = 0
+        self._check()
+        # beta = 0: no reference at all. Full fine-tuning: a frozen copy of the start weights.
+        self.reference = None
+        if self.kl.beta > 0 and not _is_peft(model):
+            self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def _check(self) -> None:
+        if self.loss_aggregation not in AGGREGATIONS:
+            raise ValueError(
+                f"grpo loss_aggregation={self.loss_aggregation!r}; valid: {list(AGGREGATIONS)}"
+            )
+        if self.G < 2 and self.advantage.std_scope != "none":
+            raise ValueError("grpo group_size must be >= 2 when the advantage divides by a std")
+        if min(self.B, self.mu, self.micro_batch_size) < 1:
+            raise ValueError("grpo prompts_per_step, mu and micro_batch_size must be >= 1")
+
+    def conventions(self) -> dict[str, Any]:
+        """The resolved GRPO variant: every convention that changes the math, as one record."""
+        return {
+            "prompts_per_step": self.B,
+            "group_size": self.G,
+            "mu": self.mu,
+            "micro_batch_size": self.micro_batch_size,
+            "sampling": asdict(self.sampling),
+            "advantage": asdict(self.advantage),
+            "clip": asdict(self.clip),
+            "kl": asdict(self.kl),
+            "loss_aggregation": self.loss_aggregation,
+            "mask_truncated": self.mask_truncated,
+            "dynamic_sampling": asdict(self.dynamic_sampling),
+            "reference": self._reference_kind(),
+            "optimizer": self.optim,
+            "grad_clip": self.grad_clip,
+        }
+
+    def _reference_kind(self) -> str:
+        if self.kl.beta == 0:
+            return "none (beta = 0)"
+        return "start weights, adapters disabled" if _is_peft(self.model) else "frozen copy"
+
+    # --- Lightning hooks -----------------------------------------------------------------
+
+    def on_train_start(self) -> None:
+        for logger in self.loggers:
+            logger.log_hyperparams({"grpo": self.conventions()})
+
+    def configure_optimizers(self):
+        optimizer, scheduler = build_optimizer(
+            self.model, total_steps=int(self.trainer.max_steps), **self.optim
+        )
+        return [optimizer], [{"scheduler": scheduler, "interval": "step"}]
+
+    def training_step(self, batch: Any, batch_idx: int) -> None:
+        timings: dict[str, float] = {}
+        step = self._collect_rollout(timings)
+        with _timed(timings, "reference"):
+            ref_logp = self._reference_logprobs(step.rollout)
+        with _timed(timings, "update"):
+            update_metrics = self._update(step, ref_logp)
+        self.rollout_step += 1
+        metrics = {**self._rollout_metrics(step), **update_metrics}
+        metrics.update({f"time/{k}": v for k, v in timings.items()})
+        tokens = sum(step.rollout.num_tokens)
+        metrics["time/generated_tokens_per_s"] = tokens / max(timings["generate"], 1e-9)
+        metrics["rollout/step"] = float(self.rollout_step)
+        total = metrics.pop("reward/total")
+        self.log_dict(metrics, batch_size=len(step.rollout))
+        self.log("reward/total", total, prog_bar=True, batch_size=len(step.rollout))
+        self._maybe_log_samples(step)
+
+    # --- rollout ---------------------------------------------------------------------------
+
+    def _collect_rollout(self, timings: dict[str, float]) -> RolloutBatch:
+        step = self._score(self.sampler.take(self.B), timings)
+        if not self.dynamic_sampling.enabled:
+            return step
+        kept, draws = _groups_with_signal(step), 0
+        while len(kept) < self.B and draws < self.dynamic_sampling.max_extra_draws:
+            kept += _groups_with_signal(self._score(self.sampler.take(self.B), timings))
+            draws += 1
+        # Nothing with signal even after the extra draws: train on the first draw (its
+        # advantages are 0, so the update only moves the KL term) and let the metrics show it.
+        merged = (
+            _merge_groups(kept[: self.B], self.G, self.tokenizer.pad_token_id) if kept else step
+        )
+        merged.extra_draws = draws
+        return merged
+
+    def _score(self, records: list[QARecord], timings: dict[str, float]) -> RolloutBatch:
+        prompts = [
+            render_prompt(
+                self.tokenizer, build_messages(r, self.output_format), self.chat_template_kwargs
+            )
+            for r in records
+        ]
+        with _timed(timings, "generate"), eval_mode(self.model):
+            rollout = generate(
+                self.model, self.tokenizer, prompts, self.sampling, num_samples=self.G
+            )
+        with _timed(timings, "score"):
+            scores = [
+                self.rewards.score(text, RewardSample(records[g], self.output_format, n))
+                for text, g, n in zip(
+                    rollout.texts, rollout.group_index, rollout.num_tokens, strict=True
+                )
+            ]
+        rewards = torch.tensor([s.total for s in scores]).view(len(records), self.G)  # [B, G]
+        adv, _ = group_advantages(rewards, **asdict(self.advantage))  # [B, G]
+        return RolloutBatch(
+            records, rollout, rewards, adv.reshape(-1), [s.components for s in scores]
+        )
+
+    # --- log-probs -------------------------------------------------------------------------
+
+    def _reference_logprobs(self, rollout: Rollout) -> torch.Tensor | None:
+        if self.kl.beta == 0:
+            return None
+        context = (
+            self.model.disable_adapter() if self.reference is None else contextlib.nullcontext()
+        )
+        model = self.model if self.reference is None else self.reference
+        with torch.no_grad(), context, eval_mode(model):
+            return torch.cat(
+                [self._logprobs(model, rollout, rows) for rows in self._micro_batches(len(rollout))]
+            )
+
+    def _logprobs(self, model: nn.Module, rollout: Rollout, rows: slice, entropy: bool = False):
+        return completion_logprobs(
+            model,
+            rollout.prompt_ids[rows],
+            rollout.prompt_mask[rows],
+            rollout.completion_ids[rows],
+            rollout.completion_mask[rows],
+            temperature=self.sampling.temperature,
+            return_entropy=entropy,
+        )
+
+    def _micro_batches(self, n: int) -> Iterator[slice]:
+        for start in range(0, n, self.micro_batch_size):
+            yield slice(start, min(start + self.micro_batch_size, n))
+
+    # --- update ----------------------------------------------------------------------------
+
+    def _update(self, step: RolloutBatch, ref_logp: torch.Tensor | None) -> dict[str, float]:
+        rollout = step.rollout
+        mask = self._loss_mask(rollout)  # [N, C]
+        old_logp = None
+        if self.mu > 1:  # the sampling policy's log-probs, before any update of this step
+            with torch.no_grad():
+                old_logp = torch.cat(
+                    [
+                        self._logprobs(self.model, rollout, rows)
+                        for rows in self._micro_batches(len(rollout))
+                    ]
+                )
+        optimizer = self.optimizers()
+        scheduler = self.lr_schedulers()
+        totals = dict(total_sequences=len(rollout), total_tokens=int(mask.sum()))
+        sums: Counter[str] = Counter()
+        # Every pass runs in eval mode: dropout off, so the same weights give the same log-probs
+        # in the rollout, reference, old and policy passes (gradients flow all the same).
+        self.model.eval()
+        for _ in range(self.mu):
+            optimizer.zero_grad()
+            for rows in self._micro_batches(len(rollout)):
+                logp, entropy = self._logprobs(self.model, rollout, rows, entropy=True)
+                old = logp.detach() if old_logp is None else old_logp[rows]
+                loss, metrics = grpo_loss(
+                    logp,
+                    old,
+                    None if ref_logp is None else ref_logp[rows],
+                    step.adv[rows],
+                    mask[rows].to(logp.device),
+                    eps_low=self.clip.eps_low,
+                    eps_high=self.clip.eps_high,
+                    dual_clip=self.clip.dual_clip,
+                    beta=self.kl.beta,
+                    kl_estimator=self.kl.estimator,
+                    aggregation=self.loss_aggregation,
+                    max_completion_length=self.sampling.max_new_tokens,
+                    **totals,
+                )
+                self.manual_backward(loss)
+                weight = (rows.stop - rows.start) / len(rollout)
+                sums.update({k: v * weight for k, v in metrics.items()})
+                sums["loss"] += loss.item()
+                sums["entropy"] += (entropy.sum() / max(totals["total_tokens"], 1)).item()
+            sums["grad_norm"] += _grad_norm(self.model)  # before clipping
+            self.clip_gradients(
+                optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm"
+            )
+            optimizer.step()
+            scheduler.step()
+        train = {k: sums.pop(k) / self.mu for k in ("entropy", "grad_norm")}
+        metrics = {f"loss/{k}": v / self.mu for k, v in sums.items()}
+        metrics.update({f"train/{k}": v for k, v in train.items()})
+        return metrics
+
+    def _loss_mask(self, rollout: Rollout) -> torch.Tensor:
+        mask = rollout.completion_mask.float()  # [N, C]
+        if self.mask_truncated:
+            keep = torch.tensor([not t for t in rollout.truncated], dtype=mask.dtype)  # [N]
+            mask = mask * keep.unsqueeze(1)
+        return mask
+
+    # --- observability -----------------------------------------------------------------------
+
+    def _rollout_metrics(self, step: RolloutBatch) -> dict[str, float]:
+        rollout, parsed = step.rollout, self._parsed(step)
+        totals = step.rewards.view(-1)  # [N]
+        metrics = {
+            "reward/total": totals.mean().item(),
+            "reward/total_std": totals.std(correction=0).item(),
+            "reward/parse_fail": sum(not p.format_ok for p in parsed) / len(parsed),
+            "adv/mean": step.adv.mean().item(),
+            "adv/std": step.adv.std(correction=0).item(),
+            "adv/min": step.adv.min().item(),
+            "adv/max": step.adv.max().item(),
+        }
+        for name in self.rewards.names:
+            values = torch.tensor([c[name] for c in step.components])  # [N]
+            metrics[f"reward/{name}"] = values.mean().item()
+            metrics[f"reward/{name}_std"] = values.std(correction=0).item()
+        correct = self._correct(step, parsed).view(-1, self.G)  # [B, G]
+        zero_std = step.rewards.max(1).values == step.rewards.min(1).values  # [B]
+        lengths = torch.tensor(rollout.num_tokens, dtype=torch.float)  # [N]
+        metrics.update(
+            {
+                "rollout/frac_zero_std": zero_std.float().mean().item(),
+                "rollout/frac_zero_std_all_correct": (zero_std & correct.all(1))
+                .float()
+                .mean()
+                .item(),
+                "rollout/frac_zero_std_all_wrong": (zero_std & ~correct.any(1))
+                .float()
+                .mean()
+                .item(),
+                "rollout/completion_len_mean": lengths.mean().item(),
+                "rollout/completion_len_min": lengths.min().item(),
+                "rollout/completion_len_max": lengths.max().item(),
+                "rollout/frac_truncated": sum(rollout.truncated) / len(rollout),
+                "rollout/extra_draws": float(step.extra_draws),
+            }
+        )
+        answers = Counter(p.answer if p.answer is not None else "none" for p in parsed)
+        labels = [*step.records[0].labels, "none"]
+        metrics.update({f"rollout/predicted_{a}": answers[a] / len(parsed) for a in labels})
+        return metrics
+
+    def _parsed(self, step: RolloutBatch):
+        return [
+            self.output_format.parse(text, step.records[g].labels)
+            for text, g in zip(step.rollout.texts, step.rollout.group_index, strict=True)
+        ]
+
+    def _correct(self, step: RolloutBatch, parsed) -> torch.Tensor:
+        return torch.tensor(
+            [
+                p.answer is not None and p.answer == step.records[g].answer
+                for p, g in zip(parsed, step.rollout.group_index, strict=True)
+            ]
+        )
+
+    def _maybe_log_samples(self, step: RolloutBatch) -> None:
+        if not self.sample_table_every or (self.rollout_step - 1) % self.sample_table_every:
+            return
+        columns = ["rollout_step", "id", "completion", "total_reward", *self.rewards.names]
+        rows = [
+            [
+                self.rollout_step,
+                step.records[g].id,
+                text,
+                float(step.rewards.view(-1)[i]),
+                *[step.components[i][n] for n in self.rewards.names],
+            ]
+            for i, (text, g) in enumerate(
+                zip(step.rollout.texts, step.rollout.group_index, strict=True)
+            )
+        ]
+        for logger in self.loggers:
+            if hasattr(logger, "log_text"):
+                logger.log_text(key="samples", columns=columns, data=rows)
+
+
+def _grad_norm(model: nn.Module) -> float:
+    grads = [p.grad.norm() for p in model.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(grads)).item() if grads else 0.0
+
+
+def _is_peft(model: nn.Module) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    """Add the block's wall time to timings[name] (several draws per step add up)."""
+    start = time.perf_counter()
+    yield
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+
+def _groups_with_signal(step: RolloutBatch) -> list[tuple[RolloutBatch, int]]:
+    varied = step.rewards.max(1).values != step.rewards.min(1).values  # [B]
+    return [(step, b) for b in range(len(step.records)) if varied[b]]
+
+
+def _merge_groups(groups: list[tuple[RolloutBatch, int]], G: int, pad_id: int) -> RolloutBatch:
+    """One RolloutBatch made of whole groups taken from several rollouts (dynamic sampling)."""
+    parts = [(step.rollout, range(b * G, (b + 1) * G)) for step, b in groups]
+    rollout = merge_rollouts(parts, pad_id)
+    rows = [i for step, b in groups for i in range(b * G, (b + 1) * G)]
+    steps = [step for step, b in groups for _ in range(G)]
+    return RolloutBatch(
+        records=[step.records[b] for step, b in groups],
+        rollout=rollout,
+        rewards=torch.stack([step.rewards[b] for step, b in groups]),
+        adv=torch.stack([s.adv[i] for s, i in zip(steps, rows, strict=True)]),
+        components=[s.components[i] for s, i in zip(steps, rows, strict=True)],
+    )

@@ -1,0 +1,42 @@
+"""AdamW with a warm-up + decay schedule, shared by the SFT and GRPO modules."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+
+
+def build_optimizer(
+    model: nn.Module,
+    *,
+    lr: float,
+    weight_decay: float,
+    warmup_ratio: float,
+    scheduler: str,
+    total_steps: int,
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW over the trainable parameters and a transformers schedule over `total_steps`.
+
+    Weight decay skips biases and normalization weights (1-D tensors), as is standard.
+    """
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"scheduler={scheduler!r} is not valid; choose one of {list(SCHEDULERS)}")
+    from transformers import get_scheduler
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError("the model has no trainable parameters (check the adapter config)")
+    groups = [
+        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+    schedule = get_scheduler(
+        SCHEDULERS[scheduler],
+        optimizer,
+        num_warmup_steps=int(warmup_ratio * total_steps),
+        num_training_steps=max(total_steps, 1),
+    )
+    return optimizer, schedule

@@ -1,0 +1,234 @@
+"""Per-item predictions on an evaluation pool, their JSONL files, and a first metrics summary.
+
+Predictions are kept per item (not only as an accuracy) so any two checkpoints can later be
+compared on the same items with paired tests. Parsing is strict: a completion the output format
+cannot parse has no answer and counts as wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import MISSING, asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from medrl.data.records import QARecord
+from medrl.prompts import OutputFormat, build_messages, render_prompt
+from medrl.rollout import SamplingSettings, generate
+
+# The two-sided 95% normal quantile, Phi^-1(0.975).
+Z_95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One model answer to one record, with everything needed to score it again later.
+
+    answer:      the strictly parsed label, or None when the completion does not parse.
+    gold:        the record's answer; correct = (answer == gold).
+    format_ok / json_valid / schema_ok / error: as in `medrl.prompts.ParsedCompletion`.
+    num_tokens:  generated tokens, the eos included; truncated: no eos within max_new_tokens.
+    """
+
+    id: str
+    prompt: str
+    completion: str
+    answer: str | None
+    gold: str
+    correct: bool
+    format_ok: bool
+    json_valid: bool
+    schema_ok: bool
+    num_tokens: int
+    truncated: bool
+    subject: str | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (one JSONL line of `write_predictions`)."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Prediction:
+        """Inverse of `to_json`; unknown or missing keys raise ValueError naming them."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(
+                f"unknown prediction keys {unknown}; expected a subset of {sorted(names)}"
+            )
+        required = {f.name for f in fields(cls) if f.default is MISSING}
+        missing = sorted(required - set(data))
+        if missing:
+            raise ValueError(f"prediction is missing the keys {missing}")
+        return cls(**data)
+
+
+def make_prediction(
+    record: QARecord,
+    prompt: str,
+    completion: str,
+    output_format: OutputFormat,
+    num_tokens: int,
+    truncated: bool,
+) -> Prediction:
+    """Strictly parse `completion` for `record` and score it."""
+    parsed = output_format.parse(completion, record.labels)
+    return Prediction(
+        id=record.id,
+        prompt=prompt,
+        completion=completion,
+        answer=parsed.answer,
+        gold=record.answer,
+        correct=parsed.answer is not None and parsed.answer == record.answer,
+        format_ok=parsed.format_ok,
+        json_valid=parsed.json_valid,
+        schema_ok=parsed.schema_ok,
+        num_tokens=num_tokens,
+        truncated=truncated,
+        subject=record.subject,
+        error=parsed.error,
+    )
+
+
+def predict(
+    policy_model: nn.Module,
+    tokenizer: Any,
+    records: Iterable[QARecord],
+    output_format: OutputFormat,
+    chat_template_kwargs: Mapping[str, Any] | None,
+    settings: SamplingSettings,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> list[Prediction]:
+    """One prediction per record, in the order of `records`.
+
+    Prompts are rendered as in training (`build_messages` + `render_prompt`) and decoded by
+    `generate` with `settings` (greedy for standard evaluation), `batch_size` records per call.
+    progress=True shows a rich progress bar over the batches.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    records = list(records)
+    prompts = [
+        render_prompt(tokenizer, build_messages(record, output_format), chat_template_kwargs)
+        for record in records
+    ]
+    starts = range(0, len(records), batch_size)
+    predictions: list[Prediction] = []
+    with _progress_bar(progress) as bar:
+        task = bar.add_task("predicting", total=len(starts))
+        for start in starts:
+            batch = records[start : start + batch_size]
+            rollout = generate(
+                policy_model, tokenizer, prompts[start : start + batch_size], settings
+            )
+            for offset, record in enumerate(batch):
+                predictions.append(
+                    make_prediction(
+                        record,
+                        prompts[start + offset],
+                        rollout.texts[offset],
+                        output_format,
+                        rollout.num_tokens[offset],
+                        rollout.truncated[offset],
+                    )
+                )
+            bar.advance(task)
+    return predictions
+
+
+def _progress_bar(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not enabled,
+    )
+
+
+def write_predictions(path: str | os.PathLike[str], predictions: Iterable[Prediction]) -> Path:
+    """Write one JSON object per line, atomically: readers see the old file or the whole new one."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # The temporary file sits beside the target so os.replace stays on one filesystem (atomic).
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            for prediction in predictions:
+                handle.write(json.dumps(prediction.to_json(), ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; results are meant to be shared
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def read_predictions(path: str | os.PathLike[str]) -> list[Prediction]:
+    """Read a `write_predictions` file; a malformed line raises ValueError naming file and line."""
+    predictions = []
+    with Path(path).open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                predictions.append(Prediction.from_json(json.loads(line)))
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"{path}:{number}: not a prediction: {err}") from err
+    return predictions
+
+
+def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (Wilson 1927).
+
+    With p = successes / n:
+        center = (p + z^2 / 2n) / (1 + z^2 / n)
+        half   = z / (1 + z^2 / n) * sqrt(p (1 - p) / n + z^2 / 4n^2)
+    Unlike the normal (Wald) interval it stays inside [0, 1] and is not degenerate at p = 0 or
+    1: the bounds are then exactly 0 and 1 respectively.
+    """
+    if n <= 0:
+        raise ValueError(f"a confidence interval needs n > 0 trials, got n={n}")
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be in [0, n={n}], got {successes}")
+    p = successes / n
+    z2 = z * z
+    denom = 1 + z2 / n
+    center = (p + z2 / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    # At p = 0 or 1 the formula gives the exact bound up to rounding; state it exactly.
+    low = 0.0 if successes == 0 else max(0.0, center - half)
+    high = 1.0 if successes == n else min(1.0, center + half)
+    return low, high
+
+
+def summarize(predictions: Sequence[Prediction]) -> dict[str, float]:
+    """Headline metrics with 95% Wilson intervals; keys are plain (callers add ``eval/``).
+
+    n, accuracy (+ _ci_low/_ci_high), format_rate (+ _ci_low/_ci_high), parse_fail_rate (no
+    answer parsed), mean_tokens, truncated_rate. An empty list raises ValueError.
+    """
+    n = len(predictions)
+    if n == 0:
+        raise ValueError("cannot summarize zero predictions")
+    correct = sum(p.correct for p in predictions)
+    formatted = sum(p.format_ok for p in predictions)
+    summary: dict[str, float] = {"n": n}
+    for name, count in (("accuracy", correct), ("format_rate", formatted)):
+        low, high = wilson_interval(count, n)
+        summary |= {name: count / n, f"{name}_ci_low": low, f"{name}_ci_high": high}
+    summary["parse_fail_rate"] = sum(p.answer is None for p in predictions) / n
+    summary["mean_tokens"] = sum(p.num_tokens for p in predictions) / n
+    summary["truncated_rate"] = sum(p.truncated for p in predictions) / n
+    return summary

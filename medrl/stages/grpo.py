@@ -1,0 +1,61 @@
+"""The `grpo` stage: GRPO on the GRPO pool from the chain's last point, then a checkpoint.
+
+The reference policy is the point the stage starts from: with an adapter, the same weights with
+adapters disabled (after an SFT stage, that is the merged SFT policy, never the raw base).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from hydra.utils import instantiate
+from torch.utils.data import DataLoader
+
+from medrl.checkpoints import save_stage_checkpoint
+from medrl.stages.context import RunContext, StageOutcome, StagePoint
+from medrl.stages.start import checkpoint_point, load_start
+
+log = logging.getLogger(__name__)
+POOL = "grpo"
+
+
+def run_grpo(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
+    """Run `grpo.max_steps` rollout steps from the last point of `chain`; return its checkpoint."""
+    settings = ctx.cfg.grpo
+    specs = ctx.specs
+    policy, parent = load_start(chain[-1], specs.adapter, specs.output_format)
+    module = instantiate(settings.module)(
+        model=policy.model,
+        tokenizer=policy.tokenizer,
+        prompts=ctx.pools[POOL],
+        rewards=specs.rewards,
+        output_format=specs.output_format,
+        chat_template_kwargs=policy.chat_template_kwargs,
+        seed=ctx.seed,
+    )
+    log.info("grpo conventions: %s", module.conventions())
+    # One "batch" per rollout step: the module draws its own prompts (seeded, resumable).
+    steps = DataLoader(range(settings.max_steps), batch_size=1)
+    trainer = ctx.trainer(POOL, max_steps=settings.max_steps * module.mu, max_epochs=1)
+    trainer.fit(module, steps)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    folder = ctx.output_dir / "checkpoints" / POOL
+    save_stage_checkpoint(
+        folder,
+        model=policy.model,
+        tokenizer=policy.tokenizer,
+        stage=POOL,
+        parent=parent,
+        adapter=specs.adapter,
+        output_format=specs.output_format,
+        chat_template_kwargs=policy.chat_template_kwargs,
+        pools={POOL: list(ctx.pools[POOL])},
+        dataset=specs.dataset.name,
+        seed=ctx.seed,
+        root_model=chain[-1].root_model,
+        resolved_config=ctx.resolved_config(),
+    )
+    log.info("grpo checkpoint written to %s", folder)
+    return StageOutcome(checkpoint_point(folder, specs.model), metrics)

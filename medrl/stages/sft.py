@@ -1,0 +1,104 @@
+"""The `sft` stage: train on the SFT pool, validate on its held-out tail, save a checkpoint."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from hydra.utils import instantiate
+from torch.utils.data import DataLoader
+
+from medrl.checkpoints import save_stage_checkpoint
+from medrl.data.collate import SFTCollator, encode_sft_pool
+from medrl.data.records import QARecord
+from medrl.stages.context import RunContext, StageOutcome, StagePoint
+from medrl.stages.start import checkpoint_point, load_start
+
+log = logging.getLogger(__name__)
+POOL = "sft"
+
+
+def split_validation(
+    records: Sequence[QARecord], fraction: float
+) -> tuple[list[QARecord], list[QARecord]]:
+    """(train, validation): the validation slice is the pool's tail (the pool is pre-shuffled).
+
+    A positive fraction holds out at least one record and always leaves one to train on.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"sft.val_fraction must be in [0, 1), got {fraction}")
+    if fraction == 0.0 or len(records) < 2:
+        return list(records), []
+    n_val = min(max(1, round(fraction * len(records))), len(records) - 1)
+    return list(records[:-n_val]), list(records[-n_val:])
+
+
+def run_sft(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
+    """Fine-tune the last point of `chain` on the SFT pool and return its checkpoint."""
+    settings = ctx.cfg.sft
+    specs = ctx.specs
+    policy, parent = load_start(chain[-1], specs.adapter, specs.output_format)
+    train_records, val_records = split_validation(ctx.pools[POOL], settings.val_fraction)
+    encode = dict(
+        tokenizer=policy.tokenizer,
+        output_format=specs.output_format,
+        chat_template_kwargs=policy.chat_template_kwargs,
+        max_seq_length=settings.max_seq_length,
+    )
+    train_examples, counts = encode_sft_pool(records=train_records, **encode)
+    val_examples, _ = encode_sft_pool(records=val_records, **encode)
+    log.info("sft data: %s train examples, %s held out for val/loss", counts, len(val_examples))
+    if not train_examples:
+        raise ValueError("sft: no training example left; raise sft.max_seq_length")
+
+    collate = SFTCollator(pad_token_id=policy.tokenizer.pad_token_id)
+    train_loader = DataLoader(
+        train_examples,
+        batch_size=settings.batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        num_workers=settings.num_workers,
+        generator=torch.Generator().manual_seed(ctx.seed),
+    )
+    val_loader = DataLoader(val_examples, batch_size=settings.batch_size, collate_fn=collate)
+    module = instantiate(settings.module)(model=policy.model)
+    by_steps = settings.max_steps > 0
+    trainer = ctx.trainer(
+        POOL,
+        max_steps=settings.max_steps if by_steps else -1,
+        max_epochs=-1 if by_steps else settings.epochs,
+        accumulate_grad_batches=settings.grad_accum,
+        gradient_clip_val=settings.grad_clip,
+        val_check_interval=settings.val_check_interval,
+        limit_val_batches=1.0 if val_examples else 0,
+    )
+    _log_data_counts(trainer, counts)
+    trainer.fit(module, train_loader, val_loader if val_examples else None)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if val_examples:  # a final val/loss, whether or not the schedule ended on a check
+        metrics.update({k: float(v) for k, v in trainer.validate(module, val_loader)[0].items()})
+
+    folder = ctx.output_dir / "checkpoints" / POOL
+    save_stage_checkpoint(
+        folder,
+        model=policy.model,
+        tokenizer=policy.tokenizer,
+        stage=POOL,
+        parent=parent,
+        adapter=specs.adapter,
+        output_format=specs.output_format,
+        chat_template_kwargs=policy.chat_template_kwargs,
+        pools={"sft_train": train_records, "sft_val": val_records},
+        dataset=specs.dataset.name,
+        seed=ctx.seed,
+        root_model=chain[-1].root_model,
+        resolved_config=ctx.resolved_config(),
+    )
+    log.info("sft checkpoint written to %s", folder)
+    return StageOutcome(checkpoint_point(folder, specs.model), metrics)
+
+
+def _log_data_counts(trainer, counts: dict[str, int]) -> None:
+    for logger in trainer.loggers:
+        logger.log_metrics({f"data/sft_{key}": float(value) for key, value in counts.items()})

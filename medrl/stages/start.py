@@ -1,0 +1,53 @@
+"""Where a stage starts: the base model or a stage checkpoint, loaded with lineage checks."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from medrl.checkpoints import LineageError, Manifest, ParentRef, weights_hash
+from medrl.checkpoints.manifest import check_matches_run
+from medrl.models import AdapterSpec, ModelSpec, Policy, QLoraAdapter, load_policy
+from medrl.prompts.base import OutputFormat
+from medrl.stages.context import StagePoint
+
+
+def base_point(model: ModelSpec, init_from: str | None = None) -> StagePoint:
+    """The chain's first point: the model group's weights, or the checkpoint `init_from`."""
+    if not init_from:
+        return StagePoint("base", model, None, model.name)
+    return checkpoint_point(Path(init_from), model)
+
+
+def checkpoint_point(folder: Path, like: ModelSpec) -> StagePoint:
+    """A stage checkpoint as a point, loaded with the dtype and chat settings of `like`."""
+    manifest = Manifest.read(folder)
+    spec = replace(
+        like, name=f"{manifest.root_model}/{manifest.stage}", source="checkpoint", path=str(folder)
+    )
+    return StagePoint(manifest.stage, spec, folder, manifest.root_model)
+
+
+def load_start(
+    point: StagePoint, adapter: AdapterSpec, output_format: OutputFormat
+) -> tuple[Policy, ParentRef]:
+    """Load `point` for training with `adapter`, and describe it as the new stage's parent.
+
+    The parent hash is taken from the weights as loaded, before any training. When `point` is
+    a checkpoint, its manifest must match the run's output format and chat settings, and (for
+    unquantized loads) the loaded weights must be the ones its manifest names.
+    """
+    policy = load_policy(point.model_spec, adapter)
+    parent_hash = weights_hash(policy.model)
+    if point.checkpoint is None:
+        spec = asdict(point.model_spec)
+        return policy, ParentRef("model", point.name, policy.weights_source, parent_hash, spec)
+    manifest = Manifest.read(point.checkpoint)
+    check_matches_run(manifest, point.checkpoint, output_format, policy.chat_template_kwargs)
+    if not isinstance(adapter, QLoraAdapter) and parent_hash != manifest.weights_hash:
+        raise LineageError(
+            f"the weights loaded from {point.checkpoint} (hash {parent_hash[:12]}) differ from "
+            f"the ones its manifest records ({manifest.weights_hash[:12]}); the folder was "
+            "modified after it was written"
+        )
+    return policy, ParentRef("checkpoint", point.name, str(point.checkpoint), parent_hash)

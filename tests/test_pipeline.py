@@ -1,0 +1,40 @@
+"""`python -m medrl.train` end to end on the smoke config: stages chain through checkpoints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hydra.utils import instantiate
+
+from medrl.checkpoints import Manifest, weights_hash
+from medrl.evaluation import read_predictions
+from medrl.models import FullFinetune, load_policy
+from medrl.train import run
+
+
+def test_smoke_sft_then_eval_writes_a_checkpoint_predictions_and_a_report(
+    compose, shared_dir, tmp_path_factory
+):
+    cfg = compose("train", ["debug=smoke", "algorithm=sft", "logger=csv"])
+    cfg.model.cache_dir = str(tmp_path_factory.getbasetemp() / "model-cache")
+    out = Path(cfg.paths.output_dir)
+
+    result = run(cfg)
+
+    manifest = Manifest.read(out / "checkpoints" / "sft")
+    base = load_policy(instantiate(cfg.model), FullFinetune()).model
+    assert manifest.parent.kind == "model"
+    assert manifest.parent.weights_hash == weights_hash(base), "parent = the base model"
+    assert manifest.weights_hash != manifest.parent.weights_hash, "SFT changed the weights"
+    pools = manifest.data_pools
+    assert pools["sft_train"]["count"] + pools["sft_val"]["count"] == 8
+    for name in ("base", "sft"):
+        assert len(read_predictions(out / "eval" / name / "predictions.jsonl")) == 8
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    assert set(summary) == {"base", "sft"}
+    assert result == summary["sft"]["accuracy"]
+    report = (out / "eval" / "report.md").read_text()
+    assert "| base | 8 |" in report and "| sft | 8 |" in report
+    metrics = (out / "csv" / "sft" / "metrics.csv").read_text().splitlines()[0]
+    assert {"train/loss", "train/tokens", "val/loss"} <= set(metrics.split(","))

@@ -50,7 +50,7 @@ train: ## Run the default study on the embedded model (ARGS adds overrides)
 	$(PYTHON) -m medrl.train $(ARGS)
 
 smoke: ## Run every stage on the tiny model in under a minute (debug=smoke)
-	$(PYTHON) -m medrl.train debug=smoke $(ARGS)
+	$(PYTHON) -m medrl.train debug=smoke algorithm=sft_grpo $(ARGS)
 
 config: ## Print the composed training config, e.g. make config ARGS="model=tiny_qwen3"
 	$(PYTHON) -m medrl.train --cfg job $(ARGS)

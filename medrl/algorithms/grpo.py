@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import random
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -348,7 +350,7 @@ class GRPOModule(pl.LightningModule):
                     logp,
                     old,
                     None if ref_logp is None else ref_logp[rows],
-                    step.adv[rows],
+                    step.adv[rows].to(logp.device),
                     mask[rows].to(logp.device),
                     eps_low=self.clip.eps_low,
                     eps_high=self.clip.eps_high,
@@ -441,15 +443,19 @@ class GRPOModule(pl.LightningModule):
         )
 
     def _maybe_log_samples(self, step: RolloutBatch) -> None:
+        """Every `sample_table_every` steps: the step's completions with their rewards, as a
+        table for loggers that take one (W&B) and as lines of <run dir>/samples/grpo.jsonl."""
         if not self.sample_table_every or (self.rollout_step - 1) % self.sample_table_every:
             return
-        columns = ["rollout_step", "id", "completion", "total_reward", *self.rewards.names]
+        columns = ["rollout_step", "id", "question", "completion", "total", *self.rewards.names]
+        totals = step.rewards.view(-1).tolist()
         rows = [
             [
                 self.rollout_step,
                 step.records[g].id,
+                step.records[g].question,
                 text,
-                float(step.rewards.view(-1)[i]),
+                totals[i],
                 *[step.components[i][n] for n in self.rewards.names],
             ]
             for i, (text, g) in enumerate(
@@ -459,6 +465,12 @@ class GRPOModule(pl.LightningModule):
         for logger in self.loggers:
             if hasattr(logger, "log_text"):
                 logger.log_text(key="samples", columns=columns, data=rows)
+        path = Path(self.trainer.default_root_dir) / "samples" / "grpo.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as handle:
+            handle.writelines(
+                json.dumps(dict(zip(columns, row, strict=True))) + "\n" for row in rows
+            )
 
 
 def _grad_norm(model: nn.Module) -> float:

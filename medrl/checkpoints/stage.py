@@ -13,8 +13,6 @@ hash must equal the one the manifest recorded.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -34,6 +32,7 @@ from medrl.checkpoints.manifest import (
     utc_now,
 )
 from medrl.data.records import QARecord
+from medrl.utils.io import atomic_directory
 
 MERGED_DIR = "merged"
 ADAPTER_DIR = "adapter"
@@ -57,10 +56,7 @@ def save_stage_checkpoint(
     resolved_config: str = "",
 ) -> Manifest:
     """Write a complete stage checkpoint atomically (a crash leaves no half-written folder)."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
+    with atomic_directory(folder) as staging:
         merged = merged_model(model)
         merged.save_pretrained(staging / MERGED_DIR, safe_serialization=True)
         tokenizer.save_pretrained(staging / MERGED_DIR)
@@ -88,12 +84,6 @@ def save_stage_checkpoint(
             created=utc_now(),
         )
         manifest.write(staging)
-        staging.chmod(0o755)  # mkdtemp makes it owner-only; a checkpoint is shared output
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return manifest
 
 

@@ -1,5 +1,22 @@
-"""Evaluation: per-item predictions on an evaluation pool, JSONL files, metrics with CIs."""
+"""Evaluation: per-item predictions, JSONL files, metrics with CIs, paired tests, reports."""
 
+from medrl.evaluation.metrics import (
+    Estimate,
+    PairedResult,
+    SubjectAccuracy,
+    bootstrap_ci,
+    bootstrap_mean,
+    chance_corrected,
+    compute_metrics,
+    flat_metrics,
+    macro_f1,
+    majority_baseline,
+    majority_label,
+    mcnemar_exact,
+    paired_comparison,
+    per_subject_accuracy,
+    proportion,
+)
 from medrl.evaluation.predictions import (
     Z_95,
     Prediction,
@@ -10,14 +27,39 @@ from medrl.evaluation.predictions import (
     wilson_interval,
     write_predictions,
 )
+from medrl.evaluation.report import (
+    bar_chart,
+    metrics_table_markdown,
+    paired_table_markdown,
+    write_markdown_report,
+)
 
 __all__ = [
-    "Z_95",
+    "Estimate",
+    "PairedResult",
     "Prediction",
+    "SubjectAccuracy",
+    "Z_95",
+    "bar_chart",
+    "bootstrap_ci",
+    "bootstrap_mean",
+    "chance_corrected",
+    "compute_metrics",
+    "flat_metrics",
+    "macro_f1",
+    "majority_baseline",
+    "majority_label",
     "make_prediction",
+    "mcnemar_exact",
+    "metrics_table_markdown",
+    "paired_comparison",
+    "paired_table_markdown",
+    "per_subject_accuracy",
     "predict",
+    "proportion",
     "read_predictions",
     "summarize",
     "wilson_interval",
+    "write_markdown_report",
     "write_predictions",
 ]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
@@ -22,6 +21,7 @@ from torch import nn
 from medrl.data.records import QARecord
 from medrl.prompts import OutputFormat, build_messages, render_prompt
 from medrl.rollout import SamplingSettings, generate
+from medrl.utils.io import write_atomic
 
 # The two-sided 95% normal quantile, Phi^-1(0.975).
 Z_95 = 1.959963984540054
@@ -157,22 +157,8 @@ def _progress_bar(enabled: bool) -> Progress:
 
 def write_predictions(path: str | os.PathLike[str], predictions: Iterable[Prediction]) -> Path:
     """Write one JSON object per line, atomically: readers see the old file or the whole new one."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary file sits beside the target so os.replace stays on one filesystem (atomic).
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for prediction in predictions:
-                handle.write(json.dumps(prediction.to_json(), ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return target
+    lines = (json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in predictions)
+    return write_atomic(path, "".join(lines))
 
 
 def read_predictions(path: str | os.PathLike[str]) -> list[Prediction]:

@@ -9,13 +9,12 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from medrl.models.spec import ModelSpec
+from medrl.utils.io import atomic_directory
 
 
 class ModelLoadError(RuntimeError):
@@ -57,19 +56,10 @@ def find_gguf_file(package: str, filename: str) -> Path:
 
 
 def _cached(folder: Path, build) -> Path:
-    """Build `folder` atomically: a crash mid-build never leaves a half-written cache entry."""
-    if (folder / "config.json").is_file():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
-    try:
-        build(staging)
-        if (folder / "config.json").is_file():  # another process won the race
-            return folder
-        staging.chmod(0o755)  # mkdtemp makes it owner-only; the cache is shared
-        staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    """Build `folder` once, atomically: a crash mid-build never leaves a half-written entry."""
+    if not (folder / "config.json").is_file():
+        with atomic_directory(folder, replace=False) as staging:
+            build(staging)
     return folder
 
 

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from medrl.checkpoints import load_checkpoint
-from medrl.evaluation import predict, summarize, write_predictions
+from medrl.evaluation import (
+    Prediction,
+    bar_chart,
+    compute_metrics,
+    flat_metrics,
+    paired_comparison,
+    predict,
+    write_markdown_report,
+    write_predictions,
+)
 from medrl.models import FullFinetune, load_policy, resolve_dtype
 from medrl.rollout import SamplingSettings
 from medrl.stages.context import RunContext, StageOutcome, StagePoint
 
 log = logging.getLogger(__name__)
 POOL = "eval"
-REPORT_METRICS = ("accuracy", "format_rate", "parse_fail_rate", "mean_tokens", "truncated_rate")
 
 
 def points_to_evaluate(chain: Sequence[StagePoint], include_base: bool) -> list[StagePoint]:
@@ -40,15 +49,16 @@ def load_for_eval(ctx: RunContext, point: StagePoint):
 
 
 def run_eval(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
-    """Greedy predictions for each point, saved per item, summarized in eval/report.md."""
+    """Greedy predictions for each point on the same items, saved per item; metrics with 95%
+    intervals, paired comparisons of consecutive points, eval/report.md and a bar chart."""
     settings = ctx.cfg.evaluation
     records = list(ctx.pools[POOL])[: settings.limit]
     sampling = SamplingSettings(greedy=True, max_new_tokens=settings.max_new_tokens)
     out_dir = ctx.output_dir / "eval"
-    summaries: dict[str, dict[str, float]] = {}
+    predictions: dict[str, list[Prediction]] = {}
     for point in points_to_evaluate(chain, settings.include_base):
         model, tokenizer = load_for_eval(ctx, point)
-        predictions = predict(
+        predictions[point.name] = predict(
             model,
             tokenizer,
             records,
@@ -58,40 +68,42 @@ def run_eval(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
             batch_size=settings.batch_size,
             progress=True,
         )
-        write_predictions(out_dir / point.name / "predictions.jsonl", predictions)
-        summaries[point.name] = summarize(predictions)
-        log.info("eval %s: %s", point.name, summaries[point.name])
-    write_report(out_dir, summaries)
+        write_predictions(out_dir / point.name / "predictions.jsonl", predictions[point.name])
+    results = {
+        name: compute_metrics(preds, labels=records[0].labels, seed=ctx.seed)
+        for name, preds in predictions.items()
+    }
+    pairs = {
+        f"{a} -> {b}": paired_comparison(predictions[a], predictions[b], seed=ctx.seed)
+        for a, b in consecutive_pairs(list(predictions))
+    }
+    write_outputs(out_dir, results, pairs)
     metrics = {
-        f"eval/{name}/{key}": float(value)
-        for name, summary in summaries.items()
-        for key, value in summary.items()
+        f"eval/{name}/{key}": value
+        for name, result in results.items()
+        for key, value in flat_metrics(result).items()
     }
     # The last point is the run's product: its metrics are also the plain eval/<metric> keys.
-    metrics.update({f"eval/{k}": float(v) for k, v in summaries[chain[-1].name].items()})
+    metrics.update({f"eval/{k}": v for k, v in flat_metrics(results[chain[-1].name]).items()})
     _log(ctx, metrics)
     return StageOutcome(None, metrics)
 
 
-def write_report(out_dir: Path, summaries: dict[str, dict[str, float]]) -> Path:
-    """summary.json and a markdown table (value [95% CI] per metric) in `out_dir`."""
+def consecutive_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
+    """Each point against the one before it, and the first against the last when they differ."""
+    pairs = list(itertools.pairwise(names))
+    if len(names) > 2:
+        pairs.append((names[0], names[-1]))
+    return pairs
+
+
+def write_outputs(out_dir: Path, results: dict, pairs: dict) -> None:
+    """summary.json (flat metrics per model), report.md and comparison.png in `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "summary.json").write_text(json.dumps(summaries, indent=2))
-    header = "| model | n | " + " | ".join(REPORT_METRICS) + " |"
-    lines = [header, "|" + " --- |" * (len(REPORT_METRICS) + 2)]
-    for name, summary in summaries.items():
-        cells = [_cell(summary, key) for key in REPORT_METRICS]
-        lines.append(f"| {name} | {int(summary['n'])} | " + " | ".join(cells) + " |")
-    path = out_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def _cell(summary: dict[str, float], key: str) -> str:
-    low, high = summary.get(f"{key}_ci_low"), summary.get(f"{key}_ci_high")
-    if low is None or high is None:
-        return f"{summary[key]:.3f}"
-    return f"{summary[key]:.3f} [{low:.3f}, {high:.3f}]"
+    flat = {name: flat_metrics(result) for name, result in results.items()}
+    (out_dir / "summary.json").write_text(json.dumps(flat, indent=2))
+    write_markdown_report(out_dir / "report.md", results, pairs or None)
+    bar_chart(results, out_dir / "comparison.png")
 
 
 def _log(ctx: RunContext, metrics: dict[str, float]) -> None:

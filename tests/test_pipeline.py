@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from hydra.utils import instantiate
 
 from medrl.checkpoints import Manifest, weights_hash
@@ -38,3 +39,40 @@ def test_smoke_sft_then_eval_writes_a_checkpoint_predictions_and_a_report(
     assert "| base | 8 |" in report and "| sft | 8 |" in report
     metrics = (out / "csv" / "sft" / "metrics.csv").read_text().splitlines()[0]
     assert {"train/loss", "train/tokens", "val/loss"} <= set(metrics.split(","))
+
+
+def test_medrl_eval_scores_a_stage_checkpoint_like_the_pipeline_did(
+    compose, shared_dir, tmp_path_factory
+):
+    from medrl.eval import run as run_eval_entry
+
+    cfg = compose("train", ["debug=smoke", "algorithm=sft"])
+    cfg.model.cache_dir = str(tmp_path_factory.getbasetemp() / "model-cache")
+    out = Path(cfg.paths.output_dir)
+    run(cfg)
+    pipeline_sft = read_predictions(out / "eval" / "sft" / "predictions.jsonl")
+    checkpoint = out / "checkpoints" / "sft"
+
+    eval_cfg = compose(
+        "eval",
+        [
+            "model=tiny_qwen3",
+            "evaluation.max_new_tokens=8",
+            "dataset.pools.eval.limit=8",
+            f"checkpoints=[{checkpoint}]",
+            "evaluation.include_base=false",
+        ],
+    )
+    eval_cfg.model.cache_dir = cfg.model.cache_dir
+    accuracy = run_eval_entry(eval_cfg)
+
+    again = read_predictions(Path(eval_cfg.paths.output_dir) / "eval" / "sft" / "predictions.jsonl")
+    assert [p.completion for p in again] == [p.completion for p in pipeline_sft]
+    assert accuracy == sum(p.correct for p in again) / len(again)
+
+
+def test_medrl_eval_refuses_a_folder_that_is_not_a_checkpoint(compose, tmp_path):
+    from medrl.eval import run as run_eval_entry
+
+    with pytest.raises(FileNotFoundError, match="not medrl stage checkpoints"):
+        run_eval_entry(compose("eval", [f"checkpoints=[{tmp_path}]"]))

@@ -1,0 +1,62 @@
+"""Hydra entry point: `python -m medrl.eval checkpoints=[dir,...]` evaluates the base model and
+stage checkpoints on the same evaluation items, with the eval stage of medrl.train."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import hydra
+import lightning.pytorch as pl
+from omegaconf import DictConfig
+
+from medrl.components import build_pools, build_specs
+from medrl.stages.context import RunContext, StagePoint
+from medrl.stages.evaluate import run_eval
+from medrl.stages.start import base_point, checkpoint_point
+from medrl.utils.config import CONFIG_DIR
+
+log = logging.getLogger(__name__)
+
+
+def unique_names(points: list[StagePoint]) -> list[StagePoint]:
+    """Points named by their stage; repeated names (two "sft" checkpoints) get -2, -3, ..."""
+    seen: Counter[str] = Counter()
+    named = []
+    for point in points:
+        seen[point.name] += 1
+        count = seen[point.name]
+        named.append(point if count == 1 else replace(point, name=f"{point.name}-{count}"))
+    return named
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Evaluate `cfg.checkpoints` (after the base model when evaluation.include_base)."""
+    specs = build_specs(cfg)
+    folders = [Path(folder) for folder in cfg.checkpoints]
+    missing = [str(folder) for folder in folders if not (folder / "manifest.json").is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"checkpoints: not medrl stage checkpoints (no manifest): {missing}"
+        )
+    pl.seed_everything(cfg.seed)
+    ctx = RunContext(
+        cfg=cfg, specs=specs, pools=build_pools(specs), output_dir=Path(cfg.paths.output_dir)
+    )
+    chain = unique_names(
+        [base_point(specs.model)] + [checkpoint_point(f, specs.model) for f in folders]
+    )
+    metrics = run_eval(ctx, chain).metrics
+    log.info("report: %s", ctx.output_dir / "eval" / "report.md")
+    return metrics.get(cfg.optimized_metric)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
+def main(cfg: DictConfig) -> float | None:
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -192,6 +192,37 @@ def test_golden_grpo_smoke_run(compose, shared_dir, tmp_path_factory, monkeypatc
         for key in GOLDEN_KEYS:
             assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-7), f"step {step} {key}"
     assert any(abs(s["adv/std"]) > 0 for s in observed), "the golden run must carry signal"
+    out = Path(cfg.paths.output_dir)
+    conventions = (out / "csv" / "grpo" / "hparams.yaml").read_text()
+    assert (
+        "loss_aggregation: seq_mean_token_mean" in conventions and "std_scope: group" in conventions
+    )
+    samples = (out / "samples" / "grpo.jsonl").read_text().splitlines()
+    assert (
+        len(samples) == 2 * 2
+        and {"question", "completion", "total"} <= json.loads(samples[0]).keys()
+    )
+
+
+def test_mask_truncated_gives_truncated_completions_no_loss(tiny_spec):
+    from medrl.rollout import Rollout
+
+    policy = load_policy(tiny_spec, LoraAdapter(r=4, alpha=8))
+    rollout = Rollout(
+        prompt_ids=torch.ones(2, 1, dtype=torch.long),
+        prompt_mask=torch.ones(2, 1),
+        completion_ids=torch.ones(2, 3, dtype=torch.long),
+        completion_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]),
+        texts=["abc", "ab"],
+        num_tokens=[3, 2],
+        truncated=[True, False],
+        group_index=[0, 0],
+    )
+    assert module_for(policy, mask_truncated=True)._loss_mask(rollout).tolist() == [
+        [0, 0, 0],
+        [1, 1, 0],
+    ]
+    assert module_for(policy)._loss_mask(rollout).tolist() == [[1, 1, 1], [1, 1, 0]]
 
 
 def signal_only_for_q0(completion: str, sample) -> float:

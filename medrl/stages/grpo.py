@@ -12,9 +12,8 @@ from collections.abc import Sequence
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
-from medrl.checkpoints import save_stage_checkpoint
 from medrl.stages.context import RunContext, StageOutcome, StagePoint
-from medrl.stages.start import checkpoint_point, load_start
+from medrl.stages.start import finish_stage, load_start
 
 log = logging.getLogger(__name__)
 POOL = "grpo"
@@ -41,21 +40,4 @@ def run_grpo(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
     trainer.fit(module, steps)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
-    folder = ctx.output_dir / "checkpoints" / POOL
-    save_stage_checkpoint(
-        folder,
-        model=policy.model,
-        tokenizer=policy.tokenizer,
-        stage=POOL,
-        parent=parent,
-        adapter=specs.adapter,
-        output_format=specs.output_format,
-        chat_template_kwargs=policy.chat_template_kwargs,
-        pools={POOL: list(ctx.pools[POOL])},
-        dataset=specs.dataset.name,
-        seed=ctx.seed,
-        root_model=chain[-1].root_model,
-        resolved_config=ctx.resolved_config(),
-    )
-    log.info("grpo checkpoint written to %s", folder)
-    return StageOutcome(checkpoint_point(folder, specs.model), metrics)
+    return finish_stage(ctx, chain, POOL, policy, parent, {POOL: list(ctx.pools[POOL])}, metrics)

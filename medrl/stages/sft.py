@@ -9,11 +9,10 @@ import torch
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
-from medrl.checkpoints import save_stage_checkpoint
 from medrl.data.collate import SFTCollator, encode_sft_pool
 from medrl.data.records import QARecord
 from medrl.stages.context import RunContext, StageOutcome, StagePoint
-from medrl.stages.start import checkpoint_point, load_start
+from medrl.stages.start import finish_stage, load_start
 
 log = logging.getLogger(__name__)
 POOL = "sft"
@@ -79,24 +78,15 @@ def run_sft(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
     if val_examples:  # a final val/loss, whether or not the schedule ended on a check
         metrics.update({k: float(v) for k, v in trainer.validate(module, val_loader)[0].items()})
 
-    folder = ctx.output_dir / "checkpoints" / POOL
-    save_stage_checkpoint(
-        folder,
-        model=policy.model,
-        tokenizer=policy.tokenizer,
-        stage=POOL,
-        parent=parent,
-        adapter=specs.adapter,
-        output_format=specs.output_format,
-        chat_template_kwargs=policy.chat_template_kwargs,
-        pools={"sft_train": train_records, "sft_val": val_records},
-        dataset=specs.dataset.name,
-        seed=ctx.seed,
-        root_model=chain[-1].root_model,
-        resolved_config=ctx.resolved_config(),
+    return finish_stage(
+        ctx,
+        chain,
+        POOL,
+        policy,
+        parent,
+        {"sft_train": train_records, "sft_val": val_records},
+        metrics,
     )
-    log.info("sft checkpoint written to %s", folder)
-    return StageOutcome(checkpoint_point(folder, specs.model), metrics)
 
 
 def _log_data_counts(trainer, counts: dict[str, int]) -> None:

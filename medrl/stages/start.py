@@ -1,15 +1,27 @@
-"""Where a stage starts: the base model or a stage checkpoint, loaded with lineage checks."""
+"""Where a stage starts (the base model or a stage checkpoint, loaded with lineage checks) and
+how it ends (its checkpoint, the chain's next point)."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from medrl.checkpoints import LineageError, Manifest, ParentRef, weights_hash
+from medrl.checkpoints import (
+    LineageError,
+    Manifest,
+    ParentRef,
+    save_stage_checkpoint,
+    weights_hash,
+)
 from medrl.checkpoints.manifest import check_matches_run
+from medrl.data.records import QARecord
 from medrl.models import AdapterSpec, ModelSpec, Policy, QLoraAdapter, load_policy
 from medrl.prompts.base import OutputFormat
-from medrl.stages.context import StagePoint
+from medrl.stages.context import RunContext, StageOutcome, StagePoint
+
+log = logging.getLogger(__name__)
 
 
 def base_point(model: ModelSpec, init_from: str | None = None) -> StagePoint:
@@ -51,3 +63,34 @@ def load_start(
             "modified after it was written"
         )
     return policy, ParentRef("checkpoint", point.name, str(point.checkpoint), parent_hash)
+
+
+def finish_stage(
+    ctx: RunContext,
+    chain: Sequence[StagePoint],
+    stage: str,
+    policy: Policy,
+    parent: ParentRef,
+    pools: Mapping[str, Sequence[QARecord]],
+    metrics: dict[str, float],
+) -> StageOutcome:
+    """Write the stage's checkpoint (lineage: `parent`, the `pools` it trained on) and return
+    the chain's new point."""
+    folder = ctx.output_dir / "checkpoints" / stage
+    save_stage_checkpoint(
+        folder,
+        model=policy.model,
+        tokenizer=policy.tokenizer,
+        stage=stage,
+        parent=parent,
+        adapter=ctx.specs.adapter,
+        output_format=ctx.specs.output_format,
+        chat_template_kwargs=policy.chat_template_kwargs,
+        pools=pools,
+        dataset=ctx.specs.dataset.name,
+        seed=ctx.seed,
+        root_model=chain[-1].root_model,
+        resolved_config=ctx.resolved_config(),
+    )
+    log.info("%s checkpoint written to %s", stage, folder)
+    return StageOutcome(checkpoint_point(folder, ctx.specs.model), metrics)

@@ -125,7 +125,8 @@ class GRPOModule(pl.LightningModule):
         micro_batch_size (completions per forward/backward), sampling, advantage, clip, kl,
         loss_aggregation, mask_truncated (truncated completions get no loss), dynamic_sampling,
         lr, weight_decay, warmup_ratio, scheduler, grad_clip, seed, sample_table_every (log a
-        table of completions every N rollout steps; 0 = never).
+        table of completions every N rollout steps; 0 = never), samples_file (a JSONL file that
+        also receives those tables; the stage runner puts it in the run folder).
     """
 
     def __init__(
@@ -154,6 +155,7 @@ class GRPOModule(pl.LightningModule):
         grad_clip: float = 1.0,
         seed: int = 0,
         sample_table_every: int = 10,
+        samples_file: str | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -177,6 +179,7 @@ class GRPOModule(pl.LightningModule):
         self.grad_clip = grad_clip
         self.seed = seed
         self.sample_table_every = sample_table_every
+        self.samples_file = Path(samples_file) if samples_file else None
         self.sampler = PromptSampler(prompts, seed)
         self.rollout_step = 0
         self._check()
@@ -444,7 +447,7 @@ class GRPOModule(pl.LightningModule):
 
     def _maybe_log_samples(self, step: RolloutBatch) -> None:
         """Every `sample_table_every` steps: the step's completions with their rewards, as a
-        table for loggers that take one (W&B) and as lines of <run dir>/samples/grpo.jsonl."""
+        table for loggers that take one (W&B) and as lines of `samples_file`."""
         if not self.sample_table_every or (self.rollout_step - 1) % self.sample_table_every:
             return
         columns = ["rollout_step", "id", "question", "completion", "total", *self.rewards.names]
@@ -465,12 +468,12 @@ class GRPOModule(pl.LightningModule):
         for logger in self.loggers:
             if hasattr(logger, "log_text"):
                 logger.log_text(key="samples", columns=columns, data=rows)
-        path = Path(self.trainer.default_root_dir) / "samples" / "grpo.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as handle:
-            handle.writelines(
-                json.dumps(dict(zip(columns, row, strict=True))) + "\n" for row in rows
-            )
+        if self.samples_file is not None:
+            self.samples_file.parent.mkdir(parents=True, exist_ok=True)
+            with self.samples_file.open("a") as handle:
+                handle.writelines(
+                    json.dumps(dict(zip(columns, row, strict=True))) + "\n" for row in rows
+                )
 
 
 def _grad_norm(model: nn.Module) -> float:

@@ -32,6 +32,7 @@ def run_grpo(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
         output_format=specs.output_format,
         chat_template_kwargs=policy.chat_template_kwargs,
         seed=ctx.seed,
+        samples_file=str(ctx.output_dir / "samples" / "grpo.jsonl"),
     )
     log.info("grpo conventions: %s", module.conventions())
     # One "batch" per rollout step: the module draws its own prompts (seeded, resumable).

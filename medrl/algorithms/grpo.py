@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import random
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -26,6 +25,7 @@ from torch import nn
 
 from medrl.algorithms.core import AGGREGATIONS, group_advantages, grpo_loss
 from medrl.algorithms.optim import build_optimizer
+from medrl.data.pools import shuffled_order
 from medrl.data.records import QARecord
 from medrl.prompts import build_messages, render_prompt
 from medrl.prompts.base import OutputFormat
@@ -107,8 +107,7 @@ class PromptSampler:
     def _at(self, index: int) -> QARecord:
         epoch, offset = divmod(index, len(self.records))
         if self._epoch != epoch:  # a fresh seeded order for every pass over the pool
-            self._order = list(range(len(self.records)))
-            random.Random(self.seed + epoch).shuffle(self._order)
+            self._order = shuffled_order(len(self.records), self.seed + epoch)
             self._epoch = epoch
         return self.records[self._order[offset]]
 

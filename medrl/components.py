@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from medrl.data import DatasetPools, DatasetSpec, load_pools
-from medrl.models import AdapterSpec, ModelSpec, Policy, load_policy
+from medrl.models import AdapterSpec, ModelSpec
 from medrl.prompts.base import OutputFormat
 from medrl.rewards import RewardSet
 
@@ -41,7 +41,3 @@ def build_specs(cfg: DictConfig) -> RunSpecs:
 
 def build_pools(specs: RunSpecs) -> DatasetPools:
     return load_pools(specs.dataset)
-
-
-def build_policy(specs: RunSpecs) -> Policy:
-    return load_policy(specs.model, specs.adapter)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from medrl.components import build_policy, build_pools, build_specs
+from medrl.components import build_pools, build_specs
 from medrl.data import DatasetSpec
 from medrl.models import LoraAdapter, ModelSpec
 from medrl.prompts.base import OutputFormat
 from medrl.rewards import RewardSet
+from medrl.stages.start import base_point, load_start
 from medrl.train import run
 
 
@@ -30,7 +31,7 @@ def test_smoke_config_builds_small_pools_and_a_tiny_trainable_policy(compose, sh
         "grpo": 8,
         "eval": 8,
     }
-    policy = build_policy(specs)
+    policy, _ = load_start(base_point(specs.model), specs.adapter, specs.output_format)
     trainable, total = policy.parameter_counts()
     assert 0 < trainable < total
     assert policy.chat_template_kwargs == {"enable_thinking": False}

@@ -23,7 +23,6 @@ from medrl.evaluation.predictions import (
     make_prediction,
     predict,
     read_predictions,
-    summarize,
     wilson_interval,
     write_predictions,
 )
@@ -58,7 +57,6 @@ __all__ = [
     "predict",
     "proportion",
     "read_predictions",
-    "summarize",
     "wilson_interval",
     "write_markdown_report",
     "write_predictions",

@@ -318,8 +318,8 @@ def per_subject_accuracy(predictions: Sequence[Prediction]) -> dict[str, Subject
 def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """The scalar part of `compute_metrics` as plain floats, for loggers and JSON.
 
-    n, and for each Estimate `name`, `name_ci_low`, `name_ci_high` (the key scheme of
-    `summarize`); histograms, labels and per-subject tables are left out.
+    n, and for each Estimate `name`, `name_ci_low`, `name_ci_high` (the keys the eval stage
+    logs); histograms, labels and per-subject tables are left out.
     """
     flat: dict[str, float] = {"n": float(metrics["n"])}
     for name, value in metrics.items():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -197,24 +197,3 @@ def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, flo
     low = 0.0 if successes == 0 else max(0.0, center - half)
     high = 1.0 if successes == n else min(1.0, center + half)
     return low, high
-
-
-def summarize(predictions: Sequence[Prediction]) -> dict[str, float]:
-    """Headline metrics with 95% Wilson intervals; keys are plain (callers add ``eval/``).
-
-    n, accuracy (+ _ci_low/_ci_high), format_rate (+ _ci_low/_ci_high), parse_fail_rate (no
-    answer parsed), mean_tokens, truncated_rate. An empty list raises ValueError.
-    """
-    n = len(predictions)
-    if n == 0:
-        raise ValueError("cannot summarize zero predictions")
-    correct = sum(p.correct for p in predictions)
-    formatted = sum(p.format_ok for p in predictions)
-    summary: dict[str, float] = {"n": n}
-    for name, count in (("accuracy", correct), ("format_rate", formatted)):
-        low, high = wilson_interval(count, n)
-        summary |= {name: count / n, f"{name}_ci_low": low, f"{name}_ci_high": high}
-    summary["parse_fail_rate"] = sum(p.answer is None for p in predictions) / n
-    summary["mean_tokens"] = sum(p.num_tokens for p in predictions) / n
-    summary["truncated_rate"] = sum(p.truncated for p in predictions) / n
-    return summary

@@ -1,10 +1,11 @@
-"""Wilson intervals against hand-computed values, and summarize on hand-built predictions."""
+"""Wilson intervals against hand-computed values, and the flat headline metrics of hand-built
+predictions."""
 
 from __future__ import annotations
 
 import pytest
 
-from medrl.evaluation import Prediction, summarize, wilson_interval
+from medrl.evaluation import Prediction, compute_metrics, flat_metrics, wilson_interval
 
 
 def prediction(
@@ -56,31 +57,30 @@ def test_wilson_rejects_impossible_counts(successes, n):
         wilson_interval(successes, n)
 
 
-def test_summarize_counts_accuracy_format_parse_failures_and_tokens():
+def test_flat_metrics_count_accuracy_format_parse_failures_and_tokens():
     predictions = [
         prediction("B", "B", format_ok=True, num_tokens=4),
         prediction("A", "A", format_ok=False, num_tokens=6),
         prediction(None, "C", format_ok=False, num_tokens=8, truncated=True),
         prediction("D", "C", format_ok=True, num_tokens=2),
     ]
-    summary = summarize(predictions)
+    flat = flat_metrics(compute_metrics(predictions, labels=["A", "B", "C", "D"]))
     low, high = wilson_interval(2, 4)
-    assert summary == pytest.approx(
-        {
-            "n": 4,
-            "accuracy": 0.5,
-            "accuracy_ci_low": low,
-            "accuracy_ci_high": high,
-            "format_rate": 0.5,
-            "format_rate_ci_low": low,
-            "format_rate_ci_high": high,
-            "parse_fail_rate": 0.25,
-            "mean_tokens": 5.0,
-            "truncated_rate": 0.25,
-        }
-    )
+    expected = {
+        "n": 4,
+        "accuracy": 0.5,
+        "accuracy_ci_low": low,
+        "accuracy_ci_high": high,
+        "format_rate": 0.5,
+        "format_rate_ci_low": low,
+        "format_rate_ci_high": high,
+        "parse_fail_rate": 0.25,
+        "mean_tokens": 5.0,
+        "truncated_rate": 0.25,
+    }
+    assert {key: flat[key] for key in expected} == pytest.approx(expected)
 
 
-def test_summarize_of_nothing_is_an_error():
+def test_metrics_of_nothing_are_an_error():
     with pytest.raises(ValueError, match="zero predictions"):
-        summarize([])
+        compute_metrics([])

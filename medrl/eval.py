@@ -14,9 +14,10 @@ from omegaconf import DictConfig
 
 from medrl.components import build_pools, build_specs
 from medrl.stages.context import RunContext, StagePoint
-from medrl.stages.evaluate import run_eval
+from medrl.stages.evaluate import eval_sampling, run_eval
 from medrl.stages.start import base_point, checkpoint_point
 from medrl.utils.config import CONFIG_DIR
+from medrl.utils.tracking import close_wandb_run
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ def unique_names(points: list[StagePoint]) -> list[StagePoint]:
 
 def run(cfg: DictConfig) -> float | None:
     """Evaluate `cfg.checkpoints` (after the base model when evaluation.include_base)."""
+    eval_sampling(cfg.evaluation)
     specs = build_specs(cfg)
     folders = [Path(folder) for folder in cfg.checkpoints]
     missing = [str(folder) for folder in folders if not (folder / "manifest.json").is_file()]
@@ -48,7 +50,12 @@ def run(cfg: DictConfig) -> float | None:
     chain = unique_names(
         [base_point(specs.model)] + [checkpoint_point(f, specs.model) for f in folders]
     )
-    metrics = run_eval(ctx, chain).metrics
+    failed = True
+    try:
+        metrics = run_eval(ctx, chain).metrics
+        failed = False
+    finally:
+        close_wandb_run(failed)
     log.info("report: %s", ctx.output_dir / "eval" / "report.md")
     return metrics.get(cfg.optimized_metric)
 

@@ -7,6 +7,7 @@ checkpoint. Returns `optimized_metric` for sweepers.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,11 +18,13 @@ from omegaconf import DictConfig
 
 from medrl.components import build_pools, build_specs
 from medrl.stages.context import RunContext, StageOutcome, StagePoint
-from medrl.stages.evaluate import run_eval
+from medrl.stages.evaluate import eval_sampling, run_eval
 from medrl.stages.grpo import run_grpo
 from medrl.stages.sft import run_sft
 from medrl.stages.start import base_point
 from medrl.utils.config import CONFIG_DIR
+from medrl.utils.io import write_atomic
+from medrl.utils.tracking import close_wandb_run
 
 log = logging.getLogger(__name__)
 
@@ -43,20 +46,57 @@ def check_stages(stages: Sequence[str]) -> None:
 def run(cfg: DictConfig) -> float | None:
     """Run `cfg.stages` and return the value of `cfg.optimized_metric` (None if not produced)."""
     check_stages(list(cfg.stages))
+    if "eval" in cfg.stages:
+        eval_sampling(cfg.evaluation)  # fails now, not after the training stages
     specs = build_specs(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     pools = build_pools(specs)
     ctx = RunContext(cfg=cfg, specs=specs, pools=pools, output_dir=Path(cfg.paths.output_dir))
     chain = [base_point(specs.model, cfg.get("init_from"))]
     metrics: dict[str, float] = {}
-    for stage in cfg.stages:
-        log.info("stage %s starts from %s", stage, chain[-1].name)
-        outcome = STAGE_RUNNERS[stage](ctx, chain)
-        metrics.update(outcome.metrics)
-        if outcome.point is not None:
-            chain.append(outcome.point)
+    failed = True
+    try:
+        for stage in cfg.stages:
+            log.info("stage %s starts from %s", stage, chain[-1].name)
+            outcome = STAGE_RUNNERS[stage](ctx, chain)
+            metrics.update(outcome.metrics)
+            if outcome.point is not None:
+                chain.append(outcome.point)
+        failed = False
+    finally:
+        close_wandb_run(failed)
+    value = metrics.get(cfg.optimized_metric)
+    write_results(ctx.output_dir, cfg, chain, metrics, value)
     log.info("run finished; outputs in %s", ctx.output_dir)
-    return metrics.get(cfg.optimized_metric)
+    return value
+
+
+def write_results(
+    output_dir: Path,
+    cfg: DictConfig,
+    chain: Sequence[StagePoint],
+    metrics: dict[str, float],
+    value: float | None,
+) -> Path:
+    """results.json in the run folder: what `medrl.aggregate` reads from every job.
+
+    metrics:          the final metrics of every stage (eval/<metric> = the last point's)
+    optimized_metric: its name and value (what the entry point returned to the sweeper)
+    chain:            the points in order, the last one being the run's product
+    predictions:      {point: predictions file relative to the run folder} for paired tests
+    """
+    predictions = {
+        point.name: f"eval/{point.name}/predictions.jsonl"
+        for point in chain
+        if (output_dir / "eval" / point.name / "predictions.jsonl").is_file()
+    }
+    payload = {
+        "metrics": metrics,
+        "optimized_metric": {"name": cfg.optimized_metric, "value": value},
+        "chain": [point.name for point in chain],
+        "predictions": predictions,
+    }
+    return write_atomic(output_dir / "results.json", json.dumps(payload, indent=2))
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")

@@ -21,6 +21,8 @@ TRAIN_GROUPS = [
     "format",
     "reward",
     "algorithm",
+    "budget",
+    "evaluation",
     "trainer",
     "logger",
     "callbacks",
@@ -103,6 +105,26 @@ def test_every_spec_option_instantiates_without_loading_anything(compose, group)
     for option in group_options(group):
         cfg = compose("train", [f"{group}={option}"])
         assert instantiate(cfg[group]) is not None, f"{group}={option}"
+
+
+def test_the_default_run_is_the_embedded_study_sized_for_this_cpu(compose):
+    cfg = compose("train")
+    assert list(cfg.stages) == ["sft", "grpo", "eval"]
+    assert (cfg.model.name, cfg.dataset.name, cfg.format._target_) == (
+        "smollm2-135m-instruct",
+        "medmcqa",
+        "medrl.prompts.XmlFormat",
+    )
+    assert (cfg.sft.max_steps, cfg.grpo.max_steps, cfg.evaluation.limit) == (12, 6, 100)
+    assert cfg.grpo.module.sampling.max_new_tokens == 64
+
+
+def test_budget_none_and_the_smoke_config_run_the_groups_as_written(compose):
+    for overrides in (["budget=none"], ["debug=smoke"]):
+        cfg = compose("train", overrides)
+        assert cfg.grpo.module.lr == 5.0e-6 and cfg.sft.module.lr == 2.0e-4, overrides
+    full = compose("train", ["budget=none"])
+    assert (full.sft.max_steps, full.grpo.max_steps, full.evaluation.limit) == (-1, 100, None)
 
 
 def test_experiments_are_override_only():

@@ -57,7 +57,7 @@ def test_medrl_eval_scores_a_stage_checkpoint_like_the_pipeline_did(
         "eval",
         [
             "model=tiny_qwen3",
-            "evaluation.max_new_tokens=8",
+            "evaluation.sampling.max_new_tokens=8",
             "dataset.pools.eval.limit=8",
             f"checkpoints=[{checkpoint}]",
             "evaluation.include_base=false",
@@ -76,3 +76,49 @@ def test_medrl_eval_refuses_a_folder_that_is_not_a_checkpoint(compose, tmp_path)
 
     with pytest.raises(FileNotFoundError, match="not medrl stage checkpoints"):
         run_eval_entry(compose("eval", [f"checkpoints=[{tmp_path}]"]))
+
+
+def test_sft_grpo_eval_chain_with_sampled_eval_logs_the_report_to_wandb_offline(
+    compose, shared_dir, tmp_path_factory, monkeypatch
+):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose(
+        "train",
+        [
+            "debug=smoke",
+            "algorithm=sft_grpo",
+            "logger=many",
+            "evaluation.num_samples=2",
+            "evaluation.sampling.greedy=false",
+        ],
+    )
+    cfg.model.cache_dir = str(tmp_path_factory.getbasetemp() / "model-cache")
+    out = Path(cfg.paths.output_dir)
+
+    value = run(cfg)
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["chain"] == ["base", "sft", "grpo"]
+    assert results["optimized_metric"] == {"name": "eval/accuracy", "value": value}
+    assert results["metrics"]["eval/accuracy"] == results["metrics"]["eval/grpo/accuracy"]
+    assert results["metrics"]["eval/samples_per_item"] == 2.0
+    for point, path in results["predictions"].items():
+        predictions = read_predictions(out / path)
+        assert [p.sample for p in predictions[:2]] == [0, 1], point
+        assert len(predictions) == 16, "8 items x 2 samples"
+    report = (out / "eval" / "report.md").read_text()
+    assert "## Sampling" in report and "| grpo | 2 |" in report
+    assert "| sft -> grpo | 8 |" in report, "paired tests on the 8 voted items"
+    [wandb_run] = (out / "wandb").glob("offline-run-*")  # one W&B run for the whole job
+    assert list(wandb_run.rglob("media/images/eval/comparison_*.png"))
+    [table] = wandb_run.rglob("media/table/eval/report_*.table.json")
+    rows = json.loads(table.read_text())["data"]
+    assert [row[0] for row in rows] == ["base", "sft", "grpo"]
+    # Offline runs keep the config inside the run file (protobuf records; strings stay plain).
+    [run_file] = wandb_run.glob("run-*.wandb")
+    records = run_file.read_bytes()
+    assert b"max_new_tokens" in records and b"std_scope" in records, "config + GRPO record"
+    assert b"sft-train/loss" in records and b"grpo-reward/total" in records, "stage prefixes"
+    import wandb
+
+    assert wandb.run is None, "the job closed its W&B run"

@@ -44,3 +44,12 @@ def test_requesting_a_stage_without_a_runner_fails_before_loading_anything(compo
     monkeypatch.setattr("medrl.train.build_specs", must_not_run)
     with pytest.raises(ValueError, match=r"no runner for \['distill'\]; available stages"):
         run(compose("train", ["stages=[sft,distill,eval]"]))
+
+
+def test_sampled_evaluation_with_greedy_decoding_fails_before_training(compose, monkeypatch):
+    def must_not_run(*_):
+        raise AssertionError("specs were built before the evaluation settings were checked")
+
+    monkeypatch.setattr("medrl.train.build_specs", must_not_run)
+    with pytest.raises(ValueError, match=r"evaluation.num_samples=4 needs .*greedy=false"):
+        run(compose("train", ["evaluation.num_samples=4"]))

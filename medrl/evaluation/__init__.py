@@ -30,8 +30,10 @@ from medrl.evaluation.report import (
     bar_chart,
     metrics_table_markdown,
     paired_table_markdown,
+    sampling_table_markdown,
     write_markdown_report,
 )
+from medrl.evaluation.sampling import group_by_item, majority_vote, sampling_metrics
 
 __all__ = [
     "Estimate",
@@ -45,9 +47,11 @@ __all__ = [
     "chance_corrected",
     "compute_metrics",
     "flat_metrics",
+    "group_by_item",
     "macro_f1",
     "majority_baseline",
     "majority_label",
+    "majority_vote",
     "make_prediction",
     "mcnemar_exact",
     "metrics_table_markdown",
@@ -57,6 +61,8 @@ __all__ = [
     "predict",
     "proportion",
     "read_predictions",
+    "sampling_metrics",
+    "sampling_table_markdown",
     "wilson_interval",
     "write_markdown_report",
     "write_predictions",

@@ -318,10 +318,13 @@ def per_subject_accuracy(predictions: Sequence[Prediction]) -> dict[str, Subject
 def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """The scalar part of `compute_metrics` as plain floats, for loggers and JSON.
 
-    n, and for each Estimate `name`, `name_ci_low`, `name_ci_high` (the keys the eval stage
-    logs); histograms, labels and per-subject tables are left out.
+    n (and samples_per_item when sampled), and for each Estimate `name`, `name_ci_low`,
+    `name_ci_high` (the keys the eval stage logs); histograms, labels and per-subject tables are
+    left out.
     """
     flat: dict[str, float] = {"n": float(metrics["n"])}
+    if "samples_per_item" in metrics:  # sampled evaluation (medrl.evaluation.sampling)
+        flat["samples_per_item"] = float(metrics["samples_per_item"])
     for name, value in metrics.items():
         if isinstance(value, Estimate):
             flat |= {name: value.value, f"{name}_ci_low": value.low, f"{name}_ci_high": value.high}

@@ -20,7 +20,7 @@ from torch import nn
 
 from medrl.data.records import QARecord
 from medrl.prompts import OutputFormat, build_messages, render_prompt
-from medrl.rollout import SamplingSettings, generate
+from medrl.rollout import SamplingSettings, encode_prompts, generate
 from medrl.utils.io import write_atomic
 
 # The two-sided 95% normal quantile, Phi^-1(0.975).
@@ -35,6 +35,7 @@ class Prediction:
     gold:        the record's answer; correct = (answer == gold).
     format_ok / json_valid / schema_ok / error: as in `medrl.prompts.ParsedCompletion`.
     num_tokens:  generated tokens, the eos included; truncated: no eos within max_new_tokens.
+    sample:      which of the item's k completions this is (0 when one per item).
     """
 
     id: str
@@ -50,6 +51,7 @@ class Prediction:
     truncated: bool
     subject: str | None = None
     error: str | None = None
+    sample: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (one JSONL line of `write_predictions`)."""
@@ -78,6 +80,7 @@ def make_prediction(
     output_format: OutputFormat,
     num_tokens: int,
     truncated: bool,
+    sample: int = 0,
 ) -> Prediction:
     """Strictly parse `completion` for `record` and score it."""
     parsed = output_format.parse(completion, record.labels)
@@ -95,6 +98,7 @@ def make_prediction(
         truncated=truncated,
         subject=record.subject,
         error=parsed.error,
+        sample=sample,
     )
 
 
@@ -107,42 +111,66 @@ def predict(
     settings: SamplingSettings,
     batch_size: int = 8,
     progress: bool = False,
+    num_samples: int = 1,
+    seed: int | None = None,
 ) -> list[Prediction]:
-    """One prediction per record, in the order of `records`.
+    """`num_samples` predictions per record (samples 0..k-1 together), in the order of `records`.
 
     Prompts are rendered as in training (`build_messages` + `render_prompt`) and decoded by
     `generate` with `settings` (greedy for standard evaluation), `batch_size` records per call.
+    Batches are formed from prompts sorted by token length, so a batch pads little; the result
+    is put back in record order. With sampling, batch i draws from an RNG seeded with
+    seed + i (seed=None: the global RNG), so a seeded evaluation is reproducible.
     progress=True shows a rich progress bar over the batches.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if num_samples > 1 and settings.greedy:
+        raise ValueError(
+            f"num_samples={num_samples} with greedy decoding gives {num_samples} identical "
+            "completions; set greedy=False (evaluation.sampling.greedy=false) to sample"
+        )
     records = list(records)
+    if not records:
+        return []
     prompts = [
         render_prompt(tokenizer, build_messages(record, output_format), chat_template_kwargs)
         for record in records
     ]
-    starts = range(0, len(records), batch_size)
-    predictions: list[Prediction] = []
+    lengths = [len(ids) for ids in encode_prompts(tokenizer, prompts)]
+    by_length = sorted(range(len(records)), key=lengths.__getitem__)
+    batches = [
+        by_length[start : start + batch_size] for start in range(0, len(by_length), batch_size)
+    ]
+    per_record: dict[int, list[Prediction]] = {}
     with _progress_bar(progress) as bar:
-        task = bar.add_task("predicting", total=len(starts))
-        for start in starts:
-            batch = records[start : start + batch_size]
+        task = bar.add_task("predicting", total=len(batches))
+        for number, batch in enumerate(batches):
             rollout = generate(
-                policy_model, tokenizer, prompts[start : start + batch_size], settings
+                policy_model,
+                tokenizer,
+                [prompts[i] for i in batch],
+                settings,
+                num_samples=num_samples,
+                generator_seed=None if seed is None else seed + number,
             )
-            for offset, record in enumerate(batch):
-                predictions.append(
+            for row, position in enumerate(rollout.group_index):
+                index = batch[position]  # rows are prompt-major: sample = row % num_samples
+                per_record.setdefault(index, []).append(
                     make_prediction(
-                        record,
-                        prompts[start + offset],
-                        rollout.texts[offset],
+                        records[index],
+                        prompts[index],
+                        rollout.texts[row],
                         output_format,
-                        rollout.num_tokens[offset],
-                        rollout.truncated[offset],
+                        rollout.num_tokens[row],
+                        rollout.truncated[row],
+                        sample=row % num_samples,
                     )
                 )
             bar.advance(task)
-    return predictions
+    return [p for i in range(len(records)) for p in per_record[i]]
 
 
 def _progress_bar(enabled: bool) -> Progress:

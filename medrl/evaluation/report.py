@@ -31,6 +31,9 @@ METRIC_NAMES = {
     "majority_baseline": "majority baseline",
     "chance_corrected_accuracy": "chance-corrected accuracy",
     "macro_f1": "macro-F1",
+    "sample_accuracy": "single-sample accuracy",
+    "sample_format_rate": "single-sample format compliance",
+    "pass_at_k": "pass@k",
 }
 
 
@@ -84,13 +87,44 @@ def paired_table_markdown(pairs: Mapping[str, PairedResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sampling_table_markdown(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """For sampled evaluation (k > 1): one row per model with k, the majority-vote accuracy
+    (the headline), mean single-sample accuracy and format compliance, and pass@k."""
+    sampled = {name: m for name, m in results.items() if "pass_at_k" in m}
+    if not sampled:
+        raise ValueError("no sampled results (pass_at_k) to tabulate")
+    lines = [
+        "| model | k | maj@k accuracy [95% CI] | single-sample accuracy [95% CI] "
+        "| single-sample format [95% CI] | pass@k [95% CI] |",
+        "| --- | ---: | --- | --- | --- | --- |",
+    ]
+    for name, m in sampled.items():
+        cells = [
+            name,
+            str(m["samples_per_item"]),
+            _with_ci(m["accuracy"]),
+            _with_ci(m["sample_accuracy"]),
+            _with_ci(m["sample_format_rate"]),
+            _with_ci(m["pass_at_k"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_markdown_report(
     path: str | os.PathLike[str],
     results: Mapping[str, Mapping[str, Any]],
     pairs: Mapping[str, PairedResult] | None = None,
 ) -> Path:
-    """The metrics table, and the paired table when `pairs` is non-empty, in one markdown file."""
+    """The metrics table, the sampling table when results were sampled (k > 1; the metrics and
+    paired tables then score the majority vote), and the paired table when `pairs` is
+    non-empty, in one markdown file."""
     text = "## Metrics\n\n" + metrics_table_markdown(results)
+    if any("pass_at_k" in m for m in results.values()):
+        text += (
+            "\nSampled evaluation: accuracy and the paired tests score the majority vote of "
+            "the k samples per item.\n\n## Sampling\n\n" + sampling_table_markdown(results)
+        )
     if pairs:
         text += "\n## Paired comparisons\n\n" + paired_table_markdown(pairs)
     return write_atomic(path, text.encode("utf-8"))

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_object, instantiate
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from medrl.components import RunSpecs
@@ -40,6 +42,15 @@ class StageOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+def job_name(cfg: DictConfig) -> str:
+    """A readable run name: the job's command-line overrides ("seed=1,grpo.module.group_size=8"
+    in a sweep), else the task name."""
+    overrides = OmegaConf.select(cfg, "hydra.job.override_dirname", default=None)
+    if overrides is None and HydraConfig.initialized():
+        overrides = HydraConfig.get().job.override_dirname
+    return overrides or str(cfg.get("task_name", "medrl"))
+
+
 @dataclass
 class RunContext:
     """The run's instantiated pieces. Runners read `cfg` only for their own stage's block."""
@@ -57,12 +68,32 @@ class RunContext:
         return OmegaConf.to_yaml(self.cfg, resolve=True)
 
     def loggers(self, stage: str) -> list[Any]:
-        """Fresh loggers for one stage; loggers that take a version get the stage's name."""
+        """Fresh loggers for one stage, each sent the resolved config.
+
+        File loggers that take a version (CSV, TensorBoard) write one folder per stage. W&B gets
+        one run per job: every stage's WandbLogger reuses the job's open run (Lightning attaches
+        to `wandb.run`), its keys prefixed with the stage ("sft-train/loss") so stages never
+        share a chart; the run is closed by `close_wandb_run` when the job ends.
+        """
         loggers = []
         for node in (self.cfg.get("logger") or {}).values():
-            accepts_version = "version" in inspect.signature(get_object(node._target_)).parameters
-            loggers.append(instantiate(node, **({"version": stage} if accepts_version else {})))
+            target = get_object(node._target_)
+            if issubclass(target, WandbLogger):
+                logger = instantiate(node, **self._wandb_kwargs(node, stage))
+            elif "version" in inspect.signature(target).parameters:
+                logger = instantiate(node, version=stage)
+            else:
+                logger = instantiate(node)
+            logger.log_hyperparams(OmegaConf.to_container(self.cfg, resolve=True))
+            loggers.append(logger)
         return loggers
+
+    def _wandb_kwargs(self, node: DictConfig, stage: str) -> dict[str, Any]:
+        # The eval stage's keys are already namespaced (eval/...).
+        kwargs: dict[str, Any] = {"prefix": "" if stage == "eval" else stage}
+        if not node.get("name"):
+            kwargs["name"] = job_name(self.cfg)
+        return kwargs
 
     def trainer(self, stage: str, **kwargs: Any) -> pl.Trainer:
         """The configured Lightning Trainer with this stage's loggers, callbacks and `kwargs`."""

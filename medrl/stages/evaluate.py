@@ -8,14 +8,19 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
 from medrl.checkpoints import load_checkpoint
 from medrl.evaluation import (
     Prediction,
     bar_chart,
     compute_metrics,
     flat_metrics,
+    majority_vote,
     paired_comparison,
     predict,
+    sampling_metrics,
     write_markdown_report,
     write_predictions,
 )
@@ -48,12 +53,28 @@ def load_for_eval(ctx: RunContext, point: StagePoint):
     return model, tokenizer
 
 
+def eval_sampling(settings: DictConfig) -> tuple[SamplingSettings, int]:
+    """(decoding settings, samples per item) of an `evaluation` block, checked; call it before
+    any training so a bad evaluation setting fails before hours of work."""
+    sampling: SamplingSettings = instantiate(settings.sampling)
+    num_samples = int(settings.num_samples)
+    if num_samples < 1:
+        raise ValueError(f"evaluation.num_samples must be >= 1, got {num_samples}")
+    if num_samples > 1 and sampling.greedy:
+        raise ValueError(
+            f"evaluation.num_samples={num_samples} needs evaluation.sampling.greedy=false "
+            "(greedy decoding gives k identical completions)"
+        )
+    return sampling, num_samples
+
+
 def run_eval(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
-    """Greedy predictions for each point on the same items, saved per item; metrics with 95%
-    intervals, paired comparisons of consecutive points, eval/report.md and a bar chart."""
+    """Predictions for each point on the same items (greedy, or k samples reduced to their
+    majority vote), saved per item; metrics with 95% intervals, paired comparisons of
+    consecutive points, eval/report.md and a bar chart, also sent to the loggers."""
     settings = ctx.cfg.evaluation
+    sampling, num_samples = eval_sampling(settings)
     records = list(ctx.pools[POOL])[: settings.limit]
-    sampling = SamplingSettings(greedy=True, max_new_tokens=settings.max_new_tokens)
     out_dir = ctx.output_dir / "eval"
     predictions: dict[str, list[Prediction]] = {}
     for point in points_to_evaluate(chain, settings.include_base):
@@ -67,14 +88,19 @@ def run_eval(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
             sampling,
             batch_size=settings.batch_size,
             progress=True,
+            num_samples=num_samples,
+            seed=settings.seed,
         )
         write_predictions(out_dir / point.name / "predictions.jsonl", predictions[point.name])
+    # One answer per item for the metrics and paired tests: the majority vote when sampled.
+    answers = {name: majority_vote(preds) for name, preds in predictions.items()}
     results = {
-        name: compute_metrics(preds, labels=records[0].labels, seed=ctx.seed)
+        name: compute_metrics(answers[name], labels=records[0].labels, seed=ctx.seed)
+        | (sampling_metrics(preds, seed=ctx.seed) if num_samples > 1 else {})
         for name, preds in predictions.items()
     }
     pairs = {
-        f"{a} -> {b}": paired_comparison(predictions[a], predictions[b], seed=ctx.seed)
+        f"{a} -> {b}": paired_comparison(answers[a], answers[b], seed=ctx.seed)
         for a, b in consecutive_pairs(list(predictions))
     }
     write_outputs(out_dir, results, pairs)
@@ -85,7 +111,7 @@ def run_eval(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
     }
     # The last point is the run's product: its metrics are also the plain eval/<metric> keys.
     metrics.update({f"eval/{k}": v for k, v in flat_metrics(results[chain[-1].name]).items()})
-    _log(ctx, metrics)
+    _log(ctx, metrics, results, out_dir)
     return StageOutcome(None, metrics)
 
 
@@ -106,7 +132,22 @@ def write_outputs(out_dir: Path, results: dict, pairs: dict) -> None:
     bar_chart(results, out_dir / "comparison.png")
 
 
-def _log(ctx: RunContext, metrics: dict[str, float]) -> None:
+def _log(ctx: RunContext, metrics: dict[str, float], results: dict, out_dir: Path) -> None:
+    """Scalars to every logger; to loggers that take media (W&B), also the comparison chart
+    and the metrics table (one row per model, each metric with its interval)."""
+    columns, rows = metrics_rows(results)
     for logger in ctx.loggers(POOL):
         logger.log_metrics(metrics)
+        if hasattr(logger, "log_image"):
+            logger.log_image(key="eval/comparison", images=[str(out_dir / "comparison.png")])
+        if hasattr(logger, "log_table"):
+            logger.log_table(key="eval/report", columns=columns, data=rows)
         logger.finalize("success")
+
+
+def metrics_rows(results: dict) -> tuple[list[str], list[list]]:
+    """(columns, rows) of a table with one row per model: its name, then `flat_metrics`."""
+    flat = {name: flat_metrics(result) for name, result in results.items()}
+    keys = list(dict.fromkeys(key for values in flat.values() for key in values))
+    rows = [[name, *(values.get(key) for key in keys)] for name, values in flat.items()]
+    return ["model", *keys], rows

@@ -146,3 +146,38 @@ def test_predict_on_tiny_qwen3_gives_one_consistent_prediction_per_record(tiny_p
         assert pred.gold == record.answer and pred.subject == record.subject
         assert pred.correct == (parsed.answer == record.answer)
     assert predict(model, tok, [], fmt, kwargs, GREEDY) == []
+
+
+def test_predict_with_k_samples_groups_them_per_record_and_is_reproducible(tiny_policy):
+    model, tok = tiny_policy.model, tiny_policy.tokenizer
+    fmt, kwargs = XmlFormat(), tiny_policy.chat_template_kwargs
+    sampled = SamplingSettings(temperature=1.0, max_new_tokens=6)
+    first = predict(model, tok, RECORDS, fmt, kwargs, sampled, batch_size=2, num_samples=3, seed=5)
+    assert [(p.id, p.sample) for p in first] == [(r.id, s) for r in RECORDS for s in range(3)]
+    again = predict(model, tok, RECORDS, fmt, kwargs, sampled, batch_size=2, num_samples=3, seed=5)
+    assert [p.completion for p in again] == [p.completion for p in first], "seeded"
+    assert len({p.completion for p in first}) > len(RECORDS), "samples of a record differ"
+
+
+def test_predict_refuses_k_greedy_samples(tiny_policy):
+    with pytest.raises(ValueError, match="greedy=False"):
+        predict(
+            tiny_policy.model,
+            tiny_policy.tokenizer,
+            RECORDS,
+            XmlFormat(),
+            {},
+            GREEDY,
+            num_samples=2,
+        )
+
+
+def test_batching_by_prompt_length_returns_records_in_their_own_order(tiny_policy):
+    model, tok = tiny_policy.model, tiny_policy.tokenizer
+    fmt, kwargs = XmlFormat(), tiny_policy.chat_template_kwargs
+    one_batch = predict(model, tok, RECORDS, fmt, kwargs, GREEDY, batch_size=len(RECORDS))
+    per_record = predict(model, tok, RECORDS, fmt, kwargs, GREEDY, batch_size=1)
+    reversed_input = predict(model, tok, RECORDS[::-1], fmt, kwargs, GREEDY, batch_size=2)
+    assert [p.id for p in reversed_input] == [r.id for r in RECORDS[::-1]]
+    assert [p.completion for p in one_batch] == [p.completion for p in per_record]
+    assert [p.completion for p in reversed_input] == [p.completion for p in one_batch][::-1]

@@ -28,6 +28,7 @@ TRAIN_GROUPS = [
     "callbacks",
     "debug",
     "experiment",
+    "hparams_search",
 ]
 # Groups whose option instantiates into a cheap spec object (no weights, no data read).
 SPEC_GROUPS = ["model", "adapter", "dataset", "format", "reward"]

@@ -288,8 +288,9 @@ def resolve_metrics(jobs: Sequence[Job], metrics: Sequence[str]) -> tuple[str, .
 
 
 def mark_best(rows: Sequence[GroupRow], metric: str | None, direction: str) -> list[GroupRow]:
-    """Flag the row with the highest (maximize) or lowest (minimize) finite mean of `metric`;
-    ties go to the first row; no row is flagged when no mean is finite."""
+    """Flag the row with the highest (maximize) or lowest (minimize) finite mean of `metric`.
+    Rows tied at that mean are all flagged (the data does not separate them, so picking the
+    first would be arbitrary); no row is flagged when no mean is finite."""
     candidates = [
         (i, row.stats[metric].value)
         for i, row in enumerate(rows)
@@ -297,9 +298,10 @@ def mark_best(rows: Sequence[GroupRow], metric: str | None, direction: str) -> l
     ]
     if not candidates:
         return list(rows)
-    sign = 1.0 if direction == "maximize" else -1.0
-    best = max(candidates, key=lambda pair: (sign * pair[1], -pair[0]))[0]
-    return [replace(row, best=i == best) for i, row in enumerate(rows)]
+    values = [value for _, value in candidates]
+    top = max(values) if direction == "maximize" else min(values)
+    best = {i for i, value in candidates if value == top}
+    return [replace(row, best=i in best) for i, row in enumerate(rows)]
 
 
 # ---- grouping ---------------------------------------------------------------------------------

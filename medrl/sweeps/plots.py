@@ -54,7 +54,9 @@ def heatmap(
 ) -> Figure:
     """Mean of `metric` per cell (rows: row_key values, columns: col_key values), each cell
     annotated with its mean and number of seeds; cells without a value are blank ("n/a")."""
-    fig = Figure(figsize=(1.4 * len(col_labels) + 2.5, 0.9 * len(row_labels) + 1.8))
+    fig = Figure(
+        figsize=(1.4 * len(col_labels) + 2.5, 0.9 * len(row_labels) + 1.8), layout="constrained"
+    )
     ax = fig.add_subplot()
     image = ax.imshow(np.ma.masked_invalid(means), cmap="viridis", aspect="auto")
     fig.colorbar(image, ax=ax, label=metric)
@@ -73,7 +75,6 @@ def heatmap(
             ax.text(c, r, f"{text}\nn={int(counts[r, c])}", ha="center", va="center", color=color)
     if not finite.size:  # nothing drawn: a white background would hide the white labels
         ax.set_facecolor("lightgray")
-    fig.tight_layout()
     return fig
 
 
@@ -90,7 +91,7 @@ def line_plot(
     decades or more); other values are evenly spaced in the given order."""
     numbers = numeric_values(labels)
     x = np.arange(len(labels), dtype=float) if numbers is None else np.asarray(numbers)  # [K]
-    fig = Figure(figsize=(max(5.5, 0.9 * len(labels) + 2.0), 3.8))
+    fig = Figure(figsize=(max(5.5, 0.9 * len(labels) + 2.0), 3.8), layout="constrained")
     ax = fig.add_subplot()
     ax.errorbar(x, means, yerr=_error_bars(means, lows, highs), marker="o", capsize=4)
     if numbers is None:
@@ -101,7 +102,6 @@ def line_plot(
     ax.set_ylabel(metric)
     ax.set_title(f"{metric}: mean across seeds, 95% t interval", fontsize=10)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     return fig
 
 
@@ -114,7 +114,7 @@ def bar_plot(
 ) -> Figure:
     """One horizontal bar per group (top to bottom in the given order) with 95% error bars."""
     y = np.arange(len(labels))  # [K]
-    fig = Figure(figsize=(7.0, 0.45 * len(labels) + 1.6))
+    fig = Figure(figsize=(7.0, 0.45 * len(labels) + 1.6), layout="constrained")
     ax = fig.add_subplot()
     ax.barh(y, means, xerr=_error_bars(means, lows, highs), capsize=3, color="tab:blue")
     ax.set_yticks(y, labels=list(labels))
@@ -122,7 +122,6 @@ def bar_plot(
     ax.set_xlabel(metric)
     ax.set_title(f"{metric}: mean across seeds, 95% t interval", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
     return fig
 
 

@@ -18,7 +18,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from medrl.aggregate import main
-from medrl.evaluation import Prediction, bootstrap_ci, write_predictions
+from medrl.evaluation import Estimate, Prediction, bootstrap_ci, write_predictions
 from medrl.sweeps import (
     Settings,
     aggregate_sweep,
@@ -29,7 +29,7 @@ from medrl.sweeps import (
     t_interval,
     t_quantile_975,
 )
-from medrl.sweeps.aggregate import group_jobs, plot_metric
+from medrl.sweeps.aggregate import GroupRow, group_jobs, mark_best, plot_metric
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 G = "grpo.module.group_size"
@@ -455,3 +455,17 @@ def test_cli_rejects_a_folder_without_jobs(tmp_path, capsys):
     assert f"no job folders in {tmp_path / 'empty'}" in err
     assert main([str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_groups_tied_at_the_best_mean_are_all_marked():
+    rows = [
+        GroupRow(
+            key=(("lr", str(i)),),
+            values={"lr": str(i)},
+            jobs=(),
+            stats={"eval/accuracy": Estimate(value, math.nan, math.nan, 1)},
+        )
+        for i, value in enumerate([0.4, 0.2, 0.4])
+    ]
+    assert [r.best for r in mark_best(rows, "eval/accuracy", "maximize")] == [True, False, True]
+    assert [r.best for r in mark_best(rows, "eval/accuracy", "minimize")] == [False, True, False]

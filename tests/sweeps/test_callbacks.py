@@ -109,3 +109,31 @@ def test_aggregate_on_multirun_end_logs_and_does_not_raise(tmp_path, caplog):
     assert f"aggregating sweep {tmp_path} failed" in caplog.text
     assert f"no job folders in {tmp_path}" in caplog.text  # the reason, from the traceback
     assert not (tmp_path / "aggregate").exists()
+
+
+def multirun_job_config(sweep: Path, num: int, **aggregate):
+    """What on_job_end gets inside a multirun: the job's output dir and the sweep's settings."""
+    config = sweep_config(sweep, **aggregate)
+    config.hydra.mode = "MULTIRUN"
+    config.hydra.runtime = {"output_dir": str(sweep / str(num))}
+    return config
+
+
+def test_every_multirun_job_refreshes_the_aggregate_even_before_the_baseline_ran(tmp_path):
+    write_completed_job(tmp_path, 0, 0.2)  # lr=0; the baseline lr=1 has not run yet
+    done = JobReturn(status=HydraJobStatus.COMPLETED)
+    JobStatus().on_job_end(multirun_job_config(tmp_path, 0, baseline=["lr=1"]), done)
+    summary = (tmp_path / "aggregate" / "summary.md").read_text()
+    assert "1 jobs (1 completed)" in summary and "Baseline" not in summary
+
+    write_completed_job(tmp_path, 1, 0.4)
+    JobStatus().on_job_end(multirun_job_config(tmp_path, 1, baseline=["lr=1"]), done)
+    summary = (tmp_path / "aggregate" / "summary.md").read_text()
+    assert "2 jobs (2 completed)" in summary and "Baseline `lr=1`" in summary
+
+
+def test_a_baseline_matching_no_group_is_an_error_once_the_sweep_has_ended(tmp_path, caplog):
+    write_completed_job(tmp_path, 0, 0.2)
+    with caplog.at_level(logging.ERROR, logger="medrl.sweeps.callbacks"):
+        AggregateOnMultirunEnd().on_multirun_end(sweep_config(tmp_path, baseline=["lr=7"]))
+    assert "baseline ['lr=7'] matches no group" in caplog.text

@@ -13,6 +13,7 @@ import lightning.pytorch as pl
 from omegaconf import DictConfig
 
 from medrl.components import build_pools, build_specs
+from medrl.preflight import run_preflight
 from medrl.stages.context import RunContext, StagePoint
 from medrl.stages.evaluate import eval_sampling, run_eval
 from medrl.stages.start import base_point, checkpoint_point
@@ -44,9 +45,9 @@ def run(cfg: DictConfig) -> float | None:
             f"checkpoints: not medrl stage checkpoints (no manifest): {missing}"
         )
     pl.seed_everything(cfg.seed)
-    ctx = RunContext(
-        cfg=cfg, specs=specs, pools=build_pools(specs), output_dir=Path(cfg.paths.output_dir)
-    )
+    pools = build_pools(specs)
+    run_preflight(cfg, specs, pools, stages=["eval"])  # before any checkpoint loads
+    ctx = RunContext(cfg=cfg, specs=specs, pools=pools, output_dir=Path(cfg.paths.output_dir))
     chain = unique_names(
         [base_point(specs.model)] + [checkpoint_point(f, specs.model) for f in folders]
     )

@@ -17,6 +17,7 @@ import lightning.pytorch as pl
 from omegaconf import DictConfig
 
 from medrl.components import build_pools, build_specs
+from medrl.preflight import preflight_config, run_preflight
 from medrl.stages.context import RunContext, StageOutcome, StagePoint
 from medrl.stages.evaluate import eval_sampling, run_eval
 from medrl.stages.grpo import run_grpo
@@ -46,11 +47,13 @@ def check_stages(stages: Sequence[str]) -> None:
 def run(cfg: DictConfig) -> float | None:
     """Run `cfg.stages` and return the value of `cfg.optimized_metric` (None if not produced)."""
     check_stages(list(cfg.stages))
+    preflight_config(cfg)  # the config's own values, all failures at once, before building
     if "eval" in cfg.stages:
         eval_sampling(cfg.evaluation)  # fails now, not after the training stages
     specs = build_specs(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     pools = build_pools(specs)
+    run_preflight(cfg, specs, pools)  # data, rewards, prompt lengths; still no weights loaded
     ctx = RunContext(cfg=cfg, specs=specs, pools=pools, output_dir=Path(cfg.paths.output_dir))
     chain = [base_point(specs.model, cfg.get("init_from"))]
     metrics: dict[str, float] = {}

@@ -31,7 +31,7 @@ def materialize(spec: ModelSpec) -> str:
     if spec.source == "checkpoint":
         return str(Path(str(spec.path)) / "merged")
     if spec.source == "gguf":
-        return str(_cached(_gguf_cache_dir(spec), lambda out: _convert_gguf(spec, out)))
+        return str(_cached(gguf_cache_dir(spec), lambda out: _convert_gguf(spec, out)))
     return str(_cached(_tiny_cache_dir(spec), lambda out: _build_tiny(spec, out)))
 
 
@@ -71,7 +71,9 @@ def _file_digest(path: Path) -> str:
     return sha.hexdigest()
 
 
-def _gguf_cache_dir(spec: ModelSpec) -> Path:
+def gguf_cache_dir(spec: ModelSpec) -> Path:
+    """Where the GGUF model of `spec` is (or will be) converted: named by the file's content
+    hash, so another GGUF file never reuses a stale conversion. Computing it loads nothing."""
     gguf_path = find_gguf_file(str(spec.gguf_package), str(spec.gguf_file))
     return Path(str(spec.cache_dir)) / "models" / f"{spec.name}-{_file_digest(gguf_path)[:12]}"
 

@@ -69,7 +69,7 @@ def test_a_2x2_sweep_gives_four_wandb_runs_and_a_four_row_aggregate(launcher, tm
 
 def test_a_failed_job_is_listed_in_the_aggregate_of_its_sweep(tmp_path, cache_dir):
     sweep = tmp_path / "sweep"
-    # group_size=1 is refused by the GRPO module (its std-normalized advantage needs G >= 2).
+    # group_size=1 is refused by preflight (a std-normalized advantage needs G >= 2).
     result = multirun(sweep, cache_dir, *SMOKE, "grpo.module.group_size=1,2")
 
     assert result.returncode != 0, "Hydra reports the failed job"

@@ -1,0 +1,72 @@
+"""Pool checks (check 5): every stage has records, and evaluation never scores a trained-on item.
+
+The data layer already guarantees disjoint pools when it builds them; this recomputes the
+overlaps with its own `pool_overlaps` on the pools the run actually holds, so a pool changed
+after loading (or a data-layer regression) is caught before training rather than after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from medrl.data.pools import pool_overlaps, record_id, record_text
+from medrl.data.records import QARecord
+from medrl.preflight.report import CheckResult, failed, passed
+from medrl.stages.evaluate import POOL as EVAL_POOL
+from medrl.stages.grpo import POOL as GRPO_POOL
+from medrl.stages.sft import POOL as SFT_POOL
+
+# Stage -> the pool its runner reads.
+STAGE_POOLS: dict[str, str] = {"sft": SFT_POOL, "grpo": GRPO_POOL, "eval": EVAL_POOL}
+TRAIN_POOLS = (SFT_POOL, GRPO_POOL)
+
+
+def pool_key(name: str) -> str:
+    return f"dataset.pools.{name}"
+
+
+def pool_checks(
+    pools: Mapping[str, Sequence[QARecord]], stages: Sequence[str]
+) -> list[CheckResult]:
+    """A non-empty pool for every stage, then the evaluation pool's disjointness."""
+    results = [check_pool_filled(pools, stage) for stage in stages]
+    if "eval" in stages and EVAL_POOL in pools:
+        results += [
+            check_disjoint(pools, EVAL_POOL, other) for other in TRAIN_POOLS if other in pools
+        ]
+    return results
+
+
+def check_pool_filled(pools: Mapping[str, Sequence[QARecord]], stage: str) -> CheckResult:
+    name = STAGE_POOLS[stage]
+    key = pool_key(name)
+    if name not in pools:
+        return failed(
+            "pools", f"{key}: missing; the {stage} stage reads it (pools: {list(pools)})", key
+        )
+    size = len(pools[name])
+    if size == 0:
+        return failed(
+            "pools",
+            f"{key}: empty (0 records after selection, de-duplication and limit); the {stage} "
+            "stage needs at least one",
+            key,
+        )
+    return passed("pools", f"{key}: {size} records for the {stage} stage", key)
+
+
+def check_disjoint(pools: Mapping[str, Sequence[QARecord]], name: str, other: str) -> CheckResult:
+    """`name` and `other` share no record id and no normalized question text."""
+    pair = {name: pools[name], other: pools[other]}
+    by_id = pool_overlaps(pair, record_id)[(name, other)]
+    by_text = pool_overlaps(pair, record_text)[(name, other)]
+    key = pool_key(name)
+    if by_id == 0 and by_text == 0:
+        return passed("pools", f"{key} is disjoint from {pool_key(other)} (ids and texts)", key)
+    return failed(
+        "pools",
+        f"{key} overlaps {pool_key(other)}: {by_id} shared record ids, {by_text} shared "
+        "question texts; evaluation would score questions the model trained on (give the "
+        "pools disjoint rows: their split, size, range or ids_file)",
+        key,
+    )

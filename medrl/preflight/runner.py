@@ -1,0 +1,197 @@
+"""Run every preflight check that applies to the requested stages, collect the results, write
+preflight.json, and raise one PreflightError listing every failure.
+
+Two entry points because a config can be too broken to instantiate: `preflight_config` checks
+the config's own values before `build_specs` (an unknown reward name would otherwise stop the
+run there, alone), and `run_preflight` repeats them with the instantiated specs and the loaded
+pools (no weights) to check data, rewards and prompt lengths as well.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from medrl.components import RunSpecs
+from medrl.data.records import QARecord
+from medrl.models import ModelSpec
+from medrl.preflight.context import (
+    Renderer,
+    check_generation_fits,
+    check_sft_lengths,
+    sample_records,
+)
+from medrl.preflight.model import probe_model
+from medrl.preflight.pools import EVAL_POOL, GRPO_POOL, SFT_POOL, STAGE_POOLS, pool_checks
+from medrl.preflight.report import (
+    CheckResult,
+    PreflightReport,
+    log_report,
+    skipped,
+    write_report,
+)
+from medrl.preflight.rewards import check_gold_scores_best, reward_config_checks
+from medrl.preflight.values import (
+    evaluation_checks,
+    grpo_checks,
+    is_count,
+    select,
+    sft_checks,
+)
+from medrl.stages.start import base_point
+
+log = logging.getLogger(__name__)
+TRAINING_STAGES = ("sft", "grpo")
+# Stage -> (its pool, the key of its generation length); SFT does not generate.
+GENERATING_STAGES = {
+    "grpo": (GRPO_POOL, "grpo.module.sampling.max_new_tokens"),
+    "eval": (EVAL_POOL, "evaluation.sampling.max_new_tokens"),
+}
+
+Pools = Mapping[str, Sequence[QARecord]]
+
+
+@dataclass(frozen=True)
+class PreflightSettings:
+    """The `preflight` config block; configs without one (conf/eval.yaml) get the defaults."""
+
+    enabled: bool = True
+    show_prompts: int = 3
+
+
+def preflight_settings(cfg: DictConfig) -> PreflightSettings:
+    node = cfg.get("preflight") or {}
+    defaults = PreflightSettings()
+    return PreflightSettings(
+        enabled=bool(node.get("enabled", defaults.enabled)),
+        show_prompts=max(0, int(node.get("show_prompts", defaults.show_prompts))),
+    )
+
+
+def _stages(cfg: DictConfig, stages: Sequence[str] | None) -> tuple[str, ...]:
+    return tuple(cfg.stages) if stages is None else tuple(stages)
+
+
+def config_checks(cfg: DictConfig, stages: Sequence[str]) -> list[CheckResult]:
+    """Checks 1-4, for the stages that run. Rewards are checked when the run trains."""
+    results: list[CheckResult] = []
+    if "grpo" in stages:
+        results += grpo_checks(cfg)
+    if "sft" in stages:
+        results += sft_checks(cfg)
+    if "eval" in stages:
+        results += evaluation_checks(cfg)
+    if any(stage in TRAINING_STAGES for stage in stages):
+        results += reward_config_checks(select(cfg, "reward.components"))
+    return results
+
+
+def preflight_config(cfg: DictConfig, stages: Sequence[str] | None = None) -> list[CheckResult]:
+    """Checks 1-4 before anything is instantiated; raises PreflightError listing the failures."""
+    if not preflight_settings(cfg).enabled:
+        return []
+    report = PreflightReport(config_checks(cfg, _stages(cfg, stages)))
+    report.raise_if_failed()
+    return report.results
+
+
+def run_preflight(
+    cfg: DictConfig,
+    specs: RunSpecs,
+    pools: Pools,
+    tokenizer: Any | None = None,
+    stages: Sequence[str] | None = None,
+) -> PreflightReport:
+    """Every check for `stages` (default cfg.stages), with no weights loaded.
+
+    tokenizer: the model's tokenizer when the caller has one; else it is loaded when that is
+    cheap (`preflight_tokenizer`) and the tokenizer checks are skipped, with a note, when not.
+    Logs the prompts, writes preflight.json to cfg.paths.output_dir, and raises PreflightError
+    when any check failed. With preflight.enabled=false it only logs that it was skipped.
+    """
+    settings = preflight_settings(cfg)
+    if not settings.enabled:
+        log.info("preflight checks skipped (preflight.enabled=false)")
+        off = skipped("preflight", "preflight.enabled=false", "preflight.enabled")
+        return PreflightReport([off])
+    stages = _stages(cfg, stages)
+    spec = start_model(cfg, specs.model)
+    probe = probe_model(spec, tokenizer)
+    renderer = Renderer(specs.output_format, probe.tokenizer, spec.chat_template_kwargs)
+    results = config_checks(cfg, stages) + pool_checks(pools, stages)
+    results += [skipped("model", note) for note in probe.notes]
+    results += gold_checks(specs, pools, stages, renderer)
+    results += context_checks(cfg, stages, pools, renderer, probe.context)
+    in_use = list(dict.fromkeys(STAGE_POOLS[stage] for stage in stages))
+    shown = sample_records(pools, in_use, settings.show_prompts)
+    report = PreflightReport(results, [renderer.show(pool, record) for pool, record in shown])
+    log_report(report)
+    write_report(report, Path(cfg.paths.output_dir))
+    report.raise_if_failed()
+    return report
+
+
+def start_model(cfg: DictConfig, model: ModelSpec) -> ModelSpec:
+    """The model the first stage starts from: the model group's, or the init_from checkpoint."""
+    return base_point(model, cfg.get("init_from")).model_spec
+
+
+def gold_checks(
+    specs: RunSpecs, pools: Pools, stages: Sequence[str], renderer: Renderer
+) -> list[CheckResult]:
+    """Check 6 on the first record of the GRPO pool (else the eval pool, else the SFT pool)."""
+    if not any(stage in TRAINING_STAGES for stage in stages):
+        return []
+    order = ([GRPO_POOL] if "grpo" in stages else []) + [EVAL_POOL, SFT_POOL]
+    records = next((pools[name] for name in order if pools.get(name)), None)
+    if not records:
+        return [skipped("reward_gold", "no record in any pool to score", "reward")]
+    tokenizer = renderer.tokenizer
+    count = (
+        None
+        if tokenizer is None
+        else (lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+    )
+    return [check_gold_scores_best(specs.rewards, specs.output_format, records[0], count)]
+
+
+def context_checks(
+    cfg: DictConfig,
+    stages: Sequence[str],
+    pools: Pools,
+    renderer: Renderer,
+    window: int | None,
+) -> list[CheckResult]:
+    """Check 7: generation lengths against the context, and SFT example lengths."""
+    if renderer.tokenizer is None:
+        return [skipped("context", "no tokenizer: prompt lengths not checked")]
+    results = []
+    for stage in stages:
+        if stage not in GENERATING_STAGES:
+            continue
+        pool, key = GENERATING_STAGES[stage]
+        records = generated_records(cfg, stage, pools.get(pool) or [])
+        max_new_tokens = select(cfg, key)
+        if not records or not is_count(max_new_tokens, 1):
+            continue  # reported by the pool and value checks
+        if window is None:
+            results.append(skipped("context", f"{key}: the model's context is unknown", key))
+            continue
+        results.append(check_generation_fits(stage, key, max_new_tokens, records, renderer, window))
+    max_seq_length = select(cfg, "sft.max_seq_length")
+    if "sft" in stages and pools.get(SFT_POOL) and is_count(max_seq_length, 1):
+        results += check_sft_lengths(pools[SFT_POOL], renderer, max_seq_length, window)
+    return results
+
+
+def generated_records(
+    cfg: DictConfig, stage: str, records: Sequence[QARecord]
+) -> Sequence[QARecord]:
+    """The records a stage generates for: evaluation reads only the first evaluation.limit."""
+    limit = select(cfg, "evaluation.limit")
+    return records[:limit] if stage == "eval" and is_count(limit, 1) else records

@@ -1,0 +1,159 @@
+"""Checks 4 and 6: the reward yaml's components, and the reward set scoring a real gold answer."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from medrl.data.records import YES_NO_MAYBE_LABELS, QARecord
+from medrl.preflight import PreflightError, preflight_config, run_preflight
+from medrl.preflight.rewards import check_gold_scores_best, reward_max
+from medrl.prompts import get_format
+from medrl.rewards import REWARDS, build_reward_set
+
+MCQ = QARecord(
+    id="b12",
+    question="Vitamin B12 is found only in foods of which origin?",
+    options={"A": "Plant", "B": "Animal", "C": "Fungal", "D": "Mineral"},
+    answer="B",
+    explanation="Only animal foods contain vitamin B12, made by bacteria in the animal gut.",
+)
+PUBMEDQA = QARecord(
+    id="pqa",
+    question="Does the intervention work?",
+    options={label: label for label in YES_NO_MAYBE_LABELS},
+    answer="maybe",
+    context="A small trial.",
+)
+
+
+def config_error(compose, *overrides: str) -> PreflightError:
+    with pytest.raises(PreflightError) as caught:
+        preflight_config(compose("train", ["debug=smoke", *overrides]))
+    return caught.value
+
+
+def test_an_unknown_reward_name_lists_the_valid_names(compose):
+    error = config_error(compose, "+reward.components.empathy.weight=1.0")
+    (failure,) = error.failures
+    assert failure.key == "reward.components.empathy"
+    assert failure.message.startswith("reward.components.empathy: unknown reward 'empathy'")
+    assert f"valid names: {sorted(REWARDS)}" in failure.message
+
+
+@pytest.mark.parametrize("weight", ["nan", "inf", "heavy", "true"])
+def test_a_weight_that_is_not_a_finite_number_names_its_key(compose, weight):
+    error = config_error(compose, f"reward.components.format.weight={weight}")
+    (failure,) = error.failures
+    assert failure.key == "reward.components.format.weight"
+    assert failure.message.startswith("reward.components.format.weight=")
+    assert "must be a finite number" in failure.message
+
+
+def test_a_parameter_the_reward_does_not_take_names_the_component(compose):
+    error = config_error(compose, "+reward.components.format.strict=true")
+    (failure,) = error.failures
+    assert failure.key == "reward.components.format"
+    assert "unknown parameter(s) ['strict']" in failure.message
+
+
+def test_all_zero_weights_fail_naming_every_weight(compose):
+    error = config_error(
+        compose,
+        "reward.components.correctness.weight=0",
+        "reward.components.format.weight=0.0",
+        "reward.components.explanation_length.weight=0",
+    )
+    (failure,) = error.failures
+    assert failure.key == "reward.components"
+    assert failure.message.startswith("reward.components: no weight is > 0")
+    assert "reward.components.format.weight=0.0" in failure.message
+
+
+def test_penalties_alone_also_fail_but_one_positive_weight_is_enough(compose):
+    only_penalties = [f"reward.components.{n}.weight=-1" for n in ("correctness", "format")]
+    assert config_error(
+        compose, *only_penalties, "reward.components.explanation_length.weight=0"
+    ).failures
+    preflight_config(compose("train", ["debug=smoke", *only_penalties]))  # explanation_length: 1
+
+
+def test_every_bad_component_is_reported_not_only_the_first(compose):
+    error = config_error(
+        compose, "+reward.components.empathy.weight=1.0", "reward.components.format.weight=nan"
+    )
+    assert [f.key for f in error.failures] == [
+        "reward.components.format.weight",
+        "reward.components.empathy",
+    ]
+
+
+def test_the_maximum_comes_from_the_documented_ranges_and_the_signs_of_the_weights():
+    rewards = build_reward_set({"correctness": {"weight": 2.0}, "brevity": {"weight": -0.5}})
+    assert reward_max(rewards) == 2.0
+
+
+@pytest.mark.parametrize(
+    ("fmt", "reward", "record"),
+    [
+        ("xml", "xml", MCQ),
+        ("json", "json", MCQ),
+        ("tags", "tags", MCQ),
+        ("letter", "letter", MCQ),
+        ("letter", "efficiency", PUBMEDQA),
+    ],
+)
+def test_each_format_with_its_own_reward_set_gives_gold_the_maximum(compose, fmt, reward, record):
+    cfg = compose("train", [f"reward={reward}"])
+    rewards = build_reward_set(cfg.reward.components)
+    result = check_gold_scores_best(rewards, get_format(fmt), record, count_tokens=None)
+    assert result.status == "pass", result.message
+
+
+def test_xml_answers_scored_by_the_json_reward_set_fail_naming_reward_and_format(preflight_error):
+    error = preflight_error("format=xml", "reward=json")
+    (failure,) = error.failures
+    assert failure.key == "reward"
+    assert failure.message.startswith(
+        "reward (json_valid, json_schema, correctness) with format=xml:"
+    )
+    assert "gold answer scores 1, with the wrong label A 0, maximum 3" in failure.message
+    assert "the gold answer must reach the maximum" in failure.message
+    assert "reward=xml" in failure.message  # the group made for the format
+
+
+def test_a_reward_set_blind_to_the_label_fails_the_wrong_label_comparison(preflight_error):
+    error = preflight_error("~reward.components.correctness")
+    (failure,) = error.failures
+    assert failure.key == "reward"
+    assert "a wrong label must score less than the gold answer" in failure.message
+
+
+def test_a_reward_preflight_does_not_know_only_gets_a_warning(smoke, qwen_tokenizer, monkeypatch):
+    """Research and test code register their own rewards (tests/algorithms/test_grpo.py does):
+    preflight cannot know their range, so a label-blind one is a warning, not a failure."""
+    from omegaconf import open_dict
+
+    def distinct_characters(completion: str, sample) -> float:
+        return len(set(completion)) / 32
+
+    monkeypatch.setitem(REWARDS, "distinct", distinct_characters)
+    run = smoke("stages=[grpo]")
+    with open_dict(run.cfg):
+        run.cfg.reward.components = {"distinct": {"weight": 1.0}}
+    rewards = build_reward_set(run.cfg.reward.components)
+    report = run_preflight(
+        run.cfg, replace(run.specs, rewards=rewards), run.pools, tokenizer=qwen_tokenizer
+    )
+    (gold,) = [r for r in report.results if r.key == "reward"]
+    assert gold.status == "warn" and "does not know the range of ['distinct']" in gold.message
+
+
+def test_the_gold_check_uses_the_grpo_pool_else_the_eval_pool(preflight, smoke):
+    with_grpo = preflight()
+    (result,) = [r for r in with_grpo.results if r.key == "reward"]
+    assert smoke().pools["grpo"][0].id in result.message
+    sft_only = preflight("algorithm=sft")
+    (result,) = [r for r in sft_only.results if r.key == "reward"]
+    assert smoke().pools["eval"][0].id in result.message

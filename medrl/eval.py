@@ -16,6 +16,7 @@ from medrl.components import build_pools, build_specs
 from medrl.preflight import run_preflight
 from medrl.stages.context import RunContext, StagePoint
 from medrl.stages.evaluate import eval_sampling, run_eval
+from medrl.stages.results import write_results
 from medrl.stages.start import base_point, checkpoint_point
 from medrl.utils.config import CONFIG_DIR
 from medrl.utils.tracking import close_wandb_run
@@ -57,8 +58,10 @@ def run(cfg: DictConfig) -> float | None:
         failed = False
     finally:
         close_wandb_run(failed)
+    value = metrics.get(cfg.optimized_metric)
+    write_results(ctx.output_dir, cfg, chain, metrics, value)  # sweeps of medrl.eval aggregate too
     log.info("report: %s", ctx.output_dir / "eval" / "report.md")
-    return metrics.get(cfg.optimized_metric)
+    return value
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")

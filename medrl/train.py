@@ -7,7 +7,6 @@ checkpoint. Returns `optimized_metric` for sweepers.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,10 +20,10 @@ from medrl.preflight import preflight_config, run_preflight
 from medrl.stages.context import RunContext, StageOutcome, StagePoint
 from medrl.stages.evaluate import eval_sampling, run_eval
 from medrl.stages.grpo import run_grpo
+from medrl.stages.results import write_results
 from medrl.stages.sft import run_sft
 from medrl.stages.start import base_point
 from medrl.utils.config import CONFIG_DIR
-from medrl.utils.io import write_atomic
 from medrl.utils.tracking import close_wandb_run
 
 log = logging.getLogger(__name__)
@@ -72,34 +71,6 @@ def run(cfg: DictConfig) -> float | None:
     write_results(ctx.output_dir, cfg, chain, metrics, value)
     log.info("run finished; outputs in %s", ctx.output_dir)
     return value
-
-
-def write_results(
-    output_dir: Path,
-    cfg: DictConfig,
-    chain: Sequence[StagePoint],
-    metrics: dict[str, float],
-    value: float | None,
-) -> Path:
-    """results.json in the run folder: what `medrl.aggregate` reads from every job.
-
-    metrics:          the final metrics of every stage (eval/<metric> = the last point's)
-    optimized_metric: its name and value (what the entry point returned to the sweeper)
-    chain:            the points in order, the last one being the run's product
-    predictions:      {point: predictions file relative to the run folder} for paired tests
-    """
-    predictions = {
-        point.name: f"eval/{point.name}/predictions.jsonl"
-        for point in chain
-        if (output_dir / "eval" / point.name / "predictions.jsonl").is_file()
-    }
-    payload = {
-        "metrics": metrics,
-        "optimized_metric": {"name": cfg.optimized_metric, "value": value},
-        "chain": [point.name for point in chain],
-        "predictions": predictions,
-    }
-    return write_atomic(output_dir / "results.json", json.dumps(payload, indent=2))
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")

@@ -69,6 +69,8 @@ def test_medrl_eval_scores_a_stage_checkpoint_like_the_pipeline_did(
     again = read_predictions(Path(eval_cfg.paths.output_dir) / "eval" / "sft" / "predictions.jsonl")
     assert [p.completion for p in again] == [p.completion for p in pipeline_sft]
     assert accuracy == sum(p.correct for p in again) / len(again)
+    results = json.loads((Path(eval_cfg.paths.output_dir) / "results.json").read_text())
+    assert results["optimized_metric"]["value"] == accuracy, "a sweep of medrl.eval aggregates"
 
 
 def test_medrl_eval_refuses_a_folder_that_is_not_a_checkpoint(compose, tmp_path):
@@ -117,7 +119,7 @@ def test_sft_grpo_eval_chain_with_sampled_eval_logs_the_report_to_wandb_offline(
     # Offline runs keep the config inside the run file (protobuf records; strings stay plain).
     [run_file] = wandb_run.glob("run-*.wandb")
     records = run_file.read_bytes()
-    assert b"max_new_tokens" in records and b"std_scope" in records, "config + GRPO record"
+    assert b"max_new_tokens" in records and b"grpo_conventions" in records, "config + record"
     assert b"sft-train/loss" in records and b"grpo-reward/total" in records, "stage prefixes"
     import wandb
 

@@ -225,7 +225,9 @@ class GRPOModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         for logger in self.loggers:
-            logger.log_hyperparams({"grpo": self.conventions()})
+            # Its own top-level key: loggers (W&B) replace a top-level key on each update, and
+            # the resolved config's `grpo` block is logged too.
+            logger.log_hyperparams({"grpo_conventions": self.conventions()})
 
     def configure_optimizers(self):
         optimizer, scheduler = build_optimizer(

@@ -33,7 +33,12 @@ from medrl.evaluation.report import (
     sampling_table_markdown,
     write_markdown_report,
 )
-from medrl.evaluation.sampling import group_by_item, majority_vote, sampling_metrics
+from medrl.evaluation.sampling import (
+    group_by_item,
+    majority_vote,
+    per_sample_rates,
+    sampling_metrics,
+)
 
 __all__ = [
     "Estimate",
@@ -57,6 +62,7 @@ __all__ = [
     "metrics_table_markdown",
     "paired_comparison",
     "paired_table_markdown",
+    "per_sample_rates",
     "per_subject_accuracy",
     "predict",
     "proportion",

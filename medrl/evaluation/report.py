@@ -32,7 +32,6 @@ METRIC_NAMES = {
     "chance_corrected_accuracy": "chance-corrected accuracy",
     "macro_f1": "macro-F1",
     "sample_accuracy": "single-sample accuracy",
-    "sample_format_rate": "single-sample format compliance",
     "pass_at_k": "pass@k",
 }
 
@@ -89,14 +88,14 @@ def paired_table_markdown(pairs: Mapping[str, PairedResult]) -> str:
 
 def sampling_table_markdown(results: Mapping[str, Mapping[str, Any]]) -> str:
     """For sampled evaluation (k > 1): one row per model with k, the majority-vote accuracy
-    (the headline), mean single-sample accuracy and format compliance, and pass@k."""
+    (the headline), mean single-sample accuracy, and pass@k."""
     sampled = {name: m for name, m in results.items() if "pass_at_k" in m}
     if not sampled:
         raise ValueError("no sampled results (pass_at_k) to tabulate")
     lines = [
         "| model | k | maj@k accuracy [95% CI] | single-sample accuracy [95% CI] "
-        "| single-sample format [95% CI] | pass@k [95% CI] |",
-        "| --- | ---: | --- | --- | --- | --- |",
+        "| pass@k [95% CI] |",
+        "| --- | ---: | --- | --- | --- |",
     ]
     for name, m in sampled.items():
         cells = [
@@ -104,7 +103,6 @@ def sampling_table_markdown(results: Mapping[str, Mapping[str, Any]]) -> str:
             str(m["samples_per_item"]),
             _with_ci(m["accuracy"]),
             _with_ci(m["sample_accuracy"]),
-            _with_ci(m["sample_format_rate"]),
             _with_ci(m["pass_at_k"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -123,7 +121,8 @@ def write_markdown_report(
     if any("pass_at_k" in m for m in results.values()):
         text += (
             "\nSampled evaluation: accuracy and the paired tests score the majority vote of "
-            "the k samples per item.\n\n## Sampling\n\n" + sampling_table_markdown(results)
+            "the k samples per item; format compliance, parse failures, truncation and tokens "
+            "are means over all k samples.\n\n## Sampling\n\n" + sampling_table_markdown(results)
         )
     if pairs:
         text += "\n## Paired comparisons\n\n" + paired_table_markdown(pairs)

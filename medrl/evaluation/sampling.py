@@ -1,9 +1,11 @@
 """Sampled evaluation: k completions per item, reduced to one answer per item plus k-metrics.
 
 With `evaluation.num_samples = k > 1` every item has predictions with sample = 0..k-1. The
-headline metrics (and paired comparisons) use one prediction per item, the majority vote
-(maj@k, self-consistency, Wang et al. 2023); `sampling_metrics` adds what only k samples show:
-the accuracy of a single sample averaged over the k draws, and pass@k.
+headline accuracy (and paired comparisons) use one answer per item, the majority vote (maj@k,
+self-consistency, Wang et al. 2023). The rates that describe outputs (format compliance, parse
+failures, truncation, tokens) are means over all k samples (`per_sample_rates`): taken from the
+vote's winner they would describe only the best-behaved sample of each item. `sampling_metrics`
+adds what only k samples show: single-sample accuracy and pass@k.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from medrl.evaluation.metrics import Estimate, bootstrap_mean, proportion
+from medrl.evaluation.metrics import Estimate, bootstrap_ci, bootstrap_mean, proportion
 from medrl.evaluation.predictions import Prediction
 
 
@@ -54,6 +56,50 @@ def majority_vote(predictions: Sequence[Prediction]) -> list[Prediction]:
     return voted
 
 
+def per_sample_rates(
+    predictions: Sequence[Prediction], n_boot: int = 2000, seed: int = 0
+) -> dict[str, Estimate]:
+    """The output-describing metrics of `compute_metrics`, as means over all k samples.
+
+    Each is the mean over items of the item's per-sample mean, with a bootstrap interval over
+    items (items, not samples, are independent). efficiency = single-sample accuracy per 100
+    generated tokens of a sample. Keys: format_rate, valid_json_rate, schema_pass_rate,
+    parse_fail_rate, truncated_rate, mean_tokens, efficiency.
+    """
+    groups = list(group_by_item(predictions).values())
+    if not groups:
+        raise ValueError("cannot compute per-sample rates of zero predictions")
+
+    def item_means(value) -> np.ndarray:  # [n] the mean of value(p) over each item's samples
+        return np.array([[value(p) for p in g] for g in groups], dtype=float).mean(axis=1)
+
+    correct, tokens = item_means(lambda p: p.correct), item_means(lambda p: p.num_tokens)
+    rates = {
+        "format_rate": item_means(lambda p: p.format_ok),
+        "valid_json_rate": item_means(lambda p: p.json_valid),
+        "schema_pass_rate": item_means(lambda p: p.schema_ok),
+        "parse_fail_rate": item_means(lambda p: p.answer is None),
+        "truncated_rate": item_means(lambda p: p.truncated),
+        "mean_tokens": tokens,
+    }
+    estimates = {name: bootstrap_mean(values, n_boot, seed) for name, values in rates.items()}
+    estimates["efficiency"] = _ratio_per_100(correct, tokens, n_boot, seed)
+    return estimates
+
+
+def _ratio_per_100(num: np.ndarray, den: np.ndarray, n_boot: int, seed: int) -> Estimate:
+    """100 * mean(num) / mean(den) with a bootstrap interval over items; nan when den is 0."""
+    if den.mean() <= 0:
+        return Estimate.undefined(len(num))
+
+    def statistic(idx: np.ndarray) -> np.ndarray:  # idx [R, n]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return 100.0 * num[idx].mean(axis=1) / den[idx].mean(axis=1)
+
+    low, high = bootstrap_ci(statistic, len(num), n_boot, seed)
+    return Estimate(float(100.0 * num.mean() / den.mean()), low, high, len(num))
+
+
 def sampling_metrics(
     predictions: Sequence[Prediction], n_boot: int = 2000, seed: int = 0
 ) -> dict[str, Estimate | int]:
@@ -63,18 +109,15 @@ def sampling_metrics(
       samples_per_item    k (int)
       sample_accuracy     mean over items of the item's share of correct samples: the expected
                           accuracy of one sampled answer (bootstrap over items)
-      sample_format_rate  the same for format compliance (bootstrap over items)
       pass_at_k           share of items with at least one correct sample (Wilson)
     """
     groups = list(group_by_item(predictions).values())
     if not groups:
         raise ValueError("cannot compute sampling metrics of zero predictions")
     correct = np.array([[p.correct for p in g] for g in groups], dtype=float).mean(axis=1)  # [n]
-    formatted = np.array([[p.format_ok for p in g] for g in groups], dtype=float).mean(axis=1)
 
     return {
         "samples_per_item": len(groups[0]),
         "sample_accuracy": bootstrap_mean(correct, n_boot, seed),
-        "sample_format_rate": bootstrap_mean(formatted, n_boot, seed),
         "pass_at_k": proportion(sum(any(p.correct for p in g) for g in groups), len(groups)),
     }

@@ -46,7 +46,8 @@ from medrl.preflight.values import (
 from medrl.stages.start import base_point
 
 log = logging.getLogger(__name__)
-TRAINING_STAGES = ("sft", "grpo")
+# Only GRPO reads the reward set (SFT learns from targets, evaluation from the parser).
+REWARD_STAGES = ("grpo",)
 # Stage -> (its pool, the key of its generation length); SFT does not generate.
 GENERATING_STAGES = {
     "grpo": (GRPO_POOL, "grpo.module.sampling.max_new_tokens"),
@@ -78,7 +79,7 @@ def _stages(cfg: DictConfig, stages: Sequence[str] | None) -> tuple[str, ...]:
 
 
 def config_checks(cfg: DictConfig, stages: Sequence[str]) -> list[CheckResult]:
-    """Checks 1-4, for the stages that run. Rewards are checked when the run trains."""
+    """Checks 1-4, for the stages that run. Rewards are checked when a stage reads them."""
     results: list[CheckResult] = []
     if "grpo" in stages:
         results += grpo_checks(cfg)
@@ -86,7 +87,7 @@ def config_checks(cfg: DictConfig, stages: Sequence[str]) -> list[CheckResult]:
         results += sft_checks(cfg)
     if "eval" in stages:
         results += evaluation_checks(cfg)
-    if any(stage in TRAINING_STAGES for stage in stages):
+    if any(stage in REWARD_STAGES for stage in stages):
         results += reward_config_checks(select(cfg, "reward.components"))
     return results
 
@@ -145,9 +146,9 @@ def gold_checks(
     specs: RunSpecs, pools: Pools, stages: Sequence[str], renderer: Renderer
 ) -> list[CheckResult]:
     """Check 6 on the first record of the GRPO pool (else the eval pool, else the SFT pool)."""
-    if not any(stage in TRAINING_STAGES for stage in stages):
+    if not any(stage in REWARD_STAGES for stage in stages):
         return []
-    order = ([GRPO_POOL] if "grpo" in stages else []) + [EVAL_POOL, SFT_POOL]
+    order = [GRPO_POOL, EVAL_POOL, SFT_POOL]
     records = next((pools[name] for name in order if pools.get(name)), None)
     if not records:
         return [skipped("reward_gold", "no record in any pool to score", "reward")]

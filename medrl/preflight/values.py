@@ -171,11 +171,11 @@ def check_group_size(cfg: DictConfig) -> CheckResult:
 
 
 def check_micro_batches(cfg: DictConfig) -> CheckResult:
-    """Each rollout step splits its B*G completions into micro-batches of equal size.
+    """Each rollout step splits its B*G completions into micro-batches.
 
-    The loss is normalized by the step's totals, so a remainder is not wrong, but it makes the
-    last pass smaller than the others (uneven memory and throughput); this run asks for a
-    divisor so every pass is the one that was sized for the device.
+    The loss is normalized by the step's totals, so a remainder is not wrong (the GRPO module
+    runs a smaller last pass): a warning, since the last pass then differs from the size chosen
+    for the device. A micro-batch of B*G or more is one pass holding the whole step: fine.
     """
     key = "grpo.module.micro_batch_size"
     prompts = select(cfg, "grpo.module.prompts_per_step")
@@ -184,15 +184,15 @@ def check_micro_batches(cfg: DictConfig) -> CheckResult:
     if not all(is_count(value, 1) for value in (prompts, size, micro)):
         return skipped("grpo", f"{key}: not checked against B*G (a count is invalid)", key)
     total = prompts * size
-    if total % micro == 0:
-        return passed("grpo", f"{key}={micro} divides B*G={total}", key)
+    if total % micro == 0 or micro >= total:
+        return passed("grpo", f"{key}={micro} fits B*G={total}", key)
     divisors = [d for d in range(1, total + 1) if total % d == 0 and d <= micro]
-    return failed(
+    return warned(
         "grpo",
         f"{key}={micro} does not divide grpo.module.prompts_per_step * grpo.module.group_size"
         f" = {prompts} * {size} = {total}: each rollout step's {total} completions are split "
-        f"into micro-batches of {key}, so choose a divisor of {total} (e.g. {max(divisors)}) "
-        "or change prompts_per_step / group_size",
+        f"into micro-batches of {key} and a smaller last one; a divisor of {total} "
+        f"(e.g. {max(divisors)}) keeps every pass the same size",
         key,
     )
 

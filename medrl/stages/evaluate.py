@@ -19,6 +19,7 @@ from medrl.evaluation import (
     flat_metrics,
     majority_vote,
     paired_comparison,
+    per_sample_rates,
     predict,
     sampling_metrics,
     write_markdown_report,
@@ -92,11 +93,16 @@ def run_eval(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
             seed=settings.seed,
         )
         write_predictions(out_dir / point.name / "predictions.jsonl", predictions[point.name])
-    # One answer per item for the metrics and paired tests: the majority vote when sampled.
+    # One answer per item for accuracy and the paired tests: the majority vote when sampled;
+    # the output-describing rates then average all k samples (medrl.evaluation.sampling).
     answers = {name: majority_vote(preds) for name, preds in predictions.items()}
     results = {
         name: compute_metrics(answers[name], labels=records[0].labels, seed=ctx.seed)
-        | (sampling_metrics(preds, seed=ctx.seed) if num_samples > 1 else {})
+        | (
+            per_sample_rates(preds, seed=ctx.seed) | sampling_metrics(preds, seed=ctx.seed)
+            if num_samples > 1
+            else {}
+        )
         for name, preds in predictions.items()
     }
     pairs = {

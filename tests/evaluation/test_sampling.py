@@ -10,6 +10,7 @@ from medrl.evaluation import (
     compute_metrics,
     group_by_item,
     majority_vote,
+    per_sample_rates,
     proportion,
     sampling_metrics,
     sampling_table_markdown,
@@ -83,20 +84,40 @@ def test_sampling_metrics_match_hand_computed_values(three_items):
     assert metrics["sample_accuracy"].n == 3, "items, not samples, are the unit"
     low, high = metrics["sample_accuracy"].low, metrics["sample_accuracy"].high
     assert 0.0 <= low <= 1 / 3 <= high <= 2 / 3, "bootstrap over item means stays in their range"
-    # Format ok = parsed: 3/3, 2/3, 1/3 -> mean 2/3.
-    assert metrics["sample_format_rate"].value == pytest.approx(2 / 3)
     # pass@3: q1 and q3 have a right sample.
     assert metrics["pass_at_k"] == proportion(2, 3)
 
 
+def test_output_rates_average_every_sample_not_the_vote_winner(three_items):
+    rates = per_sample_rates(three_items, seed=3)
+    # Parsed per item: 3/3, 2/3, 1/3 -> format rate 2/3, parse failures 1/3; the vote winners
+    # (all parsed) would claim 1.0 and 0.0.
+    assert rates["format_rate"].value == pytest.approx(2 / 3)
+    assert rates["parse_fail_rate"].value == pytest.approx(1 / 3)
+    assert rates["format_rate"].n == 3, "items, not samples, are the unit"
+    assert rates["mean_tokens"].value == pytest.approx(10.0)
+    # Single-sample accuracy 1/3 per 10 tokens -> 3.33 per 100 tokens.
+    assert rates["efficiency"].value == pytest.approx(100 / 30)
+    assert rates["truncated_rate"].value == 0.0
+
+
 def test_the_report_has_a_sampling_table_scoring_the_vote(three_items, tmp_path):
     voted = majority_vote(three_items)
-    results = {"sft": compute_metrics(voted) | sampling_metrics(three_items)}
+    results = {
+        "sft": compute_metrics(voted)
+        | per_sample_rates(three_items)
+        | sampling_metrics(three_items)
+    }
     table = sampling_table_markdown(results)
-    assert "| sft | 3 | 0.667 [" in table, "maj@k accuracy = 2/3 items"
-    assert "| 0.333 [" in table and "| 0.667 [" in table
+    row = next(line for line in table.splitlines() if line.startswith("| sft |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[:2] == ["sft", "3"]
+    assert cells[2].startswith("0.667 ["), "maj@k accuracy = 2/3 items"
+    assert cells[3].startswith("0.333 ["), "single-sample accuracy"
+    assert cells[4].startswith("0.667 ["), "pass@3 = 2/3 items"
     report = write_markdown_report(tmp_path / "report.md", results).read_text()
-    assert "## Sampling" in report and "majority vote" in report
+    assert "## Sampling" in report and "majority vote" in report and "means over all k" in report
+    assert "| sft | 3 | 0.667 [" in report and "| 0.667 [" in report
     greedy_only = {"sft": compute_metrics(voted)}
     assert "## Sampling" not in write_markdown_report(tmp_path / "g.md", greedy_only).read_text()
     with pytest.raises(ValueError, match="no sampled results"):

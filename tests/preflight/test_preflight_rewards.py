@@ -150,10 +150,10 @@ def test_a_reward_preflight_does_not_know_only_gets_a_warning(smoke, qwen_tokeni
     assert gold.status == "warn" and "does not know the range of ['distinct']" in gold.message
 
 
-def test_the_gold_check_uses_the_grpo_pool_else_the_eval_pool(preflight, smoke):
+def test_the_gold_check_uses_the_grpo_pool_and_only_runs_when_grpo_reads_rewards(preflight, smoke):
     with_grpo = preflight()
     (result,) = [r for r in with_grpo.results if r.key == "reward"]
     assert smoke().pools["grpo"][0].id in result.message
-    sft_only = preflight("algorithm=sft")
-    (result,) = [r for r in sft_only.results if r.key == "reward"]
-    assert smoke().pools["eval"][0].id in result.message
+    # SFT learns from targets and evaluation from the parser: neither reads the reward set.
+    sft_only = preflight("algorithm=sft", "format=letter")
+    assert not [r for r in sft_only.results if r.key == "reward"]

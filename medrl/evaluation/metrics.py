@@ -176,6 +176,12 @@ def binom_cdf_half(k: int, n: int) -> float:
     return sum(math.comb(n, i) for i in range(k + 1)) / (1 << n)
 
 
+def discordant_counts(right_a: np.ndarray, right_b: np.ndarray) -> tuple[int, int]:
+    """(b, c) of McNemar's test over paired boolean arrays: b = A right and B wrong,
+    c = A wrong and B right."""
+    return int((right_a & ~right_b).sum()), int((~right_a & right_b).sum())
+
+
 def mcnemar_exact(b: int, c: int) -> float:
     """McNemar's exact two-sided p-value of the discordant counts b and c (McNemar 1947).
 
@@ -358,8 +364,7 @@ def paired_comparison(
     right_b = np.array([by_id_b[i].correct for i in ids], dtype=bool)  # [n]
     delta = right_b.astype(float) - right_a.astype(float)  # [n]
     low, high = bootstrap_ci(lambda idx: delta[idx].mean(axis=1), len(ids), n_boot, seed)
-    b_count = int((right_a & ~right_b).sum())
-    c_count = int((~right_a & right_b).sum())
+    b_count, c_count = discordant_counts(right_a, right_b)
     return PairedResult(
         n=len(ids),
         acc_a=float(right_a.mean()),

@@ -40,7 +40,12 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from medrl.evaluation.metrics import Estimate, bootstrap_ci, mcnemar_exact
+from medrl.evaluation.metrics import (
+    Estimate,
+    bootstrap_ci,
+    discordant_counts,
+    mcnemar_exact,
+)
 from medrl.evaluation.predictions import read_predictions
 from medrl.evaluation.sampling import majority_vote
 from medrl.sweeps import plots
@@ -428,8 +433,7 @@ def paired_stat(
         return diff_sum[idx].sum(axis=1) / count[idx].sum(axis=1)  # [R]
 
     low, high = bootstrap_ci(statistic, int(items.size), n_boot, boot_seed)
-    b = int((right_base & ~right_group).sum())
-    c = int((~right_base & right_group).sum())
+    b, c = discordant_counts(right_base, right_group)
     return PairedStat(
         n_seeds=len(pairs),
         n_items=int(items.size),

@@ -21,8 +21,9 @@ from medrl.stages.context import RunContext, StageOutcome, StagePoint
 from medrl.stages.evaluate import eval_sampling, run_eval
 from medrl.stages.grpo import run_grpo
 from medrl.stages.results import write_results
+from medrl.stages.resume import continue_in, resume_folder
 from medrl.stages.sft import run_sft
-from medrl.stages.start import base_point
+from medrl.stages.start import base_point, finished_stage
 from medrl.utils.config import CONFIG_DIR
 from medrl.utils.tracking import close_wandb_run
 
@@ -46,6 +47,9 @@ def check_stages(stages: Sequence[str]) -> None:
 def run(cfg: DictConfig) -> float | None:
     """Run `cfg.stages` and return the value of `cfg.optimized_metric` (None if not produced)."""
     check_stages(list(cfg.stages))
+    resume = resume_folder(cfg)  # before any work: a bad `resume` fails now
+    if resume is not None:
+        continue_in(cfg, resume)
     preflight_config(cfg)  # the config's own values, all failures at once, before building
     if "eval" in cfg.stages:
         eval_sampling(cfg.evaluation)  # fails now, not after the training stages
@@ -53,14 +57,22 @@ def run(cfg: DictConfig) -> float | None:
     pl.seed_everything(cfg.seed, workers=True)
     pools = build_pools(specs)
     run_preflight(cfg, specs, pools)  # data, rewards, prompt lengths; still no weights loaded
-    ctx = RunContext(cfg=cfg, specs=specs, pools=pools, output_dir=Path(cfg.paths.output_dir))
+    ctx = RunContext(
+        cfg=cfg,
+        specs=specs,
+        pools=pools,
+        output_dir=Path(cfg.paths.output_dir),
+        resuming=resume is not None,
+    )
     chain = [base_point(specs.model, cfg.get("init_from"))]
     metrics: dict[str, float] = {}
     failed = True
     try:
         for stage in cfg.stages:
-            log.info("stage %s starts from %s", stage, chain[-1].name)
-            outcome = STAGE_RUNNERS[stage](ctx, chain)
+            outcome = finished_stage(ctx, stage)
+            if outcome is None:
+                log.info("stage %s starts from %s", stage, chain[-1].name)
+                outcome = STAGE_RUNNERS[stage](ctx, chain)
             metrics.update(outcome.metrics)
             if outcome.point is not None:
                 chain.append(outcome.point)

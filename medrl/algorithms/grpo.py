@@ -19,12 +19,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from torch import nn
 
 from medrl.algorithms.core import AGGREGATIONS, group_advantages, grpo_loss
+from medrl.algorithms.numeric_faults import FaultCounter, drop_gradients, update_fault
 from medrl.algorithms.optim import build_optimizer
+from medrl.algorithms.resume_state import TrainableWeightsCheckpointing
 from medrl.data.pools import shuffled_order
 from medrl.data.records import QARecord
 from medrl.prompts import build_messages, render_prompt
@@ -112,7 +113,7 @@ class PromptSampler:
         return self.records[self._order[offset]]
 
 
-class GRPOModule(pl.LightningModule):
+class GRPOModule(TrainableWeightsCheckpointing):
     """GRPO on a policy (peft LoRA / QLoRA or full fine-tuning).
 
     Args (all but the first five come from conf/grpo/):
@@ -123,7 +124,9 @@ class GRPOModule(pl.LightningModule):
         prompts_per_step (B), group_size (G), mu (update passes per rollout),
         micro_batch_size (completions per forward/backward), sampling, advantage, clip, kl,
         loss_aggregation, mask_truncated (truncated completions get no loss), dynamic_sampling,
-        lr, weight_decay, warmup_ratio, scheduler, grad_clip, seed, sample_table_every (log a
+        lr, weight_decay, warmup_ratio, scheduler, grad_clip, seed, max_consecutive_faults
+        (updates in a row with a non-finite loss or gradient, each skipped, before the run
+        stops; see medrl.algorithms.numeric_faults), sample_table_every (log a
         table of completions every N rollout steps; 0 = never), samples_file (a JSONL file that
         also receives those tables; the stage runner puts it in the run folder).
     """
@@ -153,6 +156,7 @@ class GRPOModule(pl.LightningModule):
         scheduler: str = "constant",
         grad_clip: float = 1.0,
         seed: int = 0,
+        max_consecutive_faults: int = 3,
         sample_table_every: int = 10,
         samples_file: str | None = None,
     ) -> None:
@@ -181,6 +185,7 @@ class GRPOModule(pl.LightningModule):
         self.samples_file = Path(samples_file) if samples_file else None
         self.sampler = PromptSampler(prompts, seed)
         self.rollout_step = 0
+        self.faults = FaultCounter(max_consecutive_faults)
         self._check()
         # beta = 0: no reference at all. Full fine-tuning: a frozen copy of the start weights.
         self.reference = None
@@ -222,6 +227,19 @@ class GRPOModule(pl.LightningModule):
         return "start weights, adapters disabled" if _is_peft(self.model) else "frozen copy"
 
     # --- Lightning hooks -----------------------------------------------------------------
+
+    def extra_state(self) -> dict[str, int]:
+        """The prompt sampler's position and the rollout counter (resumable state)."""
+        return {
+            "prompt_position": self.sampler.position,
+            "rollout_step": self.rollout_step,
+            "faults": self.faults.state(),
+        }
+
+    def load_extra_state(self, state: dict) -> None:
+        self.sampler.position = int(state["prompt_position"])
+        self.rollout_step = int(state["rollout_step"])
+        self.faults.load(state["faults"])
 
     def on_train_start(self) -> None:
         for logger in self.loggers:
@@ -345,8 +363,9 @@ class GRPOModule(pl.LightningModule):
         # Every pass runs in eval mode: dropout off, so the same weights give the same log-probs
         # in the rollout, reference, old and policy passes (gradients flow all the same).
         self.model.eval()
-        for _ in range(self.mu):
+        for update in range(self.mu):
             optimizer.zero_grad()
+            losses = []
             for rows in self._micro_batches(len(rollout)):
                 logp, entropy = self._logprobs(self.model, rollout, rows, entropy=True)
                 old = logp.detach() if old_logp is None else old_logp[rows]
@@ -368,17 +387,25 @@ class GRPOModule(pl.LightningModule):
                 self.manual_backward(loss)
                 weight = (rows.stop - rows.start) / len(rollout)
                 sums.update({k: v * weight for k, v in metrics.items()})
-                sums["loss"] += loss.item()
+                losses.append(loss.item())
+                sums["loss"] += losses[-1]
                 sums["entropy"] += (entropy.sum() / max(totals["total_tokens"], 1)).item()
             sums["grad_norm"] += _grad_norm(self.model)  # before clipping
-            self.clip_gradients(
-                optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm"
-            )
+            fault = update_fault(losses, self.model)
+            where = f"grpo rollout step {self.rollout_step + 1}, update {update + 1}/{self.mu}"
+            self.faults.record(fault, where)
+            if fault is None:
+                self.clip_gradients(
+                    optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm"
+                )
+            else:
+                drop_gradients(self.model)  # the step below then changes nothing
             optimizer.step()
             scheduler.step()
         train = {k: sums.pop(k) / self.mu for k in ("entropy", "grad_norm")}
         metrics = {f"loss/{k}": v / self.mu for k, v in sums.items()}
         metrics.update({f"train/{k}": v for k, v in train.items()})
+        metrics["faults/skipped_updates"] = float(self.faults.total)
         return metrics
 
     def _loss_mask(self, rollout: Rollout) -> torch.Tensor:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import torch
 from torch import nn
 
 from medrl.algorithms.losses import masked_token_nll
+from medrl.algorithms.numeric_faults import FaultCounter, drop_gradients, update_fault
 from medrl.algorithms.optim import build_optimizer
+from medrl.algorithms.resume_state import TrainableWeightsCheckpointing
 
 
-class SFTModule(pl.LightningModule):
+class SFTModule(TrainableWeightsCheckpointing):
     """Trains `model` on batches from medrl.data.collate.SFTCollator.
 
     Args (all but `model` come from conf/sft/):
@@ -18,9 +19,11 @@ class SFTModule(pl.LightningModule):
         lr, weight_decay: AdamW settings (decay is not applied to biases and norms).
         warmup_ratio: fraction of the optimizer steps spent warming the learning rate up.
         scheduler: learning-rate decay after warm-up: cosine | linear | constant.
+        max_consecutive_faults: updates in a row with a non-finite loss or gradient (each one
+            skipped) before the run stops; see medrl.algorithms.numeric_faults.
 
     Logs train/loss (token mean of the batch), train/tokens (assistant tokens seen so far),
-    val/loss (token-weighted over the validation slice).
+    val/loss (token-weighted over the validation slice), faults/skipped_updates.
     """
 
     def __init__(
@@ -30,6 +33,7 @@ class SFTModule(pl.LightningModule):
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.03,
         scheduler: str = "cosine",
+        max_consecutive_faults: int = 3,
     ) -> None:
         super().__init__()
         # from_pretrained returns eval mode; dropout (e.g. LoRA's) must be active in training.
@@ -40,6 +44,8 @@ class SFTModule(pl.LightningModule):
         self.scheduler = scheduler
         self.save_hyperparameters(ignore=["model"])
         self.tokens_seen = 0
+        self.faults = FaultCounter(max_consecutive_faults)
+        self._step_losses: list[torch.Tensor] = []  # the micro-batches of the coming update
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(
@@ -50,10 +56,28 @@ class SFTModule(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, tokens = self(batch)
         self.tokens_seen += int(tokens)
+        self._step_losses.append(loss.detach())
         size = len(batch["input_ids"])
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/tokens", float(self.tokens_seen), batch_size=size)
         return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Lightning calls this once the update's gradients are accumulated, before clipping.
+        losses = torch.stack(self._step_losses).tolist() if self._step_losses else []
+        self._step_losses.clear()
+        fault = update_fault(losses, self.model)
+        self.faults.record(fault, f"sft step {self.global_step + 1}")
+        if fault is not None:
+            drop_gradients(self.model)
+        self.log("faults/skipped_updates", float(self.faults.total))
+
+    def extra_state(self) -> dict:
+        return {"tokens_seen": self.tokens_seen, "faults": self.faults.state()}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.tokens_seen = int(state["tokens_seen"])
+        self.faults.load(state["faults"])
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, tokens = self(batch)

@@ -4,6 +4,7 @@ Layout::
 
     <stage dir>/manifest.json   lineage (see manifest.py)
     <stage dir>/config.yaml     the run's resolved config
+    <stage dir>/metrics.json    the stage's final metrics (reused when a killed run resumes)
     <stage dir>/merged/         full weights with adapters merged + tokenizer and chat template
     <stage dir>/adapter/        the peft adapter (LoRA / QLoRA stages only)
 
@@ -13,6 +14,7 @@ hash must equal the one the manifest recorded.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -54,6 +56,7 @@ def save_stage_checkpoint(
     seed: int,
     root_model: str,
     resolved_config: str = "",
+    metrics: Mapping[str, float] | None = None,
 ) -> Manifest:
     """Write a complete stage checkpoint atomically (a crash leaves no half-written folder)."""
     with atomic_directory(folder) as staging:
@@ -65,6 +68,7 @@ def save_stage_checkpoint(
             model.save_pretrained(staging / ADAPTER_DIR)
             forms.append("adapter")
         (staging / "config.yaml").write_text(resolved_config)
+        (staging / "metrics.json").write_text(json.dumps(dict(metrics or {}), indent=2))
         manifest = Manifest(
             stage=stage,
             weights_hash=weights_hash(merged),

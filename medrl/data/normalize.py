@@ -72,16 +72,31 @@ class Normalizer:
 # field helpers
 
 
-def _text(row: Mapping[str, Any], key: str, kind: str) -> str:
-    """A required non-empty string field, stripped; ``kind`` names the failure category."""
+def _text(row: Mapping[str, Any], key: str, kind: str, name: str | None = None) -> str:
+    """A required non-empty string field, stripped; ``kind`` names the failure category and
+    ``name`` how messages spell the field (``options.A`` for a nested one; default ``key``)."""
+    name = name or key
     if key not in row or row[key] is None:
-        raise BadRow(kind, f"missing field {key!r}")
+        raise BadRow(kind, f"missing field {name!r}")
     value = row[key]
     if not isinstance(value, str):
-        raise BadRow("bad field type", f"field {key!r} is {type(value).__name__}, not str")
+        raise BadRow("bad field type", f"field {name!r} is {type(value).__name__}, not str")
     if not value.strip():
-        raise BadRow(kind, f"field {key!r} is empty")
+        raise BadRow(kind, f"field {name!r} is empty")
     return value.strip()
+
+
+def _strings(value: object, name: str) -> list[str]:
+    """A list field (None -> []); a str or mapping here would be iterated char by char or key
+    by key into silent garbage, so any other type is a bad row."""
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise BadRow("bad field type", f"field {name!r} is {type(value).__name__}, not a list")
+    wrong = [item for item in value if not isinstance(item, str)]
+    if wrong:
+        raise BadRow("bad field type", f"field {name!r} holds {wrong[0]!r}, not a string")
+    return list(value)
 
 
 def _optional_text(value: object) -> str | None:
@@ -189,7 +204,9 @@ def normalize_medqa(row: Mapping[str, Any], ctx: RowContext) -> QARecord:
     unknown = [label for label in raw_options if label not in MCQ_LABELS]
     if unknown:
         raise BadRow("unknown label", f"option labels {unknown} are not in {list(MCQ_LABELS)}")
-    options = {label: _text(raw_options, label, "empty option") for label in MCQ_LABELS}
+    options = {
+        label: _text(raw_options, label, "empty option", f"options.{label}") for label in MCQ_LABELS
+    }
     answer = row.get("answer_idx")
     if answer is None:
         raise BadRow("missing answer", "missing field 'answer_idx'")
@@ -223,9 +240,9 @@ def _pubmedqa_context(row: Mapping[str, Any]) -> str:
     context = row.get("context")
     if not isinstance(context, Mapping):
         raise BadRow("empty context", f"field 'context' is {context!r}, not a mapping")
-    texts = context.get("contexts") or []
-    labels = context.get("labels") or []
-    if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+    texts = _strings(context.get("contexts"), "context.contexts")
+    labels = _strings(context.get("labels"), "context.labels")
+    if not texts or not all(t.strip() for t in texts):
         raise BadRow("empty context", "context.contexts is empty or holds an empty paragraph")
     if labels and len(labels) != len(texts):
         raise BadRow(
@@ -246,8 +263,12 @@ def normalize_pubmedqa(row: Mapping[str, Any], ctx: RowContext) -> QARecord:
     long_answer (the abstract's conclusion).
     """
     pubid = row.get("pubid")
-    if pubid is None or isinstance(pubid, bool) or not str(pubid).strip():
+    if pubid is None or (isinstance(pubid, str) and not pubid.strip()):
         raise BadRow("missing id", "missing field 'pubid'")
+    # A PMID is an integer (HF) or its digits (a JSON key); str() of anything else would make
+    # an id no ids_file can name.
+    if isinstance(pubid, bool) or not isinstance(pubid, (int, str)):
+        raise BadRow("bad field type", f"field 'pubid' is {pubid!r}, not an integer or string")
     question = _text(row, "question", "empty question")
     decision = row.get("final_decision")
     if decision is None:

@@ -130,8 +130,15 @@ def _local_problems(spec: DatasetSpec, splits: Sequence[str]) -> list[str]:
                 f"local.split_aliases: {dict(spec.local.split_aliases)})"
             )
         elif not spec.local.path(target).is_file():
-            problems.append(f"{spec.local.path(target)} does not exist")
-    return problems
+            problems.append(_not_a_file(spec.local.path(target)))
+    # Splits aliased to one file share its problem; say it once.
+    return list(dict.fromkeys(problems))
+
+
+def _not_a_file(path: Path) -> str:
+    # A folder where a split file belongs is a wrong dataset.local.splits entry, not a missing
+    # download: say which, so the fix is obvious.
+    return f"{path} is a directory, not a data file" if path.is_dir() else f"{path} does not exist"
 
 
 def _local_unavailable_message(spec: DatasetSpec, problems: Sequence[str]) -> str:
@@ -171,7 +178,7 @@ def read_local_rows(path: Path, id_field: str = "id") -> list[RawRow]:
     DataError naming the file.
     """
     if not path.is_file():
-        raise DataError(f"data file {path} does not exist")
+        raise DataError(f"data file {_not_a_file(path)}")
     name = path.name
     if not name.endswith(LOCAL_SUFFIXES):
         raise DataError(f"{path}: unsupported file type; expected one of {list(LOCAL_SUFFIXES)}")
@@ -305,7 +312,9 @@ def load_split(spec: DatasetSpec, plan: SourcePlan, split: str) -> LoadedSplit:
     else:
         assert spec.hub is not None  # resolve_source chose hub
         location = f"hub {spec.hub.id} split {split!r}"
-        rows = read_hub_rows(spec.hub, split)
+        rows = _read_hub_split(spec.hub, split, plan)
+    if not rows:
+        raise DataError(_no_rows_message(location, plan, split))
     _check_split(normalizer, rows, spec.answer_index_base, location)
     records: list[QARecord | None] = []
     skipped: Counter[str] = Counter()
@@ -325,6 +334,27 @@ def load_split(spec: DatasetSpec, plan: SourcePlan, split: str) -> LoadedSplit:
     if skipped:
         log.warning("%s: skipped %d bad rows: %s", location, sum(skipped.values()), dict(skipped))
     return LoadedSplit(split, location, records, dict(skipped))
+
+
+def _read_hub_split(hub: HubSpec, split: str, plan: SourcePlan) -> list[RawRow]:
+    """read_hub_rows; when ``auto`` chose the hub because local files were missing, the error
+    also says why, since fixing the local path is then the usual way out."""
+    try:
+        return read_hub_rows(hub, split)
+    except DataError as error:
+        if not plan.notes:
+            raise
+        raise DataError(f"{error}. Why not local: {'; '.join(plan.notes)}") from error
+
+
+def _no_rows_message(location: str, plan: SourcePlan, split: str) -> str:
+    # Without this, an empty file surfaces later as a puzzling "pool takes ... 0 rows".
+    if plan.source == "local":
+        return (
+            f"{location}: no rows (the file is empty or holds only blank lines); restore the "
+            f"file or point dataset.local.splits.{split} at a file with rows"
+        )
+    return f"{location}: no rows"
 
 
 def _check_split(

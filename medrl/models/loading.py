@@ -51,8 +51,9 @@ def load_tokenizer(spec: ModelSpec, source: str | None = None) -> Any:
     from transformers import AutoTokenizer
 
     where = spec.tokenizer_path or source or materialize(spec)
+    key = "model.tokenizer_path" if spec.tokenizer_path else _source_key(spec)
     tokenizer = _from_pretrained(
-        AutoTokenizer, where, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+        AutoTokenizer, where, key, revision=spec.revision, trust_remote_code=spec.trust_remote_code
     )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -117,7 +118,7 @@ def _load_model(spec: ModelSpec, adapter: AdapterSpec, source: str) -> nn.Module
         kwargs["attn_implementation"] = spec.attn_implementation
     if isinstance(adapter, QLoraAdapter):
         kwargs["quantization_config"] = _bnb_config(adapter)
-    model = _from_pretrained(AutoModelForCausalLM, source, **kwargs)
+    model = _from_pretrained(AutoModelForCausalLM, source, _source_key(spec), **kwargs)
     if isinstance(adapter, LoraAdapter) and not isinstance(adapter, QLoraAdapter):
         model.requires_grad_(False)
     return model
@@ -134,15 +135,41 @@ def _bnb_config(adapter: QLoraAdapter):
     )
 
 
-def _from_pretrained(loader: Any, where: str, **kwargs: Any) -> Any:
-    """from_pretrained with an error that says how to load without the hub."""
+def _source_key(spec: ModelSpec) -> str:
+    """The config key that decides where `spec`'s weights are read: model.path for pretrained
+    and checkpoint sources, model.cache_dir for the folders medrl builds (gguf, tiny_random)."""
+    return "model.path" if spec.source in ("pretrained", "checkpoint") else "model.cache_dir"
+
+
+def _looks_local(where: str) -> bool:
+    """True when `where` can only be a filesystem path: a Hub id is ``name`` or
+    ``namespace/name``, never absolute, never starting with ``.`` or ``~``, never two slashes."""
+    return Path(where).is_absolute() or where.startswith((".", "~")) or where.count("/") > 1
+
+
+def _from_pretrained(loader: Any, where: str, key: str, **kwargs: Any) -> Any:
+    """from_pretrained with an error that names the config `key` and says how to load without
+    the hub."""
+    if _looks_local(where) and not Path(where).exists():
+        # transformers would try `where` as a hub id and blame the network.
+        tilde = "; ~ is not expanded, write the full path" if where.startswith("~") else ""
+        raise ModelLoadError(
+            f"{key}: the local folder {where!r} does not exist; point {key} at an existing "
+            f"folder (a Hugging Face Hub id looks like namespace/name{tilde})"
+        )
     try:
         return loader.from_pretrained(where, **kwargs)
-    except OSError as error:
+    except (OSError, ValueError) as error:
         if Path(where).exists():
-            raise ModelLoadError(f"could not load the model folder {where!r}: {error}") from error
+            # ValueError too: transformers raises it for a folder without tokenizer files.
+            raise ModelLoadError(
+                f"{key}: could not load the model folder {where!r}: {error}"
+            ) from error
+        if not isinstance(error, OSError):
+            raise  # a bad argument, not a hub problem
         raise ModelLoadError(
-            f"could not load {where!r} from the Hugging Face Hub ({error.__class__.__name__}). "
-            "Without network access, copy the model to a local folder and set "
-            f"model.path=/that/folder (or model=smollm2_135m / tiny_qwen3, which need no hub)."
+            f"{key}: could not load {where!r} from the Hugging Face Hub "
+            f"({error.__class__.__name__}). Without network access, copy the model to a local "
+            f"folder and set {key}=/that/folder (or model=smollm2_135m / tiny_qwen3, which "
+            "need no hub)."
         ) from error

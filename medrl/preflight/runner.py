@@ -42,6 +42,7 @@ from medrl.preflight.values import (
     is_count,
     select,
     sft_checks,
+    training_checks,
 )
 from medrl.stages.start import base_point
 
@@ -85,6 +86,8 @@ def config_checks(cfg: DictConfig, stages: Sequence[str]) -> list[CheckResult]:
         results += grpo_checks(cfg)
     if "sft" in stages:
         results += sft_checks(cfg)
+    if "sft" in stages or "grpo" in stages:
+        results += training_checks(cfg)
     if "eval" in stages:
         results += evaluation_checks(cfg)
     if any(stage in REWARD_STAGES for stage in stages):

@@ -108,6 +108,16 @@ SFT_RULES = (
         "in [0, 1) (the held-out fraction of the SFT pool)",
     ),
 )
+# Read by the SFT and GRPO stages (conf/train.yaml); checked only when one of them runs.
+TRAINING_RULES = (
+    Rule("checkpointing.every_n_steps", count(1), "an integer >= 1 (optimizer steps)"),
+    Rule("checkpointing.keep_last", count(1), "an integer >= 1 (files kept per stage)"),
+    Rule(
+        "numeric_faults.max_consecutive",
+        count(1),
+        "an integer >= 1 (skipped updates in a row before the run stops)",
+    ),
+)
 EVAL_RULES = (
     Rule("evaluation.batch_size", count(1), "an integer >= 1 (prompts per generate call)"),
     Rule(
@@ -216,6 +226,11 @@ def with_valid_length(node: DictConfig) -> DictConfig:
     if not is_count(copy.get("max_new_tokens"), 1):
         copy.max_new_tokens = 1
     return copy
+
+
+def training_checks(cfg: DictConfig) -> list[CheckResult]:
+    """Checkpointing and numeric-fault settings, shared by the SFT and GRPO stages."""
+    return apply(TRAINING_RULES, cfg, "training")
 
 
 def sft_checks(cfg: DictConfig) -> list[CheckResult]:

@@ -1,16 +1,20 @@
 """Text helpers shared by the output formats: label matching, label lists, SFT explanations.
 
-Everything here runs in time linear in its input (str methods only, no backtracking regex),
-because parsers call these on arbitrary model output.
+Everything here runs in time linear in its input (str methods, and no regex that can
+backtrack), because parsers call these on arbitrary model output and SFT targets on arbitrary
+dataset text.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from medrl.data.records import QARecord
 
 _LABEL_PLACEHOLDERS = {"label": "", "text": ""}
+# Splits text into brackets and the runs between them (captured, so they are kept).
+_BRACKETS = re.compile(r"([<>])")
 
 
 def join_labels(labels: Sequence[str]) -> str:
@@ -48,14 +52,58 @@ def neutralize(text: str, forbidden: Sequence[str]) -> str:
     """Remove the angle brackets of every occurrence of a `forbidden` tag string.
 
     ``"see </explanation> here"`` -> ``"see /explanation here"``. Only exact tag strings are
-    touched, so ordinary text such as ``"<5 mg"`` survives. Repeats until none is left, because
-    removing brackets can create a new occurrence (``"<<answer>>"``); each pass shortens the text,
-    so the loop ends.
+    touched, so ordinary text such as ``"<5 mg"`` survives. Removing brackets can create a new
+    occurrence (``"<<answer>>"`` -> ``"<answer>"`` -> ``"answer"``), and that is removed too:
+    the result is what replacing occurrences until none is left gives (the order does not
+    matter: occurrences never overlap), in one pass, so ``"<" * n + "answer" + ">" * n`` costs
+    O(n), not the O(n^2) of repeated replacing.
+
+    `forbidden` holds tag strings ``<name>`` / ``</name>`` (no bracket inside the name).
     """
-    while any(tag in text for tag in forbidden):
-        for tag in forbidden:
-            text = text.replace(tag, tag.strip("<>"))
-    return text
+    inners = {_tag_inner(tag) for tag in forbidden}
+    if not any(tag in text for tag in forbidden):
+        return text
+    longest = max(len(inner) for inner in inners)
+    out: list[str] = []  # non-empty pieces: "<", ">" or a run of text without brackets
+    brackets: list[int] = []  # indices in `out` of the brackets still in the output
+    # Splitting on a one-character class is linear: there is nothing to backtrack over.
+    for piece in _BRACKETS.split(text):
+        if not piece:
+            continue
+        if piece == ">" and brackets and out[brackets[-1]] == "<":
+            opened = brackets[-1]
+            if _short_join(out, opened + 1, longest) in inners:
+                # "<" + inner + ">" becomes inner: drop the "<" and never add the ">". The
+                # text before it is bracket-free up to the previous bracket, so a tag that
+                # now closes around it is found when its own ">" arrives.
+                del out[opened]
+                brackets.pop()
+                continue
+        if piece in ("<", ">"):
+            brackets.append(len(out))
+        out.append(piece)
+    return "".join(out)
+
+
+def _tag_inner(tag: str) -> str:
+    """``"</answer>"`` -> ``"/answer"``; ValueError for anything that is not one tag string."""
+    inner = tag[1:-1]
+    if len(tag) < 3 or tag[0] != "<" or tag[-1] != ">" or "<" in inner or ">" in inner:
+        raise ValueError(f"neutralize needs tag strings like '<name>', got {tag!r}")
+    return inner
+
+
+def _short_join(pieces: list[str], start: int, limit: int) -> str | None:
+    """``"".join(pieces[start:])`` when at most `limit` characters long, else None; stops
+    after `limit` + 1 pieces (pieces are non-empty), so a long tail costs nothing."""
+    joined: list[str] = []
+    size = 0
+    for index in range(start, len(pieces)):
+        size += len(pieces[index])
+        if size > limit:
+            return None
+        joined.append(pieces[index])
+    return "".join(joined)
 
 
 def truncate_words(text: str, max_chars: int) -> str:

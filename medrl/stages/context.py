@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,15 @@ from hydra.utils import get_object, instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from medrl.checkpoints.training_state import AtomicCheckpointIO, TrainingStateCheckpoint
 from medrl.components import RunSpecs
 from medrl.data import DatasetPools
 from medrl.models import ModelSpec
+from medrl.stages.resume import fingerprint, training_checkpoint, training_state_dir
+from medrl.utils.io import write_atomic
+
+WANDB_ID_FILE = "wandb_run_id"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,9 @@ class RunContext:
     specs: RunSpecs
     pools: DatasetPools
     output_dir: Path
+    # True when continuing a killed run (medrl.stages.resume): finished stages are reused and
+    # a stage in progress continues from its training-state checkpoint.
+    resuming: bool = False
 
     @property
     def seed(self) -> int:
@@ -67,21 +77,24 @@ class RunContext:
     def resolved_config(self) -> str:
         return OmegaConf.to_yaml(self.cfg, resolve=True)
 
-    def loggers(self, stage: str) -> list[Any]:
+    def loggers(self, stage: str, version: str | None = None) -> list[Any]:
         """Fresh loggers for one stage, each sent the resolved config.
 
-        File loggers that take a version (CSV, TensorBoard) write one folder per stage. W&B gets
+        File loggers that take a version (CSV, TensorBoard) write one folder per stage (or per
+        `version`: a resumed stage logs beside, never over, what the killed run wrote). W&B gets
         one run per job: every stage's WandbLogger reuses the job's open run (Lightning attaches
         to `wandb.run`), its keys prefixed with the stage ("sft-train/loss") so stages never
-        share a chart; the run is closed by `close_wandb_run` when the job ends.
+        share a chart; the run is closed by `close_wandb_run` when the job ends. A resumed job
+        continues the W&B run of the job it resumes (its id is kept in the run folder).
         """
         loggers = []
         for node in (self.cfg.get("logger") or {}).values():
             target = get_object(node._target_)
             if issubclass(target, WandbLogger):
                 logger = instantiate(node, **self._wandb_kwargs(node, stage))
+                write_atomic(self.output_dir / WANDB_ID_FILE, logger.experiment.id)
             elif "version" in inspect.signature(target).parameters:
-                logger = instantiate(node, version=stage)
+                logger = instantiate(node, version=version or stage)
             else:
                 logger = instantiate(node)
             logger.log_hyperparams(OmegaConf.to_container(self.cfg, resolve=True))
@@ -93,6 +106,9 @@ class RunContext:
         kwargs: dict[str, Any] = {"prefix": "" if stage == "eval" else stage}
         if not node.get("name"):
             kwargs["name"] = job_name(self.cfg)
+        id_file = self.output_dir / WANDB_ID_FILE
+        if self.resuming and id_file.is_file() and not node.get("id"):
+            kwargs["id"] = id_file.read_text().strip()  # Lightning passes resume="allow"
         return kwargs
 
     def trainer(self, stage: str, **kwargs: Any) -> pl.Trainer:
@@ -101,3 +117,38 @@ class RunContext:
         return instantiate(
             self.cfg.trainer, logger=self.loggers(stage) or False, callbacks=callbacks, **kwargs
         )
+
+    def training_trainer(self, stage: str, **kwargs: Any) -> tuple[pl.Trainer, Path | None]:
+        """A Trainer for a training stage that writes training-state checkpoints, and the
+        checkpoint to continue from when resuming (None: start the stage from its beginning).
+        """
+        settings = self.cfg.checkpointing
+        state_dir = training_state_dir(self.output_dir, stage)
+        resume_from = training_checkpoint(self.output_dir, stage) if self.resuming else None
+        version = None
+        if resume_from is not None:
+            log.info("stage %s continues from its training state %s", stage, resume_from)
+            version = _resumed_version(self.output_dir, stage)
+        callbacks = [instantiate(node) for node in (self.cfg.get("callbacks") or {}).values()]
+        callbacks.append(
+            TrainingStateCheckpoint(
+                state_dir, settings.every_n_steps, settings.keep_last, fingerprint(self.cfg)
+            )
+        )
+        trainer = instantiate(
+            self.cfg.trainer,
+            logger=self.loggers(stage, version) or False,
+            callbacks=callbacks,
+            plugins=[AtomicCheckpointIO()],
+            **kwargs,
+        )
+        return trainer, resume_from
+
+
+def _resumed_version(output_dir: Path, stage: str) -> str:
+    """A fresh logger version for a resumed stage: <stage>_resumed, <stage>_resumed2, ..."""
+    for attempt in range(1, 1000):
+        version = f"{stage}_resumed" + (str(attempt) if attempt > 1 else "")
+        if not any(output_dir.glob(f"*/{version}")):
+            return version
+    raise RuntimeError(f"too many resumed versions of stage {stage} in {output_dir}")

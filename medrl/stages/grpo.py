@@ -10,8 +10,8 @@ import logging
 from collections.abc import Sequence
 
 from hydra.utils import instantiate
-from torch.utils.data import DataLoader
 
+from medrl.data.resumable import ResumableDataLoader
 from medrl.stages.context import RunContext, StageOutcome, StagePoint
 from medrl.stages.start import finish_stage, load_start
 
@@ -33,12 +33,17 @@ def run_grpo(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
         chat_template_kwargs=policy.chat_template_kwargs,
         seed=ctx.seed,
         samples_file=str(ctx.output_dir / "samples" / "grpo.jsonl"),
+        max_consecutive_faults=ctx.cfg.numeric_faults.max_consecutive,
     )
     log.info("grpo conventions: %s", module.conventions())
     # One "batch" per rollout step: the module draws its own prompts (seeded, resumable).
-    steps = DataLoader(range(settings.max_steps), batch_size=1)
-    trainer = ctx.trainer(POOL, max_steps=settings.max_steps * module.mu, max_epochs=1)
-    trainer.fit(module, steps)
+    steps = ResumableDataLoader(
+        range(settings.max_steps), batch_size=1, seed=ctx.seed, shuffle=False
+    )
+    trainer, resume_from = ctx.training_trainer(
+        POOL, max_steps=settings.max_steps * module.mu, max_epochs=1
+    )
+    trainer.fit(module, steps, ckpt_path=resume_from)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     return finish_stage(ctx, chain, POOL, policy, parent, {POOL: list(ctx.pools[POOL])}, metrics)

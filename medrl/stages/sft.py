@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import torch
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
 from medrl.data.collate import SFTCollator, encode_sft_pool
 from medrl.data.records import QARecord
+from medrl.data.resumable import ResumableDataLoader
 from medrl.stages.context import RunContext, StageOutcome, StagePoint
 from medrl.stages.start import finish_stage, load_start
 
@@ -52,18 +52,21 @@ def run_sft(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
         raise ValueError("sft: no training example left; raise sft.max_seq_length")
 
     collate = SFTCollator(pad_token_id=policy.tokenizer.pad_token_id)
-    train_loader = DataLoader(
+    # Order fixed by (seed, epoch); its position is saved in training-state checkpoints.
+    train_loader = ResumableDataLoader(
         train_examples,
         batch_size=settings.batch_size,
+        seed=ctx.seed,
         shuffle=True,
         collate_fn=collate,
         num_workers=settings.num_workers,
-        generator=torch.Generator().manual_seed(ctx.seed),
     )
     val_loader = DataLoader(val_examples, batch_size=settings.batch_size, collate_fn=collate)
-    module = instantiate(settings.module)(model=policy.model)
+    module = instantiate(settings.module)(
+        model=policy.model, max_consecutive_faults=ctx.cfg.numeric_faults.max_consecutive
+    )
     by_steps = settings.max_steps > 0
-    trainer = ctx.trainer(
+    trainer, resume_from = ctx.training_trainer(
         POOL,
         max_steps=settings.max_steps if by_steps else -1,
         max_epochs=-1 if by_steps else settings.epochs,
@@ -73,7 +76,7 @@ def run_sft(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
         limit_val_batches=1.0 if val_examples else 0,
     )
     _log_data_counts(trainer, counts)
-    trainer.fit(module, train_loader, val_loader if val_examples else None)
+    trainer.fit(module, train_loader, val_loader if val_examples else None, ckpt_path=resume_from)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if val_examples:  # a final val/loss, whether or not the schedule ended on a check
         metrics.update({k: float(v) for k, v in trainer.validate(module, val_loader)[0].items()})

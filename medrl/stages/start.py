@@ -20,6 +20,7 @@ from medrl.data.records import QARecord
 from medrl.models import AdapterSpec, ModelSpec, Policy, QLoraAdapter, load_policy
 from medrl.prompts.base import OutputFormat
 from medrl.stages.context import RunContext, StageOutcome, StagePoint
+from medrl.stages.resume import discard_training_state, finished_stage_metrics
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,15 @@ def base_point(model: ModelSpec, init_from: str | None = None) -> StagePoint:
     """The chain's first point: the model group's weights, or the checkpoint `init_from`."""
     if not init_from:
         return StagePoint("base", model, None, model.name)
-    return checkpoint_point(Path(init_from), model)
+    if not Path(init_from).is_dir():
+        raise LineageError(
+            f"init_from={init_from}: no such folder; give a stage checkpoint folder, e.g. "
+            "outputs/train/<run>/checkpoints/sft"
+        )
+    try:
+        return checkpoint_point(Path(init_from), model)
+    except LineageError as error:
+        raise LineageError(f"init_from={init_from}: {error}") from error
 
 
 def checkpoint_point(folder: Path, like: ModelSpec) -> StagePoint:
@@ -65,6 +74,16 @@ def load_start(
     return policy, ParentRef("checkpoint", point.name, str(point.checkpoint), parent_hash)
 
 
+def finished_stage(ctx: RunContext, stage: str) -> StageOutcome | None:
+    """When resuming: the outcome of `stage` if the killed run had finished it, else None."""
+    folder = ctx.output_dir / "checkpoints" / stage
+    if not ctx.resuming or not (folder / "manifest.json").is_file():
+        return None
+    metrics = finished_stage_metrics(ctx.cfg, folder)
+    log.info("stage %s finished before the interruption; reusing %s", stage, folder)
+    return StageOutcome(checkpoint_point(folder, ctx.specs.model), metrics)
+
+
 def finish_stage(
     ctx: RunContext,
     chain: Sequence[StagePoint],
@@ -91,6 +110,9 @@ def finish_stage(
         seed=ctx.seed,
         root_model=chain[-1].root_model,
         resolved_config=ctx.resolved_config(),
+        metrics=metrics,
     )
     log.info("%s checkpoint written to %s", stage, folder)
+    if not ctx.cfg.checkpointing.keep_after_stage:
+        discard_training_state(ctx.output_dir, stage)
     return StageOutcome(checkpoint_point(folder, ctx.specs.model), metrics)

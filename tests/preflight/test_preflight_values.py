@@ -98,6 +98,20 @@ def test_sft_that_would_not_train_names_epochs_and_max_steps(compose):
 @pytest.mark.parametrize(
     ("override", "key"),
     [
+        ("checkpointing.every_n_steps=0", "checkpointing.every_n_steps"),
+        ("checkpointing.keep_last=0", "checkpointing.keep_last"),
+        ("numeric_faults.max_consecutive=0", "numeric_faults.max_consecutive"),
+    ],
+)
+def test_each_bad_checkpointing_or_fault_setting_fails_naming_its_key(compose, override, key):
+    error = config_error(compose, override)
+    assert [failure.key for failure in error.failures] == [key]
+    assert f"{override}: must be an integer >= 1" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
         ("evaluation.batch_size=0", "evaluation.batch_size"),
         ("evaluation.limit=0", "evaluation.limit"),
         ("evaluation.sampling.max_new_tokens=-5", "evaluation.sampling.max_new_tokens"),

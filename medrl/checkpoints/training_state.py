@@ -16,6 +16,7 @@ writing leaves the previous file untouched (and at most a hidden temporary file,
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -31,10 +32,12 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from medrl.algorithms.numeric_faults import NumericFaultError
+from medrl.utils.io import write_atomic
 
 log = logging.getLogger(__name__)
 
 STEP_FILE = re.compile(r"^step-(\d+)\.ckpt$")
+SETTINGS_FILE = "settings.json"
 
 
 class ResumeError(RuntimeError):
@@ -185,6 +188,8 @@ class TrainingStateCheckpoint(pl.Callback):
             self.save(trainer)
 
     def save(self, trainer: pl.Trainer) -> Path:
+        # The settings, readable without loading a checkpoint: a resume checks them first.
+        write_atomic(self.folder / SETTINGS_FILE, json.dumps(self.fingerprint, indent=1))
         path = self.folder / f"step-{trainer.global_step:06d}.ckpt"
         trainer.save_checkpoint(path)
         self._last_saved_step = trainer.global_step

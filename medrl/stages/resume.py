@@ -25,6 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from medrl.checkpoints.training_state import (
+    SETTINGS_FILE,
     ResumeError,
     fingerprint_differences,
     latest_readable,
@@ -84,11 +85,36 @@ def resume_folder(cfg: DictConfig) -> Path | None:
 
 
 def continue_in(cfg: DictConfig, folder: Path) -> None:
-    """Point every output of this job (loggers, checkpoints, reports) at `folder`."""
+    """Check that `folder`'s run can be continued with `cfg`'s settings, then point every
+    output of this job (loggers, checkpoints, reports) at it."""
+    check_same_settings(cfg, folder)
     if Path(cfg.paths.output_dir).resolve() != folder.resolve():
         log.info("resuming the run in %s (this job's Hydra logs stay in its own folder)", folder)
         with open_dict(cfg):
             cfg.paths.output_dir = str(folder)
+
+
+def check_same_settings(cfg: DictConfig, folder: Path) -> None:
+    """Refuse, before any work, to continue a run whose finished stages or saved training
+    state were produced with other settings; the error lists every difference."""
+    current = fingerprint(cfg)
+    saved = [
+        (stage_config, fingerprint(OmegaConf.load(stage_config)))
+        for stage_config in sorted(folder.glob("checkpoints/*/config.yaml"))
+    ]
+    saved += [
+        (record, json.loads(record.read_text()))
+        for record in sorted(folder.glob(f"{RESUME_DIR}/*/{SETTINGS_FILE}"))
+    ]
+    for source, settings in saved:
+        differences = fingerprint_differences(settings, current)
+        if differences:
+            raise ResumeError(
+                f"cannot resume {folder}: {source.relative_to(folder)} was written with other "
+                "settings:\n  "
+                + "\n  ".join(differences[:20])
+                + "\nResume with the original settings, or start a fresh run (resume=null)."
+            )
 
 
 def fingerprint(cfg: DictConfig) -> dict[str, Any]:
@@ -116,18 +142,9 @@ def discard_training_state(output_dir: Path, stage: str) -> None:
     shutil.rmtree(training_state_dir(output_dir, stage), ignore_errors=True)
 
 
-def finished_stage_metrics(cfg: DictConfig, folder: Path) -> dict[str, float]:
-    """The saved metrics of a finished stage's checkpoint, after checking its settings."""
-    saved_config = folder / "config.yaml"
-    if saved_config.is_file():
-        saved = fingerprint(OmegaConf.load(saved_config))
-        differences = fingerprint_differences(saved, fingerprint(cfg))
-        if differences:
-            raise ResumeError(
-                f"cannot resume: the finished stage in {folder} was run with other settings:\n  "
-                + "\n  ".join(differences[:20])
-                + "\nResume with the original settings, or start a fresh run (resume=null)."
-            )
+def finished_stage_metrics(folder: Path) -> dict[str, float]:
+    """The saved metrics of a finished stage's checkpoint (its settings were checked by
+    check_same_settings when the run started)."""
     metrics_file = folder / STAGE_METRICS_FILE
     return json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
 
@@ -137,11 +154,15 @@ def _holds_state(folder: Path) -> bool:
 
 
 def _refuse_overwrite(output_dir: Path) -> None:
+    """A fresh run must not overwrite the checkpoints of an earlier run in the same folder."""
     stages = output_dir / RESUME_DIR
-    if stages.is_dir() and any(step_checkpoints(d) for d in stages.iterdir() if d.is_dir()):
+    state = stages.is_dir() and any(step_checkpoints(d) for d in stages.iterdir() if d.is_dir())
+    finished = sorted(p.parent.name for p in output_dir.glob("checkpoints/*/manifest.json"))
+    if state or finished:
+        what = f"stage checkpoints {finished}" if finished else "training state"
         raise ResumeError(
-            f"{output_dir} already holds the training state of an earlier run; pass "
-            "resume=auto to continue it, or choose another hydra.run.dir"
+            f"{output_dir} already holds the {what} of an earlier run; pass resume=auto to "
+            "continue it, or choose another hydra.run.dir"
         )
 
 

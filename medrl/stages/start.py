@@ -79,7 +79,7 @@ def finished_stage(ctx: RunContext, stage: str) -> StageOutcome | None:
     folder = ctx.output_dir / "checkpoints" / stage
     if not ctx.resuming or not (folder / "manifest.json").is_file():
         return None
-    metrics = finished_stage_metrics(ctx.cfg, folder)
+    metrics = finished_stage_metrics(folder)
     log.info("stage %s finished before the interruption; reusing %s", stage, folder)
     return StageOutcome(checkpoint_point(folder, ctx.specs.model), metrics)
 

@@ -3,13 +3,15 @@ equal to the killed run's, and no silent overwrite of a folder that holds traini
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from medrl.checkpoints.training_state import ResumeError, TrainingStateCheckpoint
 from medrl.data.resumable import ResumableDataLoader
-from medrl.stages.resume import fingerprint, resume_folder
+from medrl.stages.resume import continue_in, fingerprint, resume_folder
 
 
 def with_run_dir(cfg, folder, resume=None):
@@ -54,6 +56,40 @@ def test_a_fresh_run_refuses_a_folder_holding_training_state(compose, tmp_path):
     folder = holding_training_state(tmp_path / "run")
     with pytest.raises(ResumeError, match="pass resume=auto to continue it"):
         resume_folder(with_run_dir(compose("train"), folder))
+
+
+def test_a_fresh_run_refuses_a_folder_holding_finished_stage_checkpoints(compose, tmp_path):
+    stage = tmp_path / "run" / "checkpoints" / "sft"
+    stage.mkdir(parents=True)
+    (stage / "manifest.json").write_text("{}")
+    with pytest.raises(ResumeError, match=r"already holds the stage checkpoints \['sft'\]"):
+        resume_folder(with_run_dir(compose("train"), tmp_path / "run"))
+
+
+def test_resume_checks_a_finished_stage_s_settings_before_any_work(compose, tmp_path):
+    folder = tmp_path / "run"
+    stage = folder / "checkpoints" / "sft"
+    stage.mkdir(parents=True)
+    (stage / "config.yaml").write_text(
+        OmegaConf.to_yaml(compose("train", ["seed=1"]), resolve=True)
+    )
+
+    with pytest.raises(ResumeError) as caught:
+        continue_in(with_run_dir(compose("train", ["seed=2"]), folder, "auto"), folder)
+
+    assert "checkpoints/sft/config.yaml was written with other settings" in str(caught.value)
+    assert "seed: 1 -> 2" in str(caught.value)
+
+
+def test_resume_checks_the_saved_training_state_s_settings_before_any_work(compose, tmp_path):
+    folder = tmp_path / "run"
+    state = folder / "resume" / "grpo"
+    state.mkdir(parents=True)
+    saved = fingerprint(compose("train", ["grpo.module.group_size=4"]))
+    (state / "settings.json").write_text(json.dumps(saved))
+
+    with pytest.raises(ResumeError, match="grpo.module.group_size: 4 -> 8"):
+        continue_in(with_run_dir(compose("train", ["grpo.module.group_size=8"]), folder), folder)
 
 
 def test_resuming_with_other_settings_is_refused_listing_each_difference(compose, tmp_path):

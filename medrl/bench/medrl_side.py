@@ -1,0 +1,154 @@
+"""medrl's side: the GRPO step (GRPOModule under a Lightning Trainer, as the grpo stage runs
+it), the SFT step (SFTModule) and rollouts (medrl.rollout.generate)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+from torch.utils.data import DataLoader
+
+from medrl.bench.common import (
+    check_same_prompts,
+    model_spec,
+    render_prompts,
+    sft_examples,
+    timed_rewards,
+)
+from medrl.bench.environment import rss_bytes
+from medrl.bench.instrument import (
+    PhaseClock,
+    causal_lm,
+    time_calls,
+    time_generation,
+    time_logprob_passes,
+    time_optimizer_steps,
+)
+from medrl.bench.settings import BenchTask, grpo_kwargs
+from medrl.models import load_policy
+from medrl.rollout import eos_token_ids, generate
+
+
+class LightningStepTimer(pl.Callback):
+    """One clock step per training batch (a GRPO rollout step, an SFT optimizer step), with
+    the module's own time/* metrics of that step kept beside the clock's phases."""
+
+    def __init__(self, clock: PhaseClock) -> None:
+        self.clock = clock
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.clock.begin_step()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        reported = {
+            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("time/")
+        }
+        reported["threads"] = float(torch.get_num_threads())
+        self.clock.end_step(reported)
+
+
+def _trainer(cfg: Any, clock: PhaseClock, max_steps: int, **kwargs: Any) -> pl.Trainer:
+    return pl.Trainer(
+        max_steps=max_steps,
+        accelerator="gpu" if cfg.device == "cuda" else "cpu",
+        devices=1,
+        precision="32-true",  # the weights' own dtype; no autocast (TRL gets bf16=fp16=False)
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[LightningStepTimer(clock)],
+        **kwargs,
+    )
+
+
+def run_grpo(task: BenchTask, cfg: Any, clock: PhaseClock) -> dict[str, Any]:
+    """`task.total_steps` GRPO rollout steps on the task's records, each one clock step."""
+    from medrl.algorithms.grpo import GRPOModule
+
+    policy = load_policy(model_spec(cfg), instantiate(cfg.adapter))
+    loaded_rss = rss_bytes()
+    output_format = instantiate(cfg.format)
+    records = task.qa_records()
+    check_same_prompts(
+        task.prompts,
+        render_prompts(policy.tokenizer, records, output_format, policy.chat_template_kwargs),
+        "medrl",
+    )
+    # Everything GRPOModule takes from conf/grpo; the stage runner's arguments are given below.
+    settings = {k: v for k, v in grpo_kwargs(cfg).items() if k != "chat_template_kwargs"}
+    settings["samples_file"] = None
+    module = GRPOModule(
+        model=policy.model,
+        tokenizer=policy.tokenizer,
+        prompts=records,
+        rewards=timed_rewards(cfg, clock),
+        output_format=output_format,
+        chat_template_kwargs=policy.chat_template_kwargs,
+        **settings,
+    )
+    if cfg.breakdown:
+        eos = eos_token_ids(policy.model, policy.tokenizer)
+        time_generation(clock, policy.model, causal_lm(policy.model), eos)
+        time_logprob_passes(clock, module, "_logprobs")
+        time_calls(clock, module, "manual_backward", "policy_backward")
+    trainer = _trainer(cfg, clock, max_steps=task.total_steps * module.mu, max_epochs=1)
+    with time_optimizer_steps(clock):
+        trainer.fit(module, DataLoader(range(task.total_steps), batch_size=1))
+    return {"rss_after_load_bytes": loaded_rss, "conventions": module.conventions()}
+
+
+def run_sft(task: BenchTask, cfg: Any, clock: PhaseClock) -> dict[str, Any]:
+    """`task.total_steps` SFT optimizer steps, each on the same batch of the task's records."""
+    from medrl.algorithms.sft import SFTModule
+    from medrl.data.collate import SFTCollator
+
+    policy = load_policy(model_spec(cfg), instantiate(cfg.adapter))
+    loaded_rss = rss_bytes()
+    examples = sft_examples(task.qa_records(), cfg, policy.tokenizer, policy.chat_template_kwargs)
+    loader = DataLoader(
+        examples,
+        batch_size=len(examples),
+        collate_fn=SFTCollator(pad_token_id=policy.tokenizer.pad_token_id),
+    )
+    module = instantiate(cfg.sft.module)(model=policy.model)
+    assert isinstance(module, SFTModule)
+    trainer = _trainer(
+        cfg,
+        clock,
+        max_steps=task.total_steps,
+        max_epochs=-1,
+        gradient_clip_val=float(cfg.sft.grad_clip),
+        limit_val_batches=0,
+    )
+    with time_optimizer_steps(clock):
+        trainer.fit(module, loader)
+    tokens = [sum(e.loss_mask) for e in examples]
+    return {"rss_after_load_bytes": loaded_rss, "assistant_tokens_per_step": sum(tokens)}
+
+
+def run_rollout(task: BenchTask, cfg: Any, clock: PhaseClock) -> dict[str, Any]:
+    """`task.total_steps` calls of medrl.rollout.generate: B prompts x G samples each."""
+    policy = load_policy(model_spec(cfg), instantiate(cfg.adapter))
+    policy.model.to(cfg.device)
+    loaded_rss = rss_bytes()
+    settings = grpo_kwargs(cfg)
+    eos = eos_token_ids(policy.model, policy.tokenizer)
+    time_generation(clock, policy.model, causal_lm(policy.model), eos)
+    for _ in range(task.total_steps):
+        clock.begin_step()
+        generate(
+            policy.model,
+            policy.tokenizer,
+            task.prompts,
+            settings["sampling"],
+            num_samples=settings["group_size"],
+        )
+        clock.end_step({"threads": float(torch.get_num_threads())})
+    return {"rss_after_load_bytes": loaded_rss}
+
+
+RUNNERS = {"grpo": run_grpo, "sft": run_sft, "rollout": run_rollout}

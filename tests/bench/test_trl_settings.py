@@ -1,0 +1,153 @@
+"""medrl settings -> TRL config fields: the pure mapping, and (with trl installed) that TRL
+accepts them and derives the same batch geometry."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from medrl.bench.settings import grpo_kwargs, sft_kwargs
+from medrl.bench.trl_settings import (
+    UnmappableSetting,
+    grpo_config_kwargs,
+    lora_config_kwargs,
+    sft_config_kwargs,
+)
+from medrl.models import FullFinetune, LoraAdapter, QLoraAdapter
+
+
+def defaults(compose, *overrides):
+    return grpo_kwargs(compose("bench", list(overrides)))
+
+
+def mapped(module, **kwargs):
+    options = dict(rollout_steps=7, device="cpu", gradient_checkpointing=False, output_dir="x")
+    return grpo_config_kwargs(module, **{**options, **kwargs})
+
+
+def test_the_default_grpo_settings_map_field_by_field(compose):
+    args = mapped(defaults(compose))
+    expected = {
+        "per_device_train_batch_size": 4,  # micro_batch_size completions per forward/backward
+        "gradient_accumulation_steps": 4,  # B*G = 16 completions per optimizer step
+        "num_generations": 4,
+        "num_iterations": 1,
+        "max_completion_length": 64,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "top_k": 0,
+        "min_p": None,
+        "scale_rewards": "group",
+        "epsilon": 0.2,
+        "epsilon_high": 0.2,
+        "beta": 0.04,
+        "use_bias_correction_kl": False,
+        "loss_type": "grpo",
+        "mask_truncated_completions": False,
+        "learning_rate": 3e-5,
+        "weight_decay": 0.0,
+        "lr_scheduler_type": "constant_with_warmup",
+        "warmup_steps": 0,
+        "max_grad_norm": 1.0,
+        "max_steps": 7,
+        "seed": 42,
+        "disable_dropout": True,
+        "gradient_checkpointing": False,
+        "optim": "adamw_torch",
+        "use_cpu": True,
+        "bf16": False,
+        "fp16": False,
+        "report_to": "none",
+        "save_strategy": "no",
+        "logging_strategy": "no",
+    }
+    assert {k: args[k] for k in expected} == expected
+
+
+def test_each_loss_aggregation_and_std_scope_has_its_trl_name(compose):
+    pairs = {
+        "seq_mean_token_mean": "grpo",
+        "token_mean": "dapo",
+        "seq_mean_token_sum_norm": "dr_grpo",
+    }
+    for aggregation, loss_type in pairs.items():
+        module = defaults(compose, f"grpo.module.loss_aggregation={aggregation}")
+        assert mapped(module)["loss_type"] == loss_type
+    for scope in ("group", "batch", "none"):
+        module = defaults(compose, f"grpo.module.advantage.std_scope={scope}")
+        assert mapped(module)["scale_rewards"] == scope
+
+
+def test_mu_and_warmup_count_optimizer_steps_and_min_p_zero_is_off(compose):
+    module = defaults(
+        compose,
+        "grpo.module.mu=2",
+        "grpo.module.warmup_ratio=0.25",
+        "grpo.module.sampling.min_p=0.1",
+    )
+    args = mapped(module, rollout_steps=4)
+    assert (args["num_iterations"], args["max_steps"], args["warmup_steps"]) == (2, 8, 2)
+    assert args["min_p"] == 0.1
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("grpo.module.advantage.std_estimator=population", "advantage.std_estimator"),
+        ("grpo.module.advantage.eps=1e-6", "advantage.eps"),
+        ("grpo.module.kl.estimator=k1", "kl.estimator"),
+        ("grpo.module.clip.dual_clip=3.0", "clip.dual_clip"),
+        ("grpo.module.dynamic_sampling.enabled=true", "dynamic_sampling.enabled"),
+        ("micro_batch_size=3", "micro_batch_size"),
+    ],
+)
+def test_a_convention_trl_cannot_run_is_refused_by_its_medrl_key(compose, override, key):
+    with pytest.raises(UnmappableSetting, match=key):
+        mapped(defaults(compose, override))
+
+
+def test_lora_maps_to_the_same_peft_fields_and_qlora_is_refused():
+    adapter = LoraAdapter(r=16, alpha=32, dropout=0.05)
+    assert lora_config_kwargs(adapter) == {
+        "r": 16,
+        "lora_alpha": 32,
+        "lora_dropout": 0.05,
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+        "bias": "none",
+        "task_type": "CAUSAL_LM",
+    }
+    assert lora_config_kwargs(FullFinetune()) is None
+    with pytest.raises(UnmappableSetting, match="qlora"):
+        lora_config_kwargs(QLoraAdapter())
+
+
+def test_sft_maps_batch_length_schedule_and_completion_only_loss(compose):
+    cfg = compose("bench")
+    args = sft_config_kwargs(
+        sft_kwargs(cfg),
+        batch_size=4,
+        max_seq_length=1024,
+        grad_clip=1.0,
+        steps=100,
+        seed=42,
+        device="cuda",
+        gradient_checkpointing=False,
+        output_dir="x",
+    )
+    assert args["per_device_train_batch_size"] == 4 and args["gradient_accumulation_steps"] == 1
+    assert args["max_length"] == 1024 and args["completion_only_loss"] and not args["packing"]
+    assert (args["lr_scheduler_type"], args["warmup_steps"]) == ("cosine", 3)
+    assert args["learning_rate"] == cfg.sft.module.lr and args["use_cpu"] is False
+
+
+def test_trl_accepts_the_kwargs_and_generates_once_per_optimizer_step(compose, tmp_path):
+    pytest.importorskip("trl", reason="trl is not installed (pip install -e '.[bench]')")
+    from trl import GRPOConfig
+
+    module = defaults(compose)
+    config = GRPOConfig(**mapped(module, output_dir=str(tmp_path)))
+    rows = module["prompts_per_step"] * module["group_size"]
+    assert config.generation_batch_size == rows  # B*G completions per generation
+    assert config.steps_per_generation == config.gradient_accumulation_steps  # one per step
+    assert dataclasses.is_dataclass(config) and config.loss_type == "grpo"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,36 +114,43 @@ class RunContext:
 
     def trainer(self, stage: str, **kwargs: Any) -> pl.Trainer:
         """The configured Lightning Trainer with this stage's loggers, callbacks and `kwargs`."""
-        callbacks = [instantiate(node) for node in (self.cfg.get("callbacks") or {}).values()]
-        return instantiate(
-            self.cfg.trainer, logger=self.loggers(stage) or False, callbacks=callbacks, **kwargs
-        )
+        return self._build_trainer(stage, **kwargs)
 
     def training_trainer(self, stage: str, **kwargs: Any) -> tuple[pl.Trainer, Path | None]:
         """A Trainer for a training stage that writes training-state checkpoints, and the
         checkpoint to continue from when resuming (None: start the stage from its beginning).
         """
         settings = self.cfg.checkpointing
-        state_dir = training_state_dir(self.output_dir, stage)
         resume_from = training_checkpoint(self.output_dir, stage) if self.resuming else None
         version = None
         if resume_from is not None:
             log.info("stage %s continues from its training state %s", stage, resume_from)
             version = _resumed_version(self.output_dir, stage)
-        callbacks = [instantiate(node) for node in (self.cfg.get("callbacks") or {}).values()]
-        callbacks.append(
-            TrainingStateCheckpoint(
-                state_dir, settings.every_n_steps, settings.keep_last, fingerprint(self.cfg)
-            )
+        saver = TrainingStateCheckpoint(
+            training_state_dir(self.output_dir, stage),
+            settings.every_n_steps,
+            settings.keep_last,
+            fingerprint(self.cfg),
         )
-        trainer = instantiate(
-            self.cfg.trainer,
-            logger=self.loggers(stage, version) or False,
-            callbacks=callbacks,
-            plugins=[AtomicCheckpointIO()],
-            **kwargs,
+        trainer = self._build_trainer(
+            stage, version, [saver], plugins=[AtomicCheckpointIO()], **kwargs
         )
         return trainer, resume_from
+
+    def _build_trainer(
+        self,
+        stage: str,
+        version: str | None = None,
+        extra_callbacks: Sequence[pl.Callback] = (),
+        **kwargs: Any,
+    ) -> pl.Trainer:
+        callbacks = [instantiate(node) for node in (self.cfg.get("callbacks") or {}).values()]
+        return instantiate(
+            self.cfg.trainer,
+            logger=self.loggers(stage, version) or False,
+            callbacks=[*callbacks, *extra_callbacks],
+            **kwargs,
+        )
 
 
 def _resumed_version(output_dir: Path, stage: str) -> str:

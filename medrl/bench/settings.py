@@ -118,11 +118,12 @@ def grpo_kwargs(cfg: Any) -> dict[str, Any]:
         GRPOModule,
         KLSettings,
     )
-    from medrl.rollout import SamplingSettings
+    from medrl.rollout import EngineSettings, SamplingSettings
 
     kwargs = module_kwargs(GRPOModule, instantiate(cfg.grpo.module), seed=int(cfg.seed))
     fill = {
         "sampling": SamplingSettings,
+        "engine": EngineSettings,
         "advantage": AdvantageSettings,
         "clip": ClipSettings,
         "kl": KLSettings,

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from medrl.algorithms.core import AGGREGATIONS, KL_ESTIMATORS, STD_ESTIMATORS, STD_SCOPES
 from medrl.preflight.report import CheckResult, failed, passed, skipped, warned
+from medrl.rollout.settings import SAMPLERS
 from medrl.stages.evaluate import eval_sampling
 
 Test = Callable[[Any], bool]
@@ -96,6 +97,7 @@ GRPO_CHOICES = (
     ("grpo.module.advantage.std_estimator", STD_ESTIMATORS),
     ("grpo.module.kl.estimator", KL_ESTIMATORS),
     ("grpo.module.loss_aggregation", AGGREGATIONS),
+    ("grpo.module.engine.sampler", SAMPLERS),
 )
 SFT_RULES = (
     Rule("sft.batch_size", count(1), "an integer >= 1"),

@@ -1,9 +1,12 @@
-"""Rollouts: batched generation of completions and the token log-probs of completions."""
+"""Rollouts: batched generation of completions and the token log-probs of completions.
+
+settings (what is sampled, how it is produced) -> generation (Rollout, generate) through
+decoding (medrl's shared-prompt sampler) or transformers' generate, merged_adapter (LoRA merged
+while sampling) -> scoring (completion_logprobs, full or shared-prompt forward).
+"""
 
 from medrl.rollout.generation import (
     Rollout,
-    SamplingSettings,
-    completion_logprobs,
     completion_mask_from_eos,
     encode_prompts,
     eos_token_ids,
@@ -13,8 +16,11 @@ from medrl.rollout.generation import (
     left_pad,
     merge_rollouts,
 )
+from medrl.rollout.scoring import completion_logprobs
+from medrl.rollout.settings import EngineSettings, SamplingSettings
 
 __all__ = [
+    "EngineSettings",
     "Rollout",
     "SamplingSettings",
     "completion_logprobs",

@@ -1,8 +1,8 @@
-"""Batched sampling of completions, and the token log-probs of given completions.
+"""Batched sampling of completions: the Rollout that GRPO scores and evaluation parses.
 
-`generate` serves both GRPO rollouts (G samples per prompt) and evaluation (greedy, one each);
-`completion_logprobs` scores a rollout under any policy (current, old or reference), with
-gradients when called outside ``torch.no_grad()``.
+`generate` serves both GRPO rollouts (G samples per prompt) and evaluation (greedy, one each),
+through transformers' generate or medrl's sampler (medrl.rollout.decoding), optionally with a
+LoRA adapter merged (medrl.rollout.merged_adapter); medrl.rollout.scoring scores rollouts.
 
 Shapes: B prompts, G samples per prompt, N = B*G rows (prompt-major), P prompt length,
 C completion length, V vocabulary.
@@ -10,6 +10,7 @@ C completion length, V vocabulary.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,47 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from medrl.algorithms.core import token_entropy
-
-# Budget for the [rows, C, V] float32 temporary of one log-softmax chunk when chunk_size is None:
-# 2**26 elements = 256 MiB, small next to the model yet large enough that typical C * V fits a row.
-_LOGSOFTMAX_CHUNK_ELEMENTS = 1 << 26
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    """How completions are decoded.
-
-    greedy=True decodes with argmax (``do_sample=False``); temperature, top_p, top_k and min_p
-    are then ignored. Otherwise tokens are sampled from the softmax of logits / temperature,
-    restricted by top_k (0 = off), top_p (1.0 = off) and min_p (0.0 = off).
-
-    top_k is explicit because transformers otherwise fills it from the model's
-    generation_config or its global default (50), silently truncating the distribution. GRPO's
-    importance ratios assume samples come from the distribution `completion_logprobs` scores,
-    i.e. top_k=0, top_p=1, min_p=0 and the same temperature.
-    """
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    min_p: float = 0.0
-    max_new_tokens: int = 256
-    greedy: bool = False
-    top_k: int = 0
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.greedy:
-            return
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not 0 <= self.min_p < 1:
-            raise ValueError(f"min_p must be in [0, 1), got {self.min_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+from medrl.rollout.decoding import decode
+from medrl.rollout.merged_adapter import merged_lora
+from medrl.rollout.settings import STRAIGHTFORWARD, EngineSettings, SamplingSettings
+from medrl.utils.timing import timed
 
 
 @dataclass
@@ -214,6 +178,8 @@ def generate(
     num_samples: int = 1,
     batch_size: int | None = None,
     generator_seed: int | None = None,
+    engine: EngineSettings | None = None,
+    timings: dict[str, float] | None = None,
 ) -> Rollout:
     """Generate `num_samples` completions for each rendered prompt.
 
@@ -223,6 +189,10 @@ def generate(
                     sampled ones do, because the random stream is consumed in a different order.
     generator_seed: when given, sampling runs under a forked RNG seeded with it, so the result
                     is reproducible and the caller's global RNG state is left untouched.
+    engine:         which sampler, and whether a LoRA adapter is merged while sampling
+                    (EngineSettings; None = STRAIGHTFORWARD: transformers' generate, unmerged).
+    timings:        when given, receives the seconds of "prefill" and "decode" (medrl's sampler)
+                    or of "decode" alone (transformers' generate, whose prefill is not separate).
     The model runs in eval mode (restored afterwards) under ``torch.no_grad()``; it may be a
     peft-wrapped model. Rows are prompt-major: rows [b*G:(b+1)*G] belong to prompts[b].
     """
@@ -239,9 +209,13 @@ def generate(
     step = batch_size or len(prompts)
     chunks = [prompts[start : start + step] for start in range(0, len(prompts), step)]
     device = model_device(model)
-    with _seeded(generator_seed, device), eval_mode(model), torch.no_grad():
+    engine = engine or STRAIGHTFORWARD
+    merge = merged_lora(model) if engine.merge_adapter else contextlib.nullcontext()
+    with _seeded(generator_seed, device), eval_mode(model), torch.no_grad(), merge:
         outputs = [
-            _generate_chunk(model, tokenizer, chunk, settings, num_samples, eos_ids, pad_id)
+            _generate_chunk(
+                model, tokenizer, chunk, settings, num_samples, eos_ids, pad_id, engine, timings
+            )
             for chunk in chunks
         ]
     prompt_ids = _cat_padded([o[0] for o in outputs], pad_id, left=True)  # [N, P]
@@ -274,26 +248,33 @@ def _generate_chunk(
     num_samples: int,
     eos_ids: list[int],
     pad_id: int,
+    engine: EngineSettings,
+    timings: dict[str, float] | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(prompt_ids [n, P], prompt_mask [n, P], raw completion ids [n, C]) on the CPU."""
     ids, mask = left_pad(encode_prompts(tokenizer, prompts), pad_id)  # [b, P]
     device = model_device(model)
-    # Greedy samples of one prompt are identical, and HF refuses num_return_sequences > 1
-    # without sampling: decode each prompt once and repeat it.
-    per_call = 1 if settings.greedy else num_samples
-    sequences = model.generate(
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device),
-        num_return_sequences=per_call,
-        eos_token_id=eos_ids,
-        pad_token_id=pad_id,
-        **generation_kwargs(settings),
-    )  # [b*per_call, P+C]
-    completion = sequences[:, ids.shape[1] :].cpu()  # [b*per_call, C]
-    # generate expands inputs with repeat_interleave, so its rows are prompt-major like ours.
-    completion = completion.repeat_interleave(num_samples // per_call, dim=0)  # [b*G, C]
     prompt_ids = ids.repeat_interleave(num_samples, dim=0)  # [b*G, P]
     prompt_mask = mask.repeat_interleave(num_samples, dim=0)  # [b*G, P]
+    # Greedy samples of one prompt are identical (and HF refuses num_return_sequences > 1
+    # without sampling): decode each prompt once and repeat it.
+    per_call = 1 if settings.greedy else num_samples
+    ids, mask = ids.to(device), mask.to(device)
+    if engine.sampler == "medrl":
+        completion = decode(model, ids, mask, per_call, settings, eos_ids, pad_id, timings=timings)
+    else:
+        with timed(timings, "decode"):
+            sequences = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                num_return_sequences=per_call,
+                eos_token_id=eos_ids,
+                pad_token_id=pad_id,
+                **generation_kwargs(settings),
+            )  # [b*per_call, P+C]
+        completion = sequences[:, ids.shape[1] :]  # [b*per_call, C]
+    # Both samplers return prompt-major rows (generate expands inputs with repeat_interleave).
+    completion = completion.cpu().repeat_interleave(num_samples // per_call, dim=0)  # [b*G, C]
     return prompt_ids, prompt_mask, completion
 
 
@@ -320,90 +301,6 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
-
-
-def completion_logprobs(
-    model: nn.Module,
-    prompt_ids: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    completion_ids: torch.Tensor,
-    completion_mask: torch.Tensor,
-    chunk_size: int | None = None,
-    temperature: float = 1.0,
-    return_entropy: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """log pi(y_t | x, y_<t) of every completion token, [N, C] float32; 0 where masked.
-
-    With `return_entropy`, also the entropy of each next-token distribution [N, C] (detached,
-    0 where masked), computed from the same logits chunk by chunk, for observability.
-
-    One forward pass over ``[prompt; completion]`` with the attention mask and position ids
-    that count only real tokens, so a left-padded row scores exactly as it would unpadded.
-    Logits are computed only at the C positions that predict completion tokens
-    (``logits_to_keep``) and divided by `temperature` (pass the sampling temperature: samples
-    come from softmax(logits / T)). The log-softmax at the target ids is taken in float32 over
-    `chunk_size` rows at a time (None = as many rows as fit in about 256 MiB), as
-    ``logit[target] - logsumexp(logits)``, so no full-vocabulary [N, C, V] log-softmax is ever
-    built: under ``torch.no_grad()`` the extra memory is one chunk; with gradients autograd only
-    keeps the float32 logits (no copy at all for a float32 model at T = 1).
-    Gradients flow when called outside ``torch.no_grad()``; the model's train/eval mode is the
-    caller's choice. The result is on the model's device.
-    """
-    if prompt_ids.shape[1] < 1:
-        raise ValueError("completion_logprobs needs at least one prompt token per row")
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
-    device = model_device(model)
-    width = completion_ids.shape[1]
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1).to(device)  # [N, P+C]
-    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1).to(device)  # [N, P+C]
-    # Real tokens get positions 0, 1, ...; padding's positions are irrelevant (it is masked).
-    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)  # [N, P+C]
-    logits = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        logits_to_keep=width + 1,
-        use_cache=False,
-    ).logits  # [N, C+1, V]
-    # The logit at position P-1+t predicts completion token t; the last one predicts nothing.
-    logits = logits[:, :-1]  # [N, C, V]
-    targets = completion_ids.to(device)  # [N, C]
-    rows = chunk_size or max(1, _LOGSOFTMAX_CHUNK_ELEMENTS // max(1, width * logits.shape[-1]))
-    starts = range(0, logits.shape[0], rows)
-    logp = torch.cat(
-        [
-            _gather_logprobs(
-                logits[start : start + rows], targets[start : start + rows], temperature
-            )
-            for start in starts
-        ],
-        dim=0,
-    )  # [N, C]
-    mask = completion_mask.to(device).bool()  # [N, C]
-    logp = torch.where(mask, logp, torch.zeros_like(logp))
-    if not return_entropy:
-        return logp
-    with torch.no_grad():
-        entropy = torch.cat(
-            [token_entropy(logits[start : start + rows] / temperature) for start in starts], dim=0
-        )  # [N, C]
-    return logp, torch.where(mask, entropy, torch.zeros_like(entropy))
-
-
-def _gather_logprobs(
-    logits: torch.Tensor, targets: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """log_softmax(logits / T) at `targets`: [n, C, V], [n, C] -> [n, C] float32.
-
-    Computed as ``x[target] - logsumexp(x)``, equal to the gathered log_softmax, because
-    log_softmax would materialize (and, with gradients, keep) a second [n, C, V] tensor.
-    """
-    scaled = logits.float()  # [n, C, V]; no copy when the model is already float32
-    if temperature != 1.0:
-        scaled = scaled / temperature
-    picked = scaled.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [n, C]
-    return picked - torch.logsumexp(scaled, dim=-1)  # [n, C]
 
 
 def merge_rollouts(parts: Sequence[tuple[Rollout, Sequence[int]]], pad_token_id: int) -> Rollout:

@@ -1,0 +1,160 @@
+"""medrl's sampler: each prompt is prefilled once for its G samples, finished rows leave the batch.
+
+`transformers`' generate runs the prompt of every sample through the model (G prefills of one
+prompt) and keeps decoding rows that already emitted an eos until the last row ends. Here:
+
+1. prefill: one forward over the B distinct prompts (or over all B*G rows with
+   share_prompt=False, the straightforward path the tests compare against) fills the KV cache;
+2. the cache rows and the last-position logits are repeated G times (prompt-major rows);
+3. decode: one token per active row per forward; a row whose token is an eos is removed from
+   the batch and from the cache, so later forwards only pay for rows still writing.
+
+Sampling is exactly softmax(warped logits) with transformers' own temperature / top-k / top-p /
+min-p warpers (in generate's order), or argmax when greedy. Rows are independent of each other
+except through the shared random stream, so the same seed gives the same samples whether
+prompts are shared or not (the tests check it).
+
+Shapes: b prompts, G samples each, N = b*G rows, P prompt width, C completion width, V vocab.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from medrl.rollout.settings import SamplingSettings
+from medrl.utils.timing import timed
+
+
+def logits_warpers(settings: SamplingSettings) -> Any:
+    """transformers' LogitsProcessorList for `settings` (empty when greedy), in the order
+    generate applies them: temperature, top-k, top-p, min-p."""
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        MinPLogitsWarper,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    warpers = LogitsProcessorList()
+    if settings.greedy:
+        return warpers
+    if settings.temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(settings.temperature))
+    if settings.top_k > 0:
+        warpers.append(TopKLogitsWarper(settings.top_k))
+    if settings.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(settings.top_p))
+    if settings.min_p > 0.0:
+        warpers.append(MinPLogitsWarper(settings.min_p))
+    return warpers
+
+
+def pick_tokens(logits: torch.Tensor, settings: SamplingSettings, warpers: Any) -> torch.Tensor:
+    """Next token of every row: logits [n, V] float32 -> ids [n] (argmax, or one sample)."""
+    if settings.greedy:
+        return logits.argmax(dim=-1)
+    scores = warpers(None, logits)  # [n, V]; transformers' warpers ignore input_ids
+    probs = torch.softmax(scores, dim=-1)  # [n, V]
+    return torch.multinomial(probs, num_samples=1).squeeze(1)  # [n]
+
+
+def decode(
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    num_samples: int,
+    settings: SamplingSettings,
+    eos_ids: Sequence[int],
+    pad_id: int,
+    share_prompt: bool = True,
+    timings: dict[str, float] | None = None,
+) -> torch.Tensor:
+    """Raw completion ids [b*G, C] for left-padded prompts [b, P] (on the model's device).
+
+    Rows are prompt-major (rows [i*G:(i+1)*G] continue prompt i). A row holds its tokens up to
+    and including its first eos, then pad_id. C is the longest row (at most max_new_tokens).
+    The caller provides no_grad and eval mode. `timings` (when given) receives the seconds
+    spent in "prefill" and "decode".
+    """
+    device = prompt_ids.device
+    with timed(timings, "prefill"):
+        logits, cache, mask = _prefill(model, prompt_ids, prompt_mask, num_samples, share_prompt)
+    with timed(timings, "decode"):
+        return _decode_loop(model, logits, cache, mask, settings, eos_ids, pad_id, device)
+
+
+def _prefill(
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    num_samples: int,
+    share_prompt: bool,
+) -> tuple[torch.Tensor, Any, torch.Tensor]:
+    """(last-position logits [N, V] float32, KV cache of N rows, attention mask [N, P])."""
+    if not share_prompt:  # every sample runs its own copy of the prompt
+        prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0)  # [N, P]
+        prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0)  # [N, P]
+    # Real tokens get positions 0, 1, ...; left padding is masked, its positions are irrelevant.
+    positions = (prompt_mask.long().cumsum(dim=1) - 1).clamp(min=0)  # [rows, P]
+    out = model(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        position_ids=positions,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    logits = out.logits[:, -1].float()  # [rows, V]
+    cache = out.past_key_values
+    if share_prompt and num_samples > 1:
+        cache.batch_repeat_interleave(num_samples)  # [b, ...] -> [N, ...], prompt-major
+        logits = logits.repeat_interleave(num_samples, dim=0)  # [N, V]
+        prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0)  # [N, P]
+    return logits, cache, prompt_mask
+
+
+def _decode_loop(
+    model: nn.Module,
+    logits: torch.Tensor,
+    cache: Any,
+    mask: torch.Tensor,
+    settings: SamplingSettings,
+    eos_ids: Sequence[int],
+    pad_id: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """Sample until every row ended or max_new_tokens; finished rows leave the batch."""
+    rows = logits.shape[0]
+    warpers = logits_warpers(settings)
+    eos = torch.tensor(list(eos_ids), device=device)
+    tokens = torch.full((rows, settings.max_new_tokens), pad_id, dtype=torch.long, device=device)
+    active = torch.arange(rows, device=device)  # [n] the rows still writing
+    next_position = mask.long().sum(dim=1)  # [n] position of each active row's next token
+    width = 0
+    for step in range(settings.max_new_tokens):
+        chosen = pick_tokens(logits, settings, warpers)  # [n]
+        tokens[active, step] = chosen
+        width = step + 1
+        ended = torch.isin(chosen, eos)  # [n]
+        if step + 1 == settings.max_new_tokens or bool(ended.all()):
+            break
+        if bool(ended.any()):
+            keep = (~ended).nonzero().squeeze(1)  # [n'] positions within the active batch
+            cache.batch_select_indices(keep)
+            active, chosen = active[keep], chosen[keep]
+            mask, next_position = mask[keep], next_position[keep]
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)  # [n, P+step+1]
+        out = model(
+            input_ids=chosen.unsqueeze(1),
+            attention_mask=mask,
+            position_ids=next_position.unsqueeze(1),
+            past_key_values=cache,
+            use_cache=True,
+        )
+        logits = out.logits[:, -1].float()  # [n, V]
+        next_position = next_position + 1
+    return tokens[:, :width]

@@ -1,0 +1,71 @@
+"""Sample through LoRA weights merged into the base, and put the exact originals back after.
+
+peft's unmerged LoRA forward costs three matmuls and a handful of small ops per adapted layer;
+during decoding (one token per row) those small ops dominate. peft's own merge_adapter /
+unmerge_adapter adds and later subtracts B@A in place, which leaves rounding error in the base
+weights after every step: over a run the reference policy (the base with adapters disabled)
+would drift. Here each adapted Linear's weight Parameter is swapped for a new merged tensor and
+the original Parameter object (untouched, still the one the optimizer and the reference use) is
+swapped back afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+def lora_layers(model: nn.Module) -> list[nn.Module]:
+    """The peft LoRA layers of `model` (empty for a model without LoRA)."""
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return []
+    return [module for module in model.modules() if isinstance(module, LoraLayer)]
+
+
+def can_merge_exactly(model: nn.Module) -> bool:
+    """True when every LoRA layer wraps a plain nn.Linear, is unmerged and uses no DoRA: then
+    W + scale * B@A is exactly the function the adapter layer computes (up to rounding)."""
+    layers = lora_layers(model)
+    if not layers or not hasattr(model, "disable_adapter"):
+        return False
+    for layer in layers:
+        base = layer.get_base_layer()
+        if type(base) is not nn.Linear or layer.merged:
+            return False
+        if any(layer.use_dora.get(name, False) for name in layer.active_adapters):
+            return False
+    return True
+
+
+@contextmanager
+def merged_lora(model: nn.Module) -> Iterator[bool]:
+    """Inside the block `model` computes with merged weights and adapters bypassed; yields True.
+
+    Where merging would not be exact (see can_merge_exactly) nothing changes and it yields
+    False. Gradients are not meant to flow inside (merged weights are plain tensors).
+    """
+    if not can_merge_exactly(model):
+        yield False
+        return
+    originals: list[tuple[nn.Linear, nn.Parameter]] = []
+    try:
+        with torch.no_grad():
+            for layer in lora_layers(model):
+                base = layer.get_base_layer()
+                weight = base.weight
+                merged = weight.detach().clone()
+                for name in layer.active_adapters:
+                    if name in layer.lora_A:
+                        merged += layer.get_delta_weight(name).to(merged.dtype)
+                originals.append((base, weight))
+                base.weight = nn.Parameter(merged, requires_grad=False)
+        with model.disable_adapter():
+            yield True
+    finally:
+        for base, weight in originals:
+            base.weight = weight

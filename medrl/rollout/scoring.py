@@ -1,0 +1,212 @@
+"""The token log-probs of given completions under a policy (current, old or reference).
+
+Two ways to run the forward pass, with the same result:
+
+* full:   one forward over ``[prompt; completion]`` for every row;
+* shared: rows that continue the same prompt (a GRPO group) run that prompt once; its KV cache
+          (which carries gradients) is repeated for the rows and only the completions run after
+          it. With G completions per prompt this does 1/G of the prompt work, forward and
+          backward, and keeps 1/G of the prompt activations.
+
+Either way logits are computed only at the positions that predict completion tokens and the
+log-softmax is taken at the target ids in float32, a chunk of rows at a time, as
+``logit[target] - logsumexp(logits)``: no full-vocabulary [N, C, V] log-softmax is ever built.
+
+Shapes: N rows, P prompt width (left-padded), C completion width (right-padded), V vocab.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from medrl.algorithms.core import token_entropy
+from medrl.rollout.generation import model_device
+
+# Budget for the [rows, C, V] float32 temporary of one log-softmax chunk when chunk_size is None:
+# 2**26 elements = 256 MiB, small next to the model yet large enough that typical C * V fits a row.
+_LOGSOFTMAX_CHUNK_ELEMENTS = 1 << 26
+
+
+def completion_logprobs(
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    chunk_size: int | None = None,
+    temperature: float = 1.0,
+    return_entropy: bool = False,
+    prompt_groups: Sequence[int] | torch.Tensor | None = None,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """log pi(y_t | x, y_<t) of every completion token, [N, C] float32; 0 where masked.
+
+    With `return_entropy`, also the entropy of each next-token distribution [N, C] (detached,
+    0 where masked), computed from the same logits chunk by chunk, for observability.
+
+    Attention masks and position ids count only real tokens, so a left-padded row scores
+    exactly as it would unpadded. Logits are divided by `temperature` (pass the sampling
+    temperature: samples come from softmax(logits / T)) and gathered `chunk_size` rows at a
+    time (None = as many rows as fit in about 256 MiB).
+
+    prompt_groups: None runs every row's prompt (the full path). Otherwise one label per row
+    [N]; rows with the same label must have identical prompt_ids and prompt_mask (checked) and
+    share one prompt forward (the shared path).
+
+    Gradients flow when called outside ``torch.no_grad()``; the model's train/eval mode is the
+    caller's choice. The result is on the model's device.
+    """
+    if prompt_ids.shape[1] < 1:
+        raise ValueError("completion_logprobs needs at least one prompt token per row")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
+    device = model_device(model)
+    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    completion_ids, completion_mask = completion_ids.to(device), completion_mask.to(device)
+    if prompt_groups is None:
+        parts = _full_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+    else:
+        groups = torch.as_tensor(prompt_groups, dtype=torch.long, device=device)
+        parts = _shared_prompt_logits(
+            model, prompt_ids, prompt_mask, completion_ids, completion_mask, groups
+        )
+    # parts: logits [N, c_i, V] for consecutive completion positions, together C of them.
+    width, vocab = completion_ids.shape[1], parts[0].shape[-1]
+    rows = chunk_size or max(1, _LOGSOFTMAX_CHUNK_ELEMENTS // max(1, width * vocab))
+    logp = _per_part(parts, completion_ids, rows, lambda x, t: _gather_logprobs(x, t, temperature))
+    mask = completion_mask.bool()  # [N, C]
+    logp = torch.where(mask, logp, torch.zeros_like(logp))  # [N, C]
+    if not return_entropy:
+        return logp
+    with torch.no_grad():
+        entropy = _per_part(
+            parts, completion_ids, rows, lambda x, _: token_entropy(x / temperature)
+        )
+    return logp, torch.where(mask, entropy, torch.zeros_like(entropy))
+
+
+def _full_logits(
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+) -> list[torch.Tensor]:
+    """[logits [N, C, V]]: one forward over [prompt; completion] per row."""
+    width = completion_ids.shape[1]
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # [N, P+C]
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)  # [N, P+C]
+    # Real tokens get positions 0, 1, ...; padding's positions are irrelevant (it is masked).
+    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)  # [N, P+C]
+    logits = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        logits_to_keep=width + 1,
+        use_cache=False,
+    ).logits  # [N, C+1, V]
+    # The logit at position P-1+t predicts completion token t; the last one predicts nothing.
+    return [logits[:, :-1]]
+
+
+def _shared_prompt_logits(
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    groups: torch.Tensor,
+) -> list[torch.Tensor]:
+    """[logits [N, 1, V] predicting token 0, logits [N, C-1, V] predicting tokens 1..C-1]."""
+    first_rows, row_to_prompt = _group_representatives(groups)  # [U], [N]
+    _check_same_prompts(prompt_ids, prompt_mask, first_rows, row_to_prompt)
+    unique_ids, unique_mask = prompt_ids[first_rows], prompt_mask[first_rows]  # [U, P]
+    out = model(
+        input_ids=unique_ids,
+        attention_mask=unique_mask,
+        position_ids=(unique_mask.long().cumsum(dim=1) - 1).clamp(min=0),
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache = out.past_key_values
+    # Indexing copies each prompt's keys / values to its rows; autograd sums their gradients.
+    cache.batch_select_indices(row_to_prompt)  # [U, ...] -> [N, ...]
+    first = out.logits[:, -1:][row_to_prompt]  # [N, 1, V]
+    width = completion_ids.shape[1]
+    if width == 1:
+        return [first]
+    lengths = prompt_mask.long().sum(dim=1, keepdim=True)  # [N, 1] real prompt tokens
+    positions = lengths + torch.arange(width, device=lengths.device)  # [N, C]
+    rest = model(
+        input_ids=completion_ids,
+        attention_mask=torch.cat([prompt_mask, completion_mask], dim=1),  # [N, P+C]
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=width,
+    ).logits  # [N, C, V]; position t predicts completion token t+1
+    return [first, rest[:, :-1]]
+
+
+def _group_representatives(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first row of each distinct label [U], each row's index into those [N])."""
+    _, row_to_prompt = torch.unique(groups, return_inverse=True)  # [N] in 0..U-1
+    count = int(row_to_prompt.max()) + 1
+    rows = torch.arange(groups.numel(), device=groups.device)
+    first = torch.full((count,), groups.numel(), dtype=torch.long, device=groups.device)
+    first = first.scatter_reduce(0, row_to_prompt, rows, reduce="amin")  # [U]
+    return first, row_to_prompt
+
+
+def _check_same_prompts(
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    first_rows: torch.Tensor,
+    row_to_prompt: torch.Tensor,
+) -> None:
+    representative = first_rows[row_to_prompt]  # [N]
+    same = torch.equal(prompt_ids, prompt_ids[representative]) and torch.equal(
+        prompt_mask, prompt_mask[representative]
+    )
+    if not same:
+        raise ValueError(
+            "prompt_groups puts rows with different prompts in one group; pass one label per "
+            "distinct prompt (e.g. Rollout.group_index) or None"
+        )
+
+
+def _per_part(parts, targets: torch.Tensor, rows: int, fn) -> torch.Tensor:
+    """fn(logits chunk [n, c, V], targets [n, c]) -> [n, c], over row chunks of every part,
+    reassembled into [N, C] (parts cover consecutive completion positions)."""
+    columns, start = [], 0
+    for logits in parts:
+        stop = start + logits.shape[1]
+        part_targets = targets[:, start:stop]  # [N, c]
+        columns.append(
+            torch.cat(
+                [
+                    fn(logits[r : r + rows], part_targets[r : r + rows])
+                    for r in range(0, logits.shape[0], rows)
+                ],
+                dim=0,
+            )
+        )
+        start = stop
+    return torch.cat(columns, dim=1) if len(columns) > 1 else columns[0]
+
+
+def _gather_logprobs(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """log_softmax(logits / T) at `targets`: [n, C, V], [n, C] -> [n, C] float32.
+
+    Computed as ``x[target] - logsumexp(x)``, equal to the gathered log_softmax, because
+    log_softmax would materialize (and, with gradients, keep) a second [n, C, V] tensor.
+    """
+    scaled = logits.float()  # [n, C, V]; no copy when the model is already float32
+    if temperature != 1.0:
+        scaled = scaled / temperature
+    picked = scaled.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [n, C]
+    return picked - torch.logsumexp(scaled, dim=-1)  # [n, C]

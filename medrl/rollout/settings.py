@@ -1,0 +1,77 @@
+"""How rollouts are sampled (the distribution) and how they are produced (the engine).
+
+SamplingSettings changes the numbers; EngineSettings only changes speed and memory: every
+engine path computes the same samples and log-probs as the straightforward one (tests/rollout).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SAMPLERS = ("medrl", "hf")
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How completions are decoded.
+
+    greedy=True decodes with argmax (``do_sample=False``); temperature, top_p, top_k and min_p
+    are then ignored. Otherwise tokens are sampled from the softmax of logits / temperature,
+    restricted by top_k (0 = off), top_p (1.0 = off) and min_p (0.0 = off).
+
+    top_k is explicit because transformers otherwise fills it from the model's
+    generation_config or its global default (50), silently truncating the distribution. GRPO's
+    importance ratios assume samples come from the distribution `completion_logprobs` scores,
+    i.e. top_k=0, top_p=1, min_p=0 and the same temperature.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    max_new_tokens: int = 256
+    greedy: bool = False
+    top_k: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.greedy:
+            return
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.min_p < 1:
+            raise ValueError(f"min_p must be in [0, 1), got {self.min_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How rollouts are produced and scored; none of these changes the math.
+
+    sampler:       "medrl" (medrl.rollout.decoding: each prompt prefilled once and its KV cache
+                   shared by its samples, finished rows leave the batch) or "hf" (transformers'
+                   generate: every sample prefills its own prompt copy, rows decode to the end).
+    merge_adapter: sample through LoRA weights merged into the base (W + s*B@A, one matmul per
+                   layer instead of three); the exact original weights are restored afterwards.
+                   Ignored where merging is not exact (QLoRA's 4-bit base, DoRA, non-Linear).
+    shared_prompt_logprobs: log-prob passes run each distinct prompt of a micro-batch once and
+                   share its KV cache (with gradients) across the completions that follow it.
+    """
+
+    sampler: str = "medrl"
+    merge_adapter: bool = True
+    shared_prompt_logprobs: bool = True
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(
+                f"sampler={self.sampler!r} is not valid; choose one of {list(SAMPLERS)}"
+            )
+
+
+# The straightforward path: transformers' generate through peft's unmerged layers, every row's
+# prompt in every log-prob pass. generate() uses it unless given an engine.
+STRAIGHTFORWARD = EngineSettings(sampler="hf", merge_adapter=False, shared_prompt_logprobs=False)

@@ -1,0 +1,279 @@
+"""The fast rollout paths compute what the straightforward ones compute.
+
+- medrl's sampler with a shared prompt prefill = the same sampler prefilling every row
+  (greedy, and sampled under one seed), = transformers' generate (greedy, and sampled under
+  one seed while no row has ended);
+- rows that end leave the batch without changing the other rows;
+- a LoRA adapter merged for sampling gives the unmerged logits and leaves the weights as they
+  were, bit for bit;
+- shared-prompt log-probs = full log-probs, in value, entropy and gradients.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from medrl.rollout import (
+    EngineSettings,
+    SamplingSettings,
+    completion_logprobs,
+    encode_prompts,
+    generate,
+    left_pad,
+)
+from medrl.rollout.decoding import decode
+from medrl.rollout.merged_adapter import can_merge_exactly, merged_lora
+
+PROMPTS = [
+    "Which vitamin deficiency causes scurvy?",
+    "A",
+    "Name the nerve that supplies the deltoid muscle and the skin over it.",
+]
+GREEDY = SamplingSettings(greedy=True, max_new_tokens=6)
+SAMPLE = SamplingSettings(temperature=1.0, max_new_tokens=6)
+MEDRL = EngineSettings(sampler="medrl")
+
+
+@pytest.fixture
+def lora_policy(tiny_policy):
+    """The tiny model with a LoRA adapter whose B is random, so the adapter changes outputs."""
+    torch.manual_seed(0)
+    base = copy.deepcopy(tiny_policy.model)
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False
+    )
+    return get_peft_model(base, config).eval()
+
+
+def prompt_batch(policy):
+    tok = policy.tokenizer
+    return left_pad(encode_prompts(tok, PROMPTS), tok.pad_token_id)  # [b, P]
+
+
+def run_decode(model, tok, ids, mask, settings, share_prompt, eos_ids, seed=0, samples=3):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        return decode(
+            model,
+            ids,
+            mask,
+            samples,
+            settings,
+            eos_ids,
+            tok.pad_token_id,
+            share_prompt=share_prompt,
+        )
+
+
+def stop_token(model, tok, ids, mask, settings=SAMPLE):
+    """A token that some rows emit early and others never: made an eos, it ends rows at
+    different steps."""
+    rows = run_decode(model, tok, ids, mask, settings, True, [tok.eos_token_id], seed=11)
+    for candidate in rows[:, 1:4].flatten().tolist():
+        present = (rows == candidate).any(dim=1)
+        if not present.all():
+            return candidate
+    raise AssertionError("every early token appears in every row")
+
+
+@pytest.mark.parametrize("settings", [GREEDY, SAMPLE], ids=["greedy", "sampled"])
+def test_shared_prompt_prefill_samples_what_per_row_prefill_samples(tiny_policy, settings):
+    model, tok = tiny_policy.model.eval(), tiny_policy.tokenizer
+    ids, mask = prompt_batch(tiny_policy)
+    eos = [tok.eos_token_id, stop_token(model, tok, ids, mask, settings)]
+    shared = run_decode(model, tok, ids, mask, settings, True, eos, seed=11)
+    separate = run_decode(model, tok, ids, mask, settings, False, eos, seed=11)
+    assert torch.equal(shared, separate)
+    ended = torch.isin(shared, torch.tensor(eos)).any(dim=1)
+    assert ended.any() and not ended.all(), "some rows end early and leave the batch"
+
+
+def test_finished_rows_end_with_their_eos_and_pad_after_it(tiny_policy):
+    model, tok = tiny_policy.model.eval(), tiny_policy.tokenizer
+    ids, mask = prompt_batch(tiny_policy)
+    eos = [tok.eos_token_id, stop_token(model, tok, ids, mask)]
+    rows = run_decode(model, tok, ids, mask, SAMPLE, True, eos, seed=11)
+    for row in rows:
+        is_eos = torch.isin(row, torch.tensor(eos))
+        if is_eos.any():
+            end = int(is_eos.int().argmax())
+            assert row[end + 1 :].eq(tok.pad_token_id).all()
+
+
+def test_medrl_sampler_equals_transformers_generate_greedy_with_early_ends(
+    tiny_policy, monkeypatch
+):
+    model, tok = tiny_policy.model.eval(), tiny_policy.tokenizer
+    ids, mask = prompt_batch(tiny_policy)
+    stop = stop_token(model, tok, ids, mask, GREEDY)
+    monkeypatch.setattr(model.generation_config, "eos_token_id", [tok.eos_token_id, stop])
+    ours = generate(model, tok, PROMPTS, GREEDY, num_samples=2, engine=MEDRL)
+    theirs = generate(model, tok, PROMPTS, GREEDY, num_samples=2)
+    assert torch.equal(ours.completion_ids, theirs.completion_ids)
+    assert torch.equal(ours.completion_mask, theirs.completion_mask)
+    assert ours.texts == theirs.texts and ours.truncated == theirs.truncated
+    assert any(ours.truncated) and not all(ours.truncated), "some rows ended early"
+
+
+def test_medrl_sampler_draws_transformers_samples_under_one_seed(tiny_policy):
+    """Same warpers, same softmax, same multinomial over the same rows: the same samples while
+    every row is still writing (the random tiny model does not emit an eos this early)."""
+    model, tok = tiny_policy.model.eval(), tiny_policy.tokenizer
+    settings = SamplingSettings(temperature=0.7, top_p=0.9, top_k=50, max_new_tokens=5)
+    ours = generate(model, tok, PROMPTS, settings, num_samples=3, generator_seed=5, engine=MEDRL)
+    theirs = generate(model, tok, PROMPTS, settings, num_samples=3, generator_seed=5)
+    assert all(ours.truncated), "no row ended, so no row left the batch"
+    assert torch.equal(ours.completion_ids, theirs.completion_ids)
+    assert len(set(ours.texts[:3])) > 1, "samples of one prompt differ"
+
+
+def test_top_k_one_sampling_is_greedy(tiny_policy):
+    model, tok = tiny_policy.model.eval(), tiny_policy.tokenizer
+    ids, mask = prompt_batch(tiny_policy)
+    eos = [tok.eos_token_id]
+    one = SamplingSettings(temperature=1.3, top_k=1, max_new_tokens=6)
+    sampled = run_decode(model, tok, ids, mask, one, True, eos, seed=1)
+    greedy = run_decode(model, tok, ids, mask, GREEDY, True, eos)
+    assert torch.equal(sampled, greedy)
+
+
+def test_merged_adapter_gives_unmerged_logits_and_restores_weights_bitwise(
+    tiny_policy, lora_policy
+):
+    ids, mask = prompt_batch(tiny_policy)
+    assert can_merge_exactly(lora_policy)
+    before = {n: p.detach().clone() for n, p in lora_policy.named_parameters()}
+    objects = {n: p for n, p in lora_policy.named_parameters()}
+    with torch.no_grad():
+        unmerged = lora_policy(input_ids=ids, attention_mask=mask).logits
+        with lora_policy.disable_adapter():
+            base = lora_policy(input_ids=ids, attention_mask=mask).logits
+        with merged_lora(lora_policy) as merged_used:
+            merged = lora_policy(input_ids=ids, attention_mask=mask).logits
+    assert merged_used
+    assert not torch.allclose(unmerged, base, atol=1e-3), "the adapter must matter here"
+    torch.testing.assert_close(merged, unmerged, atol=1e-4, rtol=1e-4)
+    after = dict(lora_policy.named_parameters())
+    assert after.keys() == before.keys()
+    for name, param in after.items():
+        assert param is objects[name], f"{name}: the optimizer's Parameter object is kept"
+        assert torch.equal(param, before[name]), f"{name} changed"
+
+
+def test_merging_is_skipped_where_it_would_not_be_exact(tiny_policy, lora_policy):
+    assert not can_merge_exactly(tiny_policy.model), "no adapter: nothing to merge"
+    with merged_lora(tiny_policy.model) as merged_used:
+        assert not merged_used
+    lora_policy.base_model.model.model.layers[0].self_attn.q_proj.use_dora["default"] = True
+    assert not can_merge_exactly(lora_policy)
+
+
+def test_merged_sampling_equals_unmerged_sampling_greedy(tiny_policy, lora_policy):
+    tok = tiny_policy.tokenizer
+    merged = EngineSettings(sampler="medrl", merge_adapter=True)
+    ours = generate(lora_policy, tok, PROMPTS, GREEDY, engine=merged)
+    plain = generate(lora_policy, tok, PROMPTS, GREEDY)
+    assert torch.equal(ours.completion_ids, plain.completion_ids)
+
+
+def sampled_rollout(policy, model):
+    tok = policy.tokenizer
+    rollout = generate(model, tok, PROMPTS, SAMPLE, num_samples=3, generator_seed=2, engine=MEDRL)
+    for row, length in ((1, 2), (5, 4)):  # end two rows early, as an eos would
+        rollout.completion_mask[row, length:] = 0
+        rollout.completion_ids[row, length:] = tok.pad_token_id
+    return rollout
+
+
+def logprobs(model, rollout, groups, **kwargs):
+    return completion_logprobs(
+        model,
+        rollout.prompt_ids,
+        rollout.prompt_mask,
+        rollout.completion_ids,
+        rollout.completion_mask,
+        prompt_groups=groups,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_shared_prompt_logprobs_equal_full_logprobs(tiny_policy, lora_policy, temperature):
+    rollout = sampled_rollout(tiny_policy, lora_policy)
+    with torch.no_grad():
+        full, full_entropy = logprobs(
+            lora_policy, rollout, None, temperature=temperature, return_entropy=True
+        )
+        shared, shared_entropy = logprobs(
+            lora_policy,
+            rollout,
+            rollout.group_index,
+            temperature=temperature,
+            return_entropy=True,
+            chunk_size=2,
+        )
+    torch.testing.assert_close(shared, full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(shared_entropy, full_entropy, atol=1e-4, rtol=0)
+    assert shared[rollout.completion_mask == 0].eq(0).all()
+
+
+def test_shared_prompt_logprobs_give_full_gradients(tiny_policy, lora_policy):
+    rollout = sampled_rollout(tiny_policy, lora_policy)
+    weights = torch.linspace(-1, 1, rollout.completion_ids.numel()).view_as(
+        rollout.completion_ids.float()
+    )
+
+    def lora_grads(groups):
+        lora_policy.zero_grad(set_to_none=True)
+        (logprobs(lora_policy, rollout, groups) * weights).sum().backward()
+        return {n: p.grad.clone() for n, p in lora_policy.named_parameters() if p.requires_grad}
+
+    full, shared = lora_grads(None), lora_grads(rollout.group_index)
+    assert full.keys() == shared.keys() and full
+    for name in full:
+        torch.testing.assert_close(shared[name], full[name], atol=1e-5, rtol=1e-4)
+    lora_policy.zero_grad(set_to_none=True)
+
+
+def test_a_micro_batch_may_hold_parts_of_groups_and_one_token_completions(tiny_policy, lora_policy):
+    rollout = sampled_rollout(tiny_policy, lora_policy)
+    rows = slice(2, 7)  # the end of group 0, group 1, the start of group 2
+    short = dict(
+        prompt_ids=rollout.prompt_ids[rows],
+        prompt_mask=rollout.prompt_mask[rows],
+        completion_ids=rollout.completion_ids[rows, :1],
+        completion_mask=rollout.completion_mask[rows, :1],
+    )
+    with torch.no_grad():
+        for completion in ("full", "one token"):
+            kwargs = dict(short)
+            if completion == "full":
+                kwargs["completion_ids"] = rollout.completion_ids[rows]
+                kwargs["completion_mask"] = rollout.completion_mask[rows]
+            full = completion_logprobs(lora_policy, **kwargs)
+            shared = completion_logprobs(
+                lora_policy, **kwargs, prompt_groups=rollout.group_index[rows]
+            )
+            torch.testing.assert_close(shared, full, atol=1e-5, rtol=0)
+
+
+def test_rows_with_different_prompts_in_one_group_are_refused(tiny_policy, lora_policy):
+    rollout = sampled_rollout(tiny_policy, lora_policy)
+    with pytest.raises(ValueError, match="different prompts in one group"):
+        logprobs(lora_policy, rollout, [0] * len(rollout))
+
+
+def test_medrl_engine_reports_prefill_and_decode_time(tiny_policy):
+    timings: dict[str, float] = {}
+    tok = tiny_policy.tokenizer
+    generate(tiny_policy.model, tok, PROMPTS, SAMPLE, num_samples=2, engine=MEDRL, timings=timings)
+    assert set(timings) == {"prefill", "decode"} and all(v > 0 for v in timings.values())
+
+
+def test_engine_settings_reject_unknown_samplers():
+    with pytest.raises(ValueError, match="sampler='vllm' is not valid"):
+        EngineSettings(sampler="vllm")

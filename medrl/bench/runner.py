@@ -119,6 +119,10 @@ def settings_summary(cfg: DictConfig) -> dict[str, Any]:
             f"{module.loss_aggregation}, std {module.advantage.std_scope} "
             f"({module.advantage.std_estimator})"
         ),
+        "medrl engine": (
+            f"sampler {module.engine.sampler}, merge_adapter {module.engine.merge_adapter}, "
+            f"shared_prompt_logprobs {module.engine.shared_prompt_logprobs}"
+        ),
         "sft": f"batch {cfg.sft_batch_size}, max_seq_length {cfg.sft.max_seq_length}",
         "measurement": measurement,
         "seed": int(cfg.seed),

@@ -26,8 +26,8 @@ from medrl.algorithms.core import token_entropy
 from medrl.rollout.generation import model_device
 
 # Budget for the [rows, C, V] float32 temporary of one log-softmax chunk when chunk_size is None:
-# 2**26 elements = 256 MiB, small next to the model yet large enough that typical C * V fits a row.
-_LOGSOFTMAX_CHUNK_ELEMENTS = 1 << 26
+# 2**24 elements = 64 MiB, small next to the model yet large enough that typical C * V fits a row.
+_LOGSOFTMAX_CHUNK_ELEMENTS = 1 << 24
 
 
 def completion_logprobs(
@@ -49,7 +49,8 @@ def completion_logprobs(
     Attention masks and position ids count only real tokens, so a left-padded row scores
     exactly as it would unpadded. Logits are divided by `temperature` (pass the sampling
     temperature: samples come from softmax(logits / T)) and gathered `chunk_size` rows at a
-    time (None = as many rows as fit in about 256 MiB).
+    time (None = as many rows as fit in about 64 MiB). Trailing columns that no row uses
+    (every row ended before them) are not run through the model at all.
 
     prompt_groups: None runs every row's prompt (the full path). Otherwise one label per row
     [N]; rows with the same label must have identical prompt_ids and prompt_mask (checked) and
@@ -63,8 +64,12 @@ def completion_logprobs(
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
     device = model_device(model)
+    width = completion_ids.shape[1]
+    # Columns after every row's end change nothing (causal attention, masked): drop them.
+    used = max(1, int(completion_mask.sum(dim=1).max()))
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
-    completion_ids, completion_mask = completion_ids.to(device), completion_mask.to(device)
+    completion_ids = completion_ids[:, :used].to(device)  # [N, c]
+    completion_mask = completion_mask[:, :used].to(device)  # [N, c]
     if prompt_groups is None:
         parts = _full_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
     else:
@@ -72,19 +77,22 @@ def completion_logprobs(
         parts = _shared_prompt_logits(
             model, prompt_ids, prompt_mask, completion_ids, completion_mask, groups
         )
-    # parts: logits [N, c_i, V] for consecutive completion positions, together C of them.
-    width, vocab = completion_ids.shape[1], parts[0].shape[-1]
-    rows = chunk_size or max(1, _LOGSOFTMAX_CHUNK_ELEMENTS // max(1, width * vocab))
+    # parts: logits [N, c_i, V] for consecutive completion positions, together c of them.
+    vocab = parts[0].shape[-1]
+    rows = chunk_size or max(1, _LOGSOFTMAX_CHUNK_ELEMENTS // max(1, used * vocab))
     logp = _per_part(parts, completion_ids, rows, lambda x, t: _gather_logprobs(x, t, temperature))
-    mask = completion_mask.bool()  # [N, C]
-    logp = torch.where(mask, logp, torch.zeros_like(logp))  # [N, C]
+    mask = completion_mask.bool()  # [N, c]
+    logp = _pad_columns(torch.where(mask, logp, torch.zeros_like(logp)), width)  # [N, C]
     if not return_entropy:
         return logp
-    with torch.no_grad():
-        entropy = _per_part(
-            parts, completion_ids, rows, lambda x, _: token_entropy(x / temperature)
-        )
-    return logp, torch.where(mask, entropy, torch.zeros_like(entropy))
+    with torch.no_grad():  # one row at a time: three [c, V] temporaries, whatever the batch
+        entropy = _per_part(parts, completion_ids, 1, lambda x, _: token_entropy(x / temperature))
+    return logp, _pad_columns(torch.where(mask, entropy, torch.zeros_like(entropy)), width)
+
+
+def _pad_columns(values: torch.Tensor, width: int) -> torch.Tensor:
+    """[N, c] -> [N, width] with zeros on the right."""
+    return torch.nn.functional.pad(values, (0, width - values.shape[1]))
 
 
 def _full_logits(

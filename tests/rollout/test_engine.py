@@ -277,3 +277,26 @@ def test_medrl_engine_reports_prefill_and_decode_time(tiny_policy):
 def test_engine_settings_reject_unknown_samplers():
     with pytest.raises(ValueError, match="sampler='vllm' is not valid"):
         EngineSettings(sampler="vllm")
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["full", "shared"])
+def test_columns_after_every_rows_end_are_skipped_without_changing_results(
+    tiny_policy, lora_policy, shared
+):
+    rollout = sampled_rollout(tiny_policy, lora_policy)
+    rollout.completion_mask[:, 3:] = 0  # every row ends within 3 tokens
+    groups = rollout.group_index if shared else None
+    with torch.no_grad():
+        padded, padded_entropy = logprobs(lora_policy, rollout, groups, return_entropy=True)
+        cut, cut_entropy = completion_logprobs(
+            lora_policy,
+            rollout.prompt_ids,
+            rollout.prompt_mask,
+            rollout.completion_ids[:, :3],
+            rollout.completion_mask[:, :3],
+            prompt_groups=groups,
+            return_entropy=True,
+        )
+    assert padded.shape == rollout.completion_ids.shape
+    assert torch.equal(padded[:, :3], cut) and padded[:, 3:].eq(0).all()
+    assert torch.equal(padded_entropy[:, :3], cut_entropy) and padded_entropy[:, 3:].eq(0).all()

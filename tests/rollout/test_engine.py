@@ -1,8 +1,8 @@
 """The fast rollout paths compute what the straightforward ones compute.
 
 - medrl's sampler with a shared prompt prefill = the same sampler prefilling every row
-  (greedy, and sampled under one seed), = transformers' generate (greedy, and sampled under
-  one seed while no row has ended);
+  (greedy, and sampled under one seed), = transformers' generate (greedy); its draws follow
+  transformers' warped distribution;
 - rows that end leave the batch without changing the other rows;
 - a LoRA adapter merged for sampling gives the unmerged logits and leaves the weights as they
   were, bit for bit;
@@ -25,7 +25,7 @@ from medrl.rollout import (
     generate,
     left_pad,
 )
-from medrl.rollout.decoding import decode
+from medrl.rollout.decoding import decode, sample_categorical
 from medrl.rollout.merged_adapter import can_merge_exactly, merged_lora
 
 PROMPTS = [
@@ -119,16 +119,31 @@ def test_medrl_sampler_equals_transformers_generate_greedy_with_early_ends(
     assert any(ours.truncated) and not all(ours.truncated), "some rows ended early"
 
 
-def test_medrl_sampler_draws_transformers_samples_under_one_seed(tiny_policy):
-    """Same warpers, same softmax, same multinomial over the same rows: the same samples while
-    every row is still writing (the random tiny model does not emit an eos this early)."""
+def test_sampled_token_frequencies_match_the_probabilities():
+    """Inverse-CDF draws follow probs: 40,000 draws over 5 tokens, each frequency within 4
+    standard errors; a zero-probability token is never drawn."""
+    probs = torch.tensor([0.5, 0.25, 0.0, 0.15, 0.10])
+    torch.manual_seed(0)
+    draws = sample_categorical(probs.expand(40_000, -1).contiguous())
+    freq = torch.bincount(draws, minlength=5).float() / draws.numel()
+    stderr = (probs * (1 - probs) / draws.numel()).sqrt()
+    assert freq[2] == 0
+    assert ((freq - probs).abs() <= 4 * stderr + 1e-9).all(), freq
+
+
+def test_medrl_sampler_draws_from_transformers_warped_distribution(tiny_policy):
+    """top_k = 3: every sampled token is one of the 3 most likely under the model, as
+    transformers' warpers define them, and more than one of them gets drawn."""
     model, tok = tiny_policy.model.eval(), tiny_policy.tokenizer
-    settings = SamplingSettings(temperature=0.7, top_p=0.9, top_k=50, max_new_tokens=5)
-    ours = generate(model, tok, PROMPTS, settings, num_samples=3, generator_seed=5, engine=MEDRL)
-    theirs = generate(model, tok, PROMPTS, settings, num_samples=3, generator_seed=5)
-    assert all(ours.truncated), "no row ended, so no row left the batch"
-    assert torch.equal(ours.completion_ids, theirs.completion_ids)
-    assert len(set(ours.texts[:3])) > 1, "samples of one prompt differ"
+    ids, mask = prompt_batch(tiny_policy)
+    settings = SamplingSettings(temperature=0.7, top_k=3, max_new_tokens=1)
+    rows = run_decode(model, tok, ids, mask, settings, True, [tok.eos_token_id], samples=64)
+    with torch.no_grad():
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # as the sampler numbers them
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
+    allowed = logits.topk(3, dim=-1).indices.repeat_interleave(64, dim=0)  # [b*64, 3]
+    assert (rows[:, :1] == allowed).any(dim=1).all()
+    assert len(set(rows[:64, 0].tolist())) > 1
 
 
 def test_top_k_one_sampling_is_greedy(tiny_policy):

@@ -366,13 +366,14 @@ class GRPOModule(TrainableWeightsCheckpointing):
     def _update(
         self, step: RolloutBatch, ref_logp: torch.Tensor | None, timings: dict[str, float]
     ) -> dict[str, float]:
-        """mu passes over the rollout; timings gets policy_forward (log-probs with gradients and
-        the loss), policy_backward and optimizer (clipping, step, scheduler) seconds."""
+        """mu passes over the rollout; timings gets old_logprobs (mu > 1), policy_forward
+        (log-probs with gradients and the loss), policy_backward and optimizer (clipping, step,
+        scheduler) seconds."""
         rollout = step.rollout
         mask = self._loss_mask(rollout)  # [N, C]
         old_logp = None
         if self.mu > 1:  # the sampling policy's log-probs, before any update of this step
-            with torch.no_grad():
+            with torch.no_grad(), timed(timings, "old_logprobs"):
                 old_logp = torch.cat(
                     [
                         self._logprobs(self.model, rollout, rows)

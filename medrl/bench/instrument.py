@@ -1,13 +1,17 @@
 """A clock for the phases of a training step, attached to either system from outside.
 
-Why from outside: the same wrappers time medrl and TRL, so a phase means the same thing in
-both, and neither library is edited. Each wrapper replaces one attribute of one object (an
-instance attribute, never a class or module global), except the optimizer hooks, which are
-torch's own global step hooks (a worker process holds exactly one optimizer).
+Why from outside: the same wrappers time TRL and medrl's transformers-generate path, so a phase
+means the same thing in both, and neither library is edited. medrl's own sampler never calls
+model.generate, so for medrl's GRPO step the generation, log-prob and backward phases come from
+GRPOModule's time/* metrics, taken at the same boundaries (medrl.bench.medrl_side).
+Each wrapper replaces one attribute of one object (an instance attribute, never a class or
+module global), except the optimizer hooks, which are torch's own global step hooks (a worker
+process holds exactly one optimizer).
 
 Phases of a GRPO step (seconds; `other` is what is left of the step):
     prefill         the first model forward of each `generate` call (all B*G prompt rows,
-                    filling the KV cache), timed by a wrapper on the causal LM's forward
+                    filling the KV cache), timed by a wrapper on the causal LM's forward;
+                    medrl's sampler: the forward over the B distinct prompts
     decode          generate's wall time minus prefill: the token-by-token forwards, sampling
                     and stopping checks
     reward          scoring the completions (the same medrl reward set in both systems)

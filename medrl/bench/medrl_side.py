@@ -36,6 +36,7 @@ GRPO_REPORTED_PHASES = {
     "time/generate": "generate",
     "time/prefill": "prefill",
     "time/reference": "ref_logprobs",
+    "time/old_logprobs": "ref_logprobs",
     "time/policy_forward": "policy_forward",
     "time/policy_backward": "policy_backward",
 }

@@ -1,8 +1,9 @@
 """Rollouts: batched generation of completions and the token log-probs of completions.
 
 settings (what is sampled, how it is produced) -> generation (Rollout, generate) through
-decoding (medrl's shared-prompt sampler) or transformers' generate, merged_adapter (LoRA merged
-while sampling) -> scoring (completion_logprobs, full or shared-prompt forward).
+decoding (medrl's shared-prompt sampler, on kv_cache's in-place cache) or transformers'
+generate, merged_adapter (LoRA merged while sampling) -> scoring (completion_logprobs, full or
+shared-prompt forward).
 """
 
 from medrl.rollout.generation import (

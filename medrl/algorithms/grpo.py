@@ -371,6 +371,9 @@ class GRPOModule(TrainableWeightsCheckpointing):
         scheduler) seconds."""
         rollout = step.rollout
         mask = self._loss_mask(rollout)  # [N, C]
+        # Every pass runs in eval mode: dropout off, so the same weights give the same log-probs
+        # in the rollout, reference, old and policy passes (gradients flow all the same).
+        self.model.eval()
         old_logp = None
         if self.mu > 1:  # the sampling policy's log-probs, before any update of this step
             with torch.no_grad(), timed(timings, "old_logprobs"):
@@ -384,9 +387,6 @@ class GRPOModule(TrainableWeightsCheckpointing):
         scheduler = self.lr_schedulers()
         totals = dict(total_sequences=len(rollout), total_tokens=int(mask.sum()))
         sums: Counter[str] = Counter()
-        # Every pass runs in eval mode: dropout off, so the same weights give the same log-probs
-        # in the rollout, reference, old and policy passes (gradients flow all the same).
-        self.model.eval()
         for update in range(self.mu):
             optimizer.zero_grad()
             losses = []

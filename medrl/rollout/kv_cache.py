@@ -64,6 +64,24 @@ class PreallocatedLayer(DynamicLayer):
             self.value_buffer = self.value_buffer.repeat_interleave(repeats, dim=0)
             self._refresh_views()
 
+    def reorder_cache(self, beam_idx: torch.Tensor) -> None:
+        self.batch_select_indices(beam_idx)
+
+    def crop(self, max_length: int) -> None:
+        if max_length < 0:
+            max_length = self.length + max_length
+        self.length = min(self.length, max_length)
+        if self.is_initialized:
+            self._refresh_views()
+
+    def reset(self) -> None:
+        self.length = 0
+        if self.is_initialized:
+            self._refresh_views()
+
+    def offload(self) -> None:
+        raise NotImplementedError("medrl's preallocated KV cache does not offload")
+
     def _refresh_views(self) -> None:
         self.keys = self.key_buffer[:, :, : self.length]
         self.values = self.value_buffer[:, :, : self.length]

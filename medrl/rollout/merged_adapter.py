@@ -28,17 +28,25 @@ def lora_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def can_merge_exactly(model: nn.Module) -> bool:
-    """True when every LoRA layer wraps a plain nn.Linear, is unmerged and uses no DoRA: then
-    W + scale * B@A is exactly the function the adapter layer computes (up to rounding)."""
+    """True when W + scale * B@A is exactly (up to float32 rounding) what the adapter layers
+    compute: every LoRA layer wraps a plain float32/float64 nn.Linear, is unmerged, enabled,
+    without DoRA or LoRA bias, and no module is swapped by modules_to_save (disabling the
+    adapter would switch those off too). In bfloat16 the merged weight would round small
+    adapter updates away, so such models sample through peft's unmerged layers."""
     layers = lora_layers(model)
     if not layers or not hasattr(model, "disable_adapter"):
         return False
+    if any(type(module).__name__ == "ModulesToSaveWrapper" for module in model.modules()):
+        return False
     for layer in layers:
         base = layer.get_base_layer()
-        if type(base) is not nn.Linear or layer.merged:
+        if type(base) is not nn.Linear or base.weight.dtype not in (torch.float32, torch.float64):
             return False
-        if any(layer.use_dora.get(name, False) for name in layer.active_adapters):
+        if layer.merged or getattr(layer, "disable_adapters", False):
             return False
+        for name in layer.active_adapters:
+            if layer.use_dora.get(name, False) or getattr(layer, "lora_bias", {}).get(name, False):
+                return False
     return True
 
 

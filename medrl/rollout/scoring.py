@@ -66,7 +66,8 @@ def completion_logprobs(
     device = model_device(model)
     width = completion_ids.shape[1]
     # Columns after every row's end change nothing (causal attention, masked): drop them.
-    used = max(1, int(completion_mask.sum(dim=1).max()))
+    filled = completion_mask.bool().any(dim=0).nonzero()  # columns some row uses
+    used = int(filled.max()) + 1 if filled.numel() else 1
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     completion_ids = completion_ids[:, :used].to(device)  # [N, c]
     completion_mask = completion_mask[:, :used].to(device)  # [N, c]
@@ -139,23 +140,27 @@ def _shared_prompt_logits(
         logits_to_keep=1,
     )
     cache = out.past_key_values
+    if cache is None or cache.get_seq_length() != prompt_ids.shape[1]:
+        # The model kept no cache (transformers drops it under activation checkpointing in
+        # train mode): run every row's prompt instead, same numbers.
+        return _full_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
     # Indexing copies each prompt's keys / values to its rows; autograd sums their gradients.
     cache.batch_select_indices(row_to_prompt)  # [U, ...] -> [N, ...]
     first = out.logits[:, -1:][row_to_prompt]  # [N, 1, V]
     width = completion_ids.shape[1]
     if width == 1:
         return [first]
+    # The last completion token predicts nothing: run tokens 0..C-2, each predicting the next.
     lengths = prompt_mask.long().sum(dim=1, keepdim=True)  # [N, 1] real prompt tokens
-    positions = lengths + torch.arange(width, device=lengths.device)  # [N, C]
+    positions = lengths + torch.arange(width - 1, device=lengths.device)  # [N, C-1]
     rest = model(
-        input_ids=completion_ids,
-        attention_mask=torch.cat([prompt_mask, completion_mask], dim=1),  # [N, P+C]
+        input_ids=completion_ids[:, :-1],
+        attention_mask=torch.cat([prompt_mask, completion_mask[:, :-1]], dim=1),  # [N, P+C-1]
         position_ids=positions,
         past_key_values=cache,
         use_cache=True,
-        logits_to_keep=width,
-    ).logits  # [N, C, V]; position t predicts completion token t+1
-    return [first, rest[:, :-1]]
+    ).logits  # [N, C-1, V]; position t predicts completion token t+1
+    return [first, rest]
 
 
 def _group_representatives(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

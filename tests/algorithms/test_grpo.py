@@ -176,18 +176,18 @@ STRAIGHTFORWARD_ENGINE = [
 
 
 @pytest.mark.parametrize(
-    ("engine", "rel"),
-    [([], 1e-4), (STRAIGHTFORWARD_ENGINE, 1e-3)],
+    ("engine", "golden"),
+    [([], GOLDEN), (STRAIGHTFORWARD_ENGINE, GOLDEN.with_name("golden_grpo_smoke_hf.json"))],
     ids=["default-engine", "straightforward-engine"],
 )
-def test_golden_grpo_smoke_run(compose, shared_dir, tmp_path_factory, monkeypatch, engine, rel):
+def test_golden_grpo_smoke_run(compose, shared_dir, tmp_path_factory, monkeypatch, engine, golden):
     """Fixed seed, smoke config, 3 steps: loss and reward values must not drift (rtol 1e-4).
     Regenerate with MEDRL_UPDATE_GOLDEN=1 only for an intended change to the math or to the
     smoke run's inputs (e.g. the dataset's default pool sizes decide which prompts it sees).
 
-    The straightforward engine (transformers' generate, unmerged adapter, every prompt in every
-    pass) must land on the same numbers: same samples, log-probs equal up to float reordering
-    (rtol 1e-3: the KL of nearly equal policies is a difference of nearly equal numbers)."""
+    One golden per engine: medrl's sampler draws other samples than transformers' generate
+    under one seed (same distribution, another random stream). The straightforward engine's
+    golden is the one written before the rollout engine existed, so it pins the old path."""
     import os
 
     cfg = smoke_cfg(
@@ -202,12 +202,12 @@ def test_golden_grpo_smoke_run(compose, shared_dir, tmp_path_factory, monkeypatc
     run(cfg)
     observed = _grpo_metrics(Path(cfg.paths.output_dir))
     assert len(observed) == 3
-    if os.environ.get("MEDRL_UPDATE_GOLDEN") and not engine:
-        GOLDEN.write_text(json.dumps(observed, indent=2) + "\n")
-    expected = json.loads(GOLDEN.read_text())
+    if os.environ.get("MEDRL_UPDATE_GOLDEN"):
+        golden.write_text(json.dumps(observed, indent=2) + "\n")
+    expected = json.loads(golden.read_text())
     for step, (got, want) in enumerate(zip(observed, expected, strict=True)):
         for key in GOLDEN_KEYS:
-            assert got[key] == pytest.approx(want[key], rel=rel, abs=1e-7), f"step {step} {key}"
+            assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-7), f"step {step} {key}"
     assert any(abs(s["adv/std"]) > 0 for s in observed), "the golden run must carry signal"
     out = Path(cfg.paths.output_dir)
     conventions = (out / "csv" / "grpo" / "hparams.yaml").read_text()

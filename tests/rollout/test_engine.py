@@ -131,6 +131,12 @@ def test_sampled_token_frequencies_match_the_probabilities():
     assert ((freq - probs).abs() <= 4 * stderr + 1e-9).all(), freq
 
 
+def test_sampling_refuses_rows_without_a_distribution():
+    for bad in (torch.tensor([[0.5, float("nan")]]), torch.zeros(1, 3)):
+        with pytest.raises(ValueError, match="cannot sample"):
+            sample_categorical(bad)
+
+
 def test_medrl_sampler_draws_from_transformers_warped_distribution(tiny_policy):
     """top_k = 3: every sampled token is one of the 3 most likely under the model, as
     transformers' warpers define them, and more than one of them gets drawn."""
@@ -183,7 +189,14 @@ def test_merging_is_skipped_where_it_would_not_be_exact(tiny_policy, lora_policy
     assert not can_merge_exactly(tiny_policy.model), "no adapter: nothing to merge"
     with merged_lora(tiny_policy.model) as merged_used:
         assert not merged_used
-    lora_policy.base_model.model.model.layers[0].self_attn.q_proj.use_dora["default"] = True
+    with lora_policy.disable_adapter():
+        assert not can_merge_exactly(lora_policy), "disabled adapters must not be merged in"
+    assert can_merge_exactly(lora_policy)
+    q_proj = lora_policy.base_model.model.model.layers[0].self_attn.q_proj
+    q_proj.base_layer.weight.data = q_proj.base_layer.weight.data.bfloat16()
+    assert not can_merge_exactly(lora_policy), "bf16 would round small adapter updates away"
+    q_proj.base_layer.weight.data = q_proj.base_layer.weight.data.float()
+    q_proj.use_dora["default"] = True
     assert not can_merge_exactly(lora_policy)
 
 

@@ -33,6 +33,12 @@ from medrl.rollout.settings import SamplingSettings
 from medrl.utils.timing import timed
 
 
+def real_token_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids [rows, L] for an attention mask [rows, L]: real tokens count 0, 1, ...;
+    left padding (masked, so its positions never matter) gets 0."""
+    return (mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
 def logits_warpers(settings: SamplingSettings) -> Any:
     """transformers' LogitsProcessorList for `settings` (empty when greedy), in the order
     generate applies them: temperature, top-k, top-p, min-p."""
@@ -80,10 +86,11 @@ def sample_categorical(probs: torch.Tensor) -> torch.Tensor:
     if not bool((torch.isfinite(total) & (total > 0)).all()):
         raise ValueError("cannot sample: a row's probabilities are NaN, infinite or all zero")
     u = torch.rand((probs.shape[0], 1), device=probs.device, dtype=cdf.dtype) * total
-    picked = torch.searchsorted(cdf, u, right=True).squeeze(1)  # [n]
-    # u < total, so only rounding could reach V: take the row's last token that can be drawn.
-    positive = torch.arange(probs.shape[1], device=probs.device) * (probs > 0)  # [n, V]
-    return torch.minimum(picked, positive.max(dim=1).values)
+    picked = torch.searchsorted(cdf, u, right=True)  # [n, 1]
+    # u < total, so only rounding could reach V: cap at the row's last token that can be drawn,
+    # the first entry where the cumulative sum reaches its total.
+    last = torch.searchsorted(cdf, total)  # [n, 1]
+    return torch.minimum(picked, last).squeeze(1)
 
 
 def decode(
@@ -129,12 +136,10 @@ def _prefill(
     if not share_prompt:  # every sample runs its own copy of the prompt
         prompt_ids = prompt_ids.repeat_interleave(num_samples, dim=0)  # [N, P]
         prompt_mask = prompt_mask.repeat_interleave(num_samples, dim=0)  # [N, P]
-    # Real tokens get positions 0, 1, ...; left padding is masked, its positions are irrelevant.
-    positions = (prompt_mask.long().cumsum(dim=1) - 1).clamp(min=0)  # [rows, P]
     out = model(
         input_ids=prompt_ids,
         attention_mask=prompt_mask,
-        position_ids=positions,
+        position_ids=real_token_positions(prompt_mask),
         past_key_values=preallocated_cache(capacity)
         if supports_preallocated_cache(model)
         else None,

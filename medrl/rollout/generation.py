@@ -10,9 +10,8 @@ C completion length, V vocabulary.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -210,7 +209,7 @@ def generate(
     chunks = [prompts[start : start + step] for start in range(0, len(prompts), step)]
     device = model_device(model)
     engine = engine or STRAIGHTFORWARD
-    merge = merged_lora(model) if engine.merge_adapter else contextlib.nullcontext()
+    merge = merged_lora(model) if engine.merge_adapter else nullcontext()
     with _seeded(generator_seed, device), eval_mode(model), torch.no_grad(), merge:
         outputs = [
             _generate_chunk(

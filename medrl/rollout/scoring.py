@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from medrl.algorithms.core import token_entropy
+from medrl.rollout.decoding import real_token_positions
 from medrl.rollout.generation import model_device
 
 # Budget for the [rows, C, V] float32 temporary of one log-softmax chunk when chunk_size is None:
@@ -82,17 +83,17 @@ def completion_logprobs(
     vocab = parts[0].shape[-1]
     rows = chunk_size or max(1, _LOGSOFTMAX_CHUNK_ELEMENTS // max(1, used * vocab))
     logp = _per_part(parts, completion_ids, rows, lambda x, t: _gather_logprobs(x, t, temperature))
-    mask = completion_mask.bool()  # [N, c]
-    logp = _pad_columns(torch.where(mask, logp, torch.zeros_like(logp)), width)  # [N, C]
+    logp = _masked_to_width(logp, completion_mask, width)  # [N, C]
     if not return_entropy:
         return logp
     with torch.no_grad():  # one row at a time: three [c, V] temporaries, whatever the batch
         entropy = _per_part(parts, completion_ids, 1, lambda x, _: token_entropy(x / temperature))
-    return logp, _pad_columns(torch.where(mask, entropy, torch.zeros_like(entropy)), width)
+    return logp, _masked_to_width(entropy, completion_mask, width)
 
 
-def _pad_columns(values: torch.Tensor, width: int) -> torch.Tensor:
-    """[N, c] -> [N, width] with zeros on the right."""
+def _masked_to_width(values: torch.Tensor, mask: torch.Tensor, width: int) -> torch.Tensor:
+    """[N, c] -> [N, width]: 0 where mask is 0 and in the dropped columns on the right."""
+    values = torch.where(mask.bool(), values, torch.zeros_like(values))
     return torch.nn.functional.pad(values, (0, width - values.shape[1]))
 
 
@@ -107,12 +108,10 @@ def _full_logits(
     width = completion_ids.shape[1]
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)  # [N, P+C]
     attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)  # [N, P+C]
-    # Real tokens get positions 0, 1, ...; padding's positions are irrelevant (it is masked).
-    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)  # [N, P+C]
     logits = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        position_ids=position_ids,
+        position_ids=real_token_positions(attention_mask),
         logits_to_keep=width + 1,
         use_cache=False,
     ).logits  # [N, C+1, V]
@@ -135,7 +134,7 @@ def _shared_prompt_logits(
     out = model(
         input_ids=unique_ids,
         attention_mask=unique_mask,
-        position_ids=(unique_mask.long().cumsum(dim=1) - 1).clamp(min=0),
+        position_ids=real_token_positions(unique_mask),
         use_cache=True,
         logits_to_keep=1,
     )

@@ -1,7 +1,9 @@
 """How rollouts are sampled (the distribution) and how they are produced (the engine).
 
 SamplingSettings changes the numbers; EngineSettings only changes speed and memory: every
-engine path computes the same samples and log-probs as the straightforward one (tests/rollout).
+engine path samples from the same distribution and computes the same log-probs as the
+straightforward one (tests/rollout); medrl's sampler uses its own random stream, so a seed draws
+other samples than transformers' generate.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Hydra entry point: `python -m medrl.eval checkpoints=[dir,...]` evaluates the base model and
-stage checkpoints on the same evaluation items, with the eval stage of medrl.train."""
+stage checkpoints on the same evaluation items, with the eval stage of medrl.train (sharded
+over the processes when `trainer` asks for several devices, e.g. trainer=ddp)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import hydra
 import lightning.pytorch as pl
 from omegaconf import DictConfig
 
+from medrl import distributed
 from medrl.components import build_pools, build_specs
 from medrl.preflight import run_preflight
 from medrl.stages.context import RunContext, StagePoint
@@ -45,6 +47,7 @@ def run(cfg: DictConfig) -> float | None:
         raise FileNotFoundError(
             f"checkpoints: not medrl stage checkpoints (no manifest): {missing}"
         )
+    distributed.launch(cfg.trainer)  # every process evaluates its share; rank zero writes
     pl.seed_everything(cfg.seed)
     pools = build_pools(specs)
     run_preflight(cfg, specs, pools, stages=["eval"])  # before any checkpoint loads
@@ -59,7 +62,8 @@ def run(cfg: DictConfig) -> float | None:
     finally:
         close_wandb_run(failed)
     value = metrics.get(cfg.optimized_metric)
-    write_results(ctx.output_dir, cfg, chain, metrics, value)  # sweeps of medrl.eval aggregate too
+    if distributed.is_rank_zero():  # sweeps of medrl.eval aggregate results.json too
+        write_results(ctx.output_dir, cfg, chain, metrics, value)
     log.info("report: %s", ctx.output_dir / "eval" / "report.md")
     return value
 

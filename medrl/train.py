@@ -1,6 +1,7 @@
 """Hydra entry point: `python -m medrl.train [overrides]` (`--cfg job` prints the composition).
 
-The run: check that every requested stage exists, instantiate the run's pieces in one place
+The run: check that every requested stage exists, start the other processes when the trainer
+asks for several devices (medrl.distributed), instantiate the run's pieces in one place
 (medrl.components), seed, then run the stages in order, each starting from the previous stage's
 checkpoint. Returns `optimized_metric` for sweepers.
 """
@@ -15,6 +16,7 @@ import hydra
 import lightning.pytorch as pl
 from omegaconf import DictConfig
 
+from medrl import distributed
 from medrl.components import build_pools, build_specs
 from medrl.preflight import preflight_config, run_preflight
 from medrl.stages.context import RunContext, StageOutcome, StagePoint
@@ -53,6 +55,7 @@ def run(cfg: DictConfig) -> float | None:
     preflight_config(cfg)  # the config's own values, all failures at once, before building
     if "eval" in cfg.stages:
         eval_sampling(cfg.evaluation)  # fails now, not after the training stages
+    distributed.launch(cfg.trainer)  # every process runs the rest; rank zero writes files
     specs = build_specs(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     pools = build_pools(specs)
@@ -80,7 +83,9 @@ def run(cfg: DictConfig) -> float | None:
     finally:
         close_wandb_run(failed)
     value = metrics.get(cfg.optimized_metric)
-    write_results(ctx.output_dir, cfg, chain, metrics, value)
+    with distributed.rank_zero_writes() as writer:
+        if writer:
+            write_results(ctx.output_dir, cfg, chain, metrics, value)
     log.info("run finished; outputs in %s", ctx.output_dir)
     return value
 

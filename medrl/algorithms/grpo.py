@@ -5,6 +5,15 @@ log-probs (adapters disabled, or a frozen copy for full fine-tuning; none when b
 mu passes over micro-batches (gradient accumulation, clipping, optimizer and scheduler steps).
 With mu = 1 the old log-probs are the current ones detached (no extra forward pass).
 All math is in medrl.algorithms.core; this module moves tensors and logs.
+
+On several processes (Lightning's DDP strategy) every rank draws the same B prompts and keeps
+its own B / world_size of them, with all G completions of a prompt on one rank. Rewards are
+gathered so advantages see the whole batch (std_scope=batch is the batch of all ranks); the loss
+is normalized by the whole batch's sequence and token counts and scaled by world_size, so the
+strategy's gradient average is the gradient of the single-process loss on the same prompts.
+Every logged number is computed over all ranks. Each prompt samples from its own random stream,
+seeded by the run seed and the prompt's position in the prompt stream, so a prompt draws the
+same completions on any rank and with any world size (medrl's sampler).
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from medrl import distributed
 from medrl.algorithms.core import AGGREGATIONS, group_advantages, grpo_loss
 from medrl.algorithms.numeric_faults import (
     FaultCounter,
@@ -94,6 +104,43 @@ class RolloutBatch:
     extra_draws: int = 0  # dynamic sampling: extra batches of prompts drawn for this step
 
 
+@dataclass
+class RolloutFacts:
+    """What the rollout metrics need, per row: small, so ranks can exchange it every step."""
+
+    rewards: torch.Tensor  # [b, G] totals
+    adv: torch.Tensor  # [N]
+    components: list[dict[str, float]]  # N
+    answers: list[str | None]  # N parsed answers (None: did not parse)
+    format_ok: list[bool]  # N completions in the output format
+    correct: list[bool]  # N
+    num_tokens: list[int]  # N
+    truncated: list[bool]  # N
+    labels: list[str]  # the answer labels of the records (for predicted_<label>)
+    extra_draws: int = 0
+
+    @staticmethod
+    def concatenate(parts: Sequence[RolloutFacts]) -> RolloutFacts:
+        """The facts of all ranks as one batch, in rank order."""
+        return RolloutFacts(
+            rewards=torch.cat([p.rewards for p in parts]),
+            adv=torch.cat([p.adv for p in parts]),
+            components=[c for p in parts for c in p.components],
+            answers=[a for p in parts for a in p.answers],
+            format_ok=[f for p in parts for f in p.format_ok],
+            correct=[c for p in parts for c in p.correct],
+            num_tokens=[n for p in parts for n in p.num_tokens],
+            truncated=[t for p in parts for t in p.truncated],
+            labels=parts[0].labels,
+            extra_draws=max(p.extra_draws for p in parts),
+        )
+
+
+def prompt_seed(run_seed: int, draw_index: int) -> int:
+    """The random-stream seed of the `draw_index`-th prompt drawn in a run (unique per pair)."""
+    return (run_seed * 0x9E3779B1 + draw_index) % (2**63)
+
+
 class PromptSampler:
     """Endless seeded passes over the prompt pool; the position is part of resumable state."""
 
@@ -110,6 +157,11 @@ class PromptSampler:
         batch = [self._at(self.position + i) for i in range(count)]
         self.position += count
         return batch
+
+    def take_indexed(self, count: int) -> list[tuple[int, QARecord]]:
+        """The next `count` prompts with their draw index (position in the endless stream)."""
+        start = self.position
+        return list(enumerate(self.take(count), start=start))
 
     def _at(self, index: int) -> QARecord:
         epoch, offset = divmod(index, len(self.records))
@@ -251,6 +303,19 @@ class GRPOModule(TrainableWeightsCheckpointing):
         self.rollout_step = int(state["rollout_step"])
         self.faults.load(state["faults"])
 
+    def setup(self, stage: str) -> None:
+        world = distributed.world_size()
+        if self.B % world:
+            raise ValueError(
+                f"grpo.module.prompts_per_step={self.B} must be a multiple of the number of "
+                f"processes ({world}): each rank samples prompts_per_step / {world} prompts"
+            )
+        if world > 1 and self.dynamic_sampling.enabled:
+            raise ValueError(
+                "grpo.module.dynamic_sampling.enabled=true runs in a single process only: the "
+                "ranks would keep different numbers of groups; disable it or use one device"
+            )
+
     def on_train_start(self) -> None:
         for logger in self.loggers:
             # Its own top-level key: loggers (W&B) replace a top-level key on each update, and
@@ -271,8 +336,9 @@ class GRPOModule(TrainableWeightsCheckpointing):
         with timed(timings, "update"):
             update_metrics = self._update(step, ref_logp, timings)
         self.rollout_step += 1
-        metrics = {**self._rollout_metrics(step), **update_metrics}
+        metrics = {**self._rollout_metrics(self._rollout_facts(step)), **update_metrics}
         metrics.update({f"time/{k}": v for k, v in timings.items()})
+        # Time is per process (rank zero's is logged): so are its tokens.
         tokens = sum(step.rollout.num_tokens)
         metrics["time/generated_tokens_per_s"] = tokens / max(timings["generate"], 1e-9)
         metrics["rollout/step"] = float(self.rollout_step)
@@ -284,12 +350,12 @@ class GRPOModule(TrainableWeightsCheckpointing):
     # --- rollout ---------------------------------------------------------------------------
 
     def _collect_rollout(self, timings: dict[str, float]) -> RolloutBatch:
-        step = self._score(self.sampler.take(self.B), timings)
+        step = self._score(self._draw_prompts(), timings)
         if not self.dynamic_sampling.enabled:
             return step
         kept, draws = _groups_with_signal(step), 0
         while len(kept) < self.B and draws < self.dynamic_sampling.max_extra_draws:
-            kept += _groups_with_signal(self._score(self.sampler.take(self.B), timings))
+            kept += _groups_with_signal(self._score(self._draw_prompts(), timings))
             draws += 1
         # Nothing with signal even after the extra draws: train on the first draw (its
         # advantages are 0, so the update only moves the KL term) and let the metrics show it.
@@ -299,7 +365,21 @@ class GRPOModule(TrainableWeightsCheckpointing):
         merged.extra_draws = draws
         return merged
 
-    def _score(self, records: list[QARecord], timings: dict[str, float]) -> RolloutBatch:
+    def _draw_prompts(self) -> list[tuple[int, QARecord]]:
+        """This rank's share of the next B prompts: every rank draws the same B (the order is
+        seeded) and keeps a contiguous slice of B / world_size, whole groups on one rank."""
+        drawn = self.sampler.take_indexed(self.B)
+        per_rank = self.B // distributed.world_size()
+        start = distributed.rank() * per_rank
+        return drawn[start : start + per_rank]
+
+    def _score(self, drawn: list[tuple[int, QARecord]], timings: dict[str, float]) -> RolloutBatch:
+        records = [record for _, record in drawn]
+        # Per-prompt random streams (medrl's sampler): a prompt's samples depend on the run seed
+        # and its draw index only, not on the rank or the batch it lands in.
+        seeds = None
+        if self.engine.sampler == "medrl":
+            seeds = [prompt_seed(self.seed, index) for index, _ in drawn]
         prompts = [
             render_prompt(
                 self.tokenizer, build_messages(r, self.output_format), self.chat_template_kwargs
@@ -315,6 +395,7 @@ class GRPOModule(TrainableWeightsCheckpointing):
                 num_samples=self.G,
                 engine=self.engine,
                 timings=timings,
+                prompt_seeds=seeds,
             )
         with timed(timings, "score"):
             scores = [
@@ -323,11 +404,18 @@ class GRPOModule(TrainableWeightsCheckpointing):
                     rollout.texts, rollout.group_index, rollout.num_tokens, strict=True
                 )
             ]
-        rewards = torch.tensor([s.total for s in scores]).view(len(records), self.G)  # [B, G]
-        adv, _ = group_advantages(rewards, **asdict(self.advantage))  # [B, G]
+        rewards = torch.tensor([s.total for s in scores]).view(len(records), self.G)  # [b, G]
         return RolloutBatch(
-            records, rollout, rewards, adv.reshape(-1), [s.components for s in scores]
+            records, rollout, rewards, self._advantages(rewards), [s.components for s in scores]
         )
+
+    def _advantages(self, rewards: torch.Tensor) -> torch.Tensor:
+        """adv [b*G] of this rank's rewards [b, G], computed on all ranks' rewards [B, G] (the
+        batch std of std_scope=batch is the whole batch's)."""
+        parts = distributed.all_gather_objects(rewards)
+        adv, _ = group_advantages(torch.cat(parts), **asdict(self.advantage))  # [B, G]
+        start = sum(len(part) for part in parts[: distributed.rank()])
+        return adv[start : start + len(rewards)].reshape(-1)  # [b*G]
 
     # --- log-probs -------------------------------------------------------------------------
 
@@ -368,7 +456,8 @@ class GRPOModule(TrainableWeightsCheckpointing):
     ) -> dict[str, float]:
         """mu passes over the rollout; timings gets old_logprobs (mu > 1), policy_forward
         (log-probs with gradients and the loss), policy_backward and optimizer (clipping, step,
-        scheduler) seconds."""
+        scheduler) seconds. Metrics are over the whole batch of all ranks: token means weighted
+        by tokens, loss terms summed (each micro-batch's is its share of the batch's loss)."""
         rollout = step.rollout
         mask = self._loss_mask(rollout)  # [N, C]
         # Every pass runs in eval mode: dropout off, so the same weights give the same log-probs
@@ -385,25 +474,31 @@ class GRPOModule(TrainableWeightsCheckpointing):
                 )
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
-        totals = dict(total_sequences=len(rollout), total_tokens=int(mask.sum()))
+        # The whole batch's counts normalize every rank's loss (core.aggregate_loss).
+        counts = distributed.all_reduce_sum(
+            torch.tensor([len(rollout), mask.sum().item()], dtype=torch.float64)
+        )
+        totals = dict(total_sequences=int(counts[0]), total_tokens=int(counts[1]))
         sums: Counter[str] = Counter()
         for update in range(self.mu):
             optimizer.zero_grad()
-            losses = []
+            local: Counter[str] = Counter()
             for rows in self._micro_batches(len(rollout)):
                 with timed(timings, "policy_forward"):
                     loss, metrics, entropy = self._micro_batch_loss(
                         step, rows, old_logp, ref_logp, mask, totals
                     )
                 with timed(timings, "policy_backward"):
-                    self.manual_backward(loss)
-                weight = (rows.stop - rows.start) / len(rollout)
-                sums.update({k: v * weight for k, v in metrics.items()})
-                losses.append(loss.item())
-                sums["loss"] += losses[-1]
-                sums["entropy"] += (entropy.sum() / max(totals["total_tokens"], 1)).item()
+                    # The strategy averages gradients over ranks: scaled by world_size, the
+                    # average is the gradient of the sum of the ranks' shares, the batch loss.
+                    self.manual_backward(loss * distributed.world_size())
+                local.update(metric_sums(metrics, tokens=float(mask[rows].sum())))
+                local["loss"] += loss.item()
+                local["entropy"] += entropy.sum().item() / max(totals["total_tokens"], 1)
+            batch = batch_metrics(local, totals["total_tokens"])
             with timed(timings, "optimizer"):
-                grad_norm = self._optimizer_step(optimizer, scheduler, losses, update)
+                grad_norm = self._optimizer_step(optimizer, scheduler, batch["loss"], update)
+            sums.update(batch)
             sums["grad_norm"] += grad_norm
         train = {k: sums.pop(k) / self.mu for k in ("entropy", "grad_norm")}
         metrics = {f"loss/{k}": v / self.mu for k, v in sums.items()}
@@ -440,10 +535,13 @@ class GRPOModule(TrainableWeightsCheckpointing):
         )
         return loss, metrics, entropy
 
-    def _optimizer_step(self, optimizer, scheduler, losses: list[float], update: int) -> float:
-        """Clip and step, or skip a non-finite update (numeric_faults); the pre-clip norm."""
+    def _optimizer_step(self, optimizer, scheduler, batch_loss: float, update: int) -> float:
+        """Clip and step, or skip a non-finite update (numeric_faults); the pre-clip norm.
+
+        `batch_loss` is the whole batch's (all ranks), and the gradients are reduced already,
+        so every rank takes the same decision."""
         grad_norm = gradient_norm(self.model)  # before clipping
-        fault = update_fault(losses, self.model, grad_norm)
+        fault = update_fault([batch_loss], self.model, grad_norm)
         where = f"grpo rollout step {self.rollout_step + 1}, update {update + 1}/{self.mu}"
         self.faults.record(fault, where)
         if fault is None:
@@ -465,25 +563,49 @@ class GRPOModule(TrainableWeightsCheckpointing):
 
     # --- observability -----------------------------------------------------------------------
 
-    def _rollout_metrics(self, step: RolloutBatch) -> dict[str, float]:
-        rollout, parsed = step.rollout, self._parsed(step)
-        totals = step.rewards.view(-1)  # [N]
+    def _rollout_facts(self, step: RolloutBatch) -> RolloutFacts:
+        """This rank's facts about its rollout, gathered with the other ranks' into one batch."""
+        parsed = [
+            self.output_format.parse(text, step.records[g].labels)
+            for text, g in zip(step.rollout.texts, step.rollout.group_index, strict=True)
+        ]
+        golds = [step.records[g].answer for g in step.rollout.group_index]
+        correct = [
+            p.answer is not None and p.answer == gold for p, gold in zip(parsed, golds, strict=True)
+        ]
+        local = RolloutFacts(
+            rewards=step.rewards,
+            adv=step.adv,
+            components=step.components,
+            answers=[p.answer for p in parsed],
+            format_ok=[p.format_ok for p in parsed],
+            correct=correct,
+            num_tokens=list(step.rollout.num_tokens),
+            truncated=list(step.rollout.truncated),
+            labels=list(step.records[0].labels),
+            extra_draws=step.extra_draws,
+        )
+        return RolloutFacts.concatenate(distributed.all_gather_objects(local))
+
+    def _rollout_metrics(self, facts: RolloutFacts) -> dict[str, float]:
+        totals = facts.rewards.view(-1)  # [N]
+        n = len(facts.answers)
         metrics = {
             "reward/total": totals.mean().item(),
             "reward/total_std": totals.std(correction=0).item(),
-            "reward/parse_fail": sum(not p.format_ok for p in parsed) / len(parsed),
-            "adv/mean": step.adv.mean().item(),
-            "adv/std": step.adv.std(correction=0).item(),
-            "adv/min": step.adv.min().item(),
-            "adv/max": step.adv.max().item(),
+            "reward/parse_fail": sum(not ok for ok in facts.format_ok) / n,
+            "adv/mean": facts.adv.mean().item(),
+            "adv/std": facts.adv.std(correction=0).item(),
+            "adv/min": facts.adv.min().item(),
+            "adv/max": facts.adv.max().item(),
         }
         for name in self.rewards.names:
-            values = torch.tensor([c[name] for c in step.components])  # [N]
+            values = torch.tensor([c[name] for c in facts.components])  # [N]
             metrics[f"reward/{name}"] = values.mean().item()
             metrics[f"reward/{name}_std"] = values.std(correction=0).item()
-        correct = self._correct(step, parsed).view(-1, self.G)  # [B, G]
-        zero_std = step.rewards.max(1).values == step.rewards.min(1).values  # [B]
-        lengths = torch.tensor(rollout.num_tokens, dtype=torch.float)  # [N]
+        correct = torch.tensor(facts.correct).view(-1, self.G)  # [B, G]
+        zero_std = facts.rewards.max(1).values == facts.rewards.min(1).values  # [B]
+        lengths = torch.tensor(facts.num_tokens, dtype=torch.float)  # [N]
         metrics.update(
             {
                 "rollout/frac_zero_std": zero_std.float().mean().item(),
@@ -495,37 +617,23 @@ class GRPOModule(TrainableWeightsCheckpointing):
                 .float()
                 .mean()
                 .item(),
-                "rollout/completions": float(len(rollout)),
+                "rollout/completions": float(n),
                 "rollout/completion_tokens": lengths.sum().item(),
                 "rollout/completion_len_mean": lengths.mean().item(),
                 "rollout/completion_len_min": lengths.min().item(),
                 "rollout/completion_len_max": lengths.max().item(),
-                "rollout/frac_truncated": sum(rollout.truncated) / len(rollout),
-                "rollout/extra_draws": float(step.extra_draws),
+                "rollout/frac_truncated": sum(facts.truncated) / n,
+                "rollout/extra_draws": float(facts.extra_draws),
             }
         )
-        answers = Counter(p.answer if p.answer is not None else "none" for p in parsed)
-        labels = [*step.records[0].labels, "none"]
-        metrics.update({f"rollout/predicted_{a}": answers[a] / len(parsed) for a in labels})
+        answers = Counter(a if a is not None else "none" for a in facts.answers)
+        metrics.update({f"rollout/predicted_{a}": answers[a] / n for a in [*facts.labels, "none"]})
         return metrics
 
-    def _parsed(self, step: RolloutBatch):
-        return [
-            self.output_format.parse(text, step.records[g].labels)
-            for text, g in zip(step.rollout.texts, step.rollout.group_index, strict=True)
-        ]
-
-    def _correct(self, step: RolloutBatch, parsed) -> torch.Tensor:
-        return torch.tensor(
-            [
-                p.answer is not None and p.answer == step.records[g].answer
-                for p, g in zip(parsed, step.rollout.group_index, strict=True)
-            ]
-        )
-
     def _maybe_log_samples(self, step: RolloutBatch) -> None:
-        """Every `sample_table_every` steps: the step's completions with their rewards, as a
-        table for loggers that take one (W&B) and as lines of `samples_file`."""
+        """Every `sample_table_every` steps: the step's completions (all ranks') with their
+        rewards, as a table for loggers that take one (W&B) and as lines of `samples_file`,
+        written by rank zero."""
         if not self.sample_table_every or (self.rollout_step - 1) % self.sample_table_every:
             return
         columns = ["rollout_step", "id", "question", "completion", "total", *self.rewards.names]
@@ -543,6 +651,9 @@ class GRPOModule(TrainableWeightsCheckpointing):
                 zip(step.rollout.texts, step.rollout.group_index, strict=True)
             )
         ]
+        rows = [row for part in distributed.all_gather_objects(rows) for row in part]
+        if not distributed.is_rank_zero():
+            return
         for logger in self.loggers:
             if hasattr(logger, "log_text"):
                 logger.log_text(key="samples", columns=columns, data=rows)
@@ -576,3 +687,24 @@ def _merge_groups(groups: list[tuple[RolloutBatch, int]], G: int, pad_id: int) -
         adv=torch.stack([s.adv[i] for s, i in zip(steps, rows, strict=True)]),
         components=[s.components[i] for s, i in zip(steps, rows, strict=True)],
     )
+
+
+# grpo_loss metrics that are means over the micro-batch's completion tokens; the others
+# (pg_loss) are the micro-batch's share of the batch's value, already normalized by its totals.
+TOKEN_MEAN_METRICS = ("kl", "ratio_mean", "clip_frac_low", "clip_frac_high", "dual_clip_frac")
+
+
+def metric_sums(metrics: dict[str, float], tokens: float) -> dict[str, float]:
+    """A micro-batch's metrics as sums: token means times its tokens, shares as they are."""
+    return {k: v * tokens if k in TOKEN_MEAN_METRICS else v for k, v in metrics.items()}
+
+
+def batch_metrics(sums: Counter[str], total_tokens: int) -> dict[str, float]:
+    """One update's metric sums of this rank -> the whole batch's metrics (token means
+    divided by the batch's tokens, shares summed over ranks), identical on every rank."""
+    keys = sorted(sums)
+    reduced = distributed.all_reduce_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64))
+    values = dict(zip(keys, reduced.tolist(), strict=True))
+    return {
+        k: v / max(total_tokens, 1) if k in TOKEN_MEAN_METRICS else v for k, v in values.items()
+    }

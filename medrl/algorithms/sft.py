@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from medrl import distributed
 from medrl.algorithms.losses import masked_token_nll
 from medrl.algorithms.numeric_faults import FaultCounter, drop_gradients, update_fault
 from medrl.algorithms.optim import build_optimizer
@@ -24,6 +25,11 @@ class SFTModule(TrainableWeightsCheckpointing):
 
     Logs train/loss (token mean of the batch), train/tokens (assistant tokens seen so far),
     val/loss (token-weighted over the validation slice), faults/skipped_updates.
+
+    On several processes (Lightning's DDP strategy) each rank holds part of the global batch:
+    its loss is normalized by the global batch's tokens and scaled by world_size, so the
+    strategy's gradient average is the gradient of the global batch's token mean, exactly as
+    in one process; the logged losses and token counts are those of all ranks.
     """
 
     def __init__(
@@ -46,6 +52,7 @@ class SFTModule(TrainableWeightsCheckpointing):
         self.tokens_seen = 0
         self.faults = FaultCounter(max_consecutive_faults)
         self._step_losses: list[torch.Tensor] = []  # the micro-batches of the coming update
+        self._val_sums = torch.zeros(2, dtype=torch.float64)  # [loss * tokens, tokens]
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(
@@ -55,12 +62,19 @@ class SFTModule(TrainableWeightsCheckpointing):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, tokens = self(batch)
-        self.tokens_seen += int(tokens)
-        self._step_losses.append(loss.detach())
-        size = len(batch["input_ids"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        # [loss * tokens, tokens] summed over ranks: the global batch's token sum and count.
+        local = torch.tensor([loss.item() * float(tokens), float(tokens)], dtype=torch.float64)
+        nll_sum, batch_tokens = distributed.all_reduce_sum(local).tolist()
+        world_loss = nll_sum / max(batch_tokens, 1.0)
+        self.tokens_seen += int(batch_tokens)
+        self._step_losses.append(torch.tensor(world_loss))
+        size = len(batch["input_ids"]) * distributed.world_size()
+        self.log("train/loss", world_loss, prog_bar=True, batch_size=size)
         self.log("train/tokens", float(self.tokens_seen), batch_size=size)
-        return loss
+        # This rank's share of the global token mean, times world_size for the strategy's
+        # average (1 in one process: the loss as it is).
+        share = float(tokens) * distributed.world_size() / max(batch_tokens, 1.0)
+        return loss * share
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # Lightning calls this once the update's gradients are accumulated, before clipping.
@@ -79,10 +93,18 @@ class SFTModule(TrainableWeightsCheckpointing):
         self.tokens_seen = int(state["tokens_seen"])
         self.faults.load(state["faults"])
 
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums.zero_()
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, tokens = self(batch)
-        # batch_size=tokens makes Lightning's epoch mean a token-weighted mean.
-        self.log("val/loss", loss, prog_bar=True, batch_size=int(tokens))
+        self._val_sums += torch.tensor([loss.item() * float(tokens), float(tokens)])
+
+    def on_validation_epoch_end(self) -> None:
+        # Sums over every batch of every rank: the token mean of the whole held-out slice.
+        nll_sum, tokens = distributed.all_reduce_sum(self._val_sums).tolist()
+        if tokens > 0:
+            self.log("val/loss", nll_sum / tokens, prog_bar=True)
 
     def configure_optimizers(self):
         optimizer, scheduler = build_optimizer(

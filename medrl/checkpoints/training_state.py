@@ -188,17 +188,21 @@ class TrainingStateCheckpoint(pl.Callback):
             self.save(trainer)
 
     def save(self, trainer: pl.Trainer) -> Path:
+        path = self.folder / f"step-{trainer.global_step:06d}.ckpt"
+        trainer.save_checkpoint(path)  # every rank calls it; the strategy has rank zero write
+        self._last_saved_step = trainer.global_step
+        if trainer.is_global_zero:
+            self._write_settings_and_prune()
+        log.info("training state at step %s saved to %s", trainer.global_step, path)
+        return path
+
+    def _write_settings_and_prune(self) -> None:
         # The settings, readable without loading a checkpoint: a resume checks them first.
         write_atomic(self.folder / SETTINGS_FILE, json.dumps(self.fingerprint, indent=1))
-        path = self.folder / f"step-{trainer.global_step:06d}.ckpt"
-        trainer.save_checkpoint(path)
-        self._last_saved_step = trainer.global_step
         for _, old in step_checkpoints(self.folder)[: -self.keep_last]:
             old.unlink(missing_ok=True)
         for leftover in self.folder.glob(".step-*.tmp"):  # from a write that was killed
             leftover.unlink(missing_ok=True)
-        log.info("training state at step %s saved to %s", trainer.global_step, path)
-        return path
 
     # Lightning stores this in checkpoint["callbacks"] and hands it back on resume, before
     # the first training batch.

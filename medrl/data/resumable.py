@@ -9,6 +9,12 @@ the batches the killed run had trained on.
 Batches are counted where the loader hands them out, not where the sampler draws indices:
 worker processes prefetch, so the sampler runs ahead of training. Lightning does not prefetch
 from a loader with a length, so a checkpoint taken after batch i says i + 1 batches.
+
+On several processes (`world_size` > 1) every rank computes the same order, cuts it into the
+global batches a single process would train on, and takes its contiguous part of each:
+together the ranks see exactly the single-process batches. An incomplete last global batch is
+split as evenly as it goes; if it is too small to give every rank an item, it is dropped, so
+that every rank makes the same number of steps.
 """
 
 from __future__ import annotations
@@ -21,12 +27,28 @@ from torch.utils.data import DataLoader, Sampler
 
 
 class EpochSampler(Sampler[int]):
-    """Indices 0..n-1, shuffled by (seed, epoch) or in order, starting at `start`."""
+    """Indices 0..n-1, shuffled by (seed, epoch) or in order, starting at `start`.
 
-    def __init__(self, size: int, seed: int, shuffle: bool) -> None:
+    With world_size > 1: this rank's share, `rank_batch` indices out of every global batch of
+    rank_batch * world_size; of an incomplete last global batch, its part of an even split
+    (nothing when it holds fewer items than there are ranks: it is dropped).
+    """
+
+    def __init__(
+        self,
+        size: int,
+        seed: int,
+        shuffle: bool,
+        rank_batch: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         self.size = size
         self.seed = seed
         self.shuffle = shuffle
+        self.rank_batch, self.rank, self.world_size = rank_batch, rank, world_size
         self.epoch = 0
         self.start = 0  # indices of this epoch to skip (set by a resume), used once
 
@@ -35,22 +57,47 @@ class EpochSampler(Sampler[int]):
         self.epoch = epoch
 
     def order(self, epoch: int) -> list[int]:
+        """The epoch's order over the whole dataset (the same on every rank)."""
         if not self.shuffle:
             return list(range(self.size))
         generator = torch.Generator().manual_seed(self.seed + epoch)
         return torch.randperm(self.size, generator=generator).tolist()
 
+    def rank_order(self, epoch: int) -> list[int]:
+        """This rank's indices of the epoch, in order."""
+        order = self.order(epoch)
+        if self.world_size == 1:
+            return order
+        width = self.rank_batch * self.world_size  # one global batch
+        mine = []
+        for start in range(0, len(order), width):
+            mine.extend(self._part(order[start : start + width]))
+        return mine
+
+    def _part(self, batch: list[int]) -> list[int]:
+        """This rank's contiguous part of one global batch, split as evenly as possible."""
+        if len(batch) < self.world_size:
+            return []  # not one item per rank: dropped on every rank
+        size, extra = divmod(len(batch), self.world_size)
+        start = self.rank * size + min(self.rank, extra)
+        return batch[start : start + size + (self.rank < extra)]
+
     def __iter__(self) -> Iterator[int]:
         start, self.start = self.start, 0
-        yield from self.order(self.epoch)[start:]
+        yield from self.rank_order(self.epoch)[start:]
 
     def __len__(self) -> int:
-        return self.size  # the whole epoch: Lightning counts resumed batches itself
+        # The whole epoch: Lightning counts resumed batches itself.
+        if self.world_size == 1:
+            return self.size
+        return len(self.rank_order(self.epoch))
 
 
 class ResumableDataLoader(DataLoader):
     """A DataLoader over `dataset` in (seed, epoch)-determined order with a resumable position.
 
+    batch_size is this process's; with world_size > 1 the loader yields this rank's part of
+    the global batches of batch_size * world_size (see the module docstring).
     Keyword arguments other than the sampler's go to DataLoader (collate_fn, num_workers...).
     """
 
@@ -61,9 +108,15 @@ class ResumableDataLoader(DataLoader):
         batch_size: int,
         seed: int,
         shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
         **kwargs: Any,
     ) -> None:
-        sampler = EpochSampler(len(dataset), seed, shuffle)
+        if world_size > 1 and kwargs.get("drop_last"):
+            # The last global batch may split unevenly: dropping each rank's short batch would
+            # give the ranks different numbers of steps (DDP then waits forever).
+            raise ValueError("ResumableDataLoader: drop_last=True needs world_size=1")
+        sampler = EpochSampler(len(dataset), seed, shuffle, batch_size, rank, world_size)
         # The generator only seeds worker processes; the DataLoader would otherwise draw that
         # seed from the global RNG, which a resumed run would then see one draw later.
         kwargs.setdefault("generator", torch.Generator().manual_seed(seed))

@@ -113,6 +113,7 @@ def predict(
     progress: bool = False,
     num_samples: int = 1,
     seed: int | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> list[Prediction]:
     """`num_samples` predictions per record (samples 0..k-1 together), in the order of `records`.
 
@@ -122,6 +123,11 @@ def predict(
     is put back in record order. With sampling, batch i draws from an RNG seeded with
     seed + i (seed=None: the global RNG), so a seeded evaluation is reproducible.
     progress=True shows a rich progress bar over the batches.
+
+    shard=(rank, world_size): run only batches rank, rank + world_size, ... and return their
+    records' predictions (still in record order). Batches, and the seed of each, are the same
+    as in one process, so the shards of all ranks together are exactly the one-process result
+    (`merge_shards`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -132,6 +138,9 @@ def predict(
             f"num_samples={num_samples} with greedy decoding gives {num_samples} identical "
             "completions; set greedy=False (evaluation.sampling.greedy=false) to sample"
         )
+    rank, world_size = shard
+    if not 0 <= rank < world_size:
+        raise ValueError(f"shard rank {rank} is not in [0, world_size={world_size})")
     records = list(records)
     if not records:
         return []
@@ -145,9 +154,10 @@ def predict(
         by_length[start : start + batch_size] for start in range(0, len(by_length), batch_size)
     ]
     per_record: dict[int, list[Prediction]] = {}
+    mine = list(enumerate(batches))[rank::world_size]
     with _progress_bar(progress) as bar:
-        task = bar.add_task("predicting", total=len(batches))
-        for number, batch in enumerate(batches):
+        task = bar.add_task("predicting", total=len(mine))
+        for number, batch in mine:
             rollout = generate(
                 policy_model,
                 tokenizer,
@@ -170,7 +180,39 @@ def predict(
                     )
                 )
             bar.advance(task)
-    return [p for i in range(len(records)) for p in per_record[i]]
+    return [p for i in sorted(per_record) for p in per_record[i]]
+
+
+def merge_shards(
+    shards: Iterable[list[Prediction]], records: Iterable[QARecord]
+) -> list[Prediction]:
+    """The predictions of `predict`'s shards put back in the order of `records` (every record's
+    samples together, 0..k-1), as one process would have returned them. Records are matched
+    by id, so their ids must be unique (the data layer guarantees it for pools); every record
+    must have samples 0..k-1 exactly once, with the same k, and no prediction may be left over.
+    """
+    records = list(records)
+    ids = [record.id for record in records]
+    if len(set(ids)) != len(ids):
+        raise ValueError("merge_shards needs records with unique ids")
+    by_id: dict[str, list[Prediction]] = {}
+    for prediction in (p for shard in shards for p in shard):
+        by_id.setdefault(prediction.id, []).append(prediction)
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise ValueError(f"no shard holds predictions for records {missing[:5]}")
+    unknown = sorted(set(by_id) - set(ids))
+    if unknown:
+        raise ValueError(f"predictions for records that are not being merged: {unknown[:5]}")
+    merged = [sorted(by_id[i], key=lambda p: p.sample) for i in ids]
+    expected = list(range(len(merged[0]))) if merged else []
+    for record_id, predictions in zip(ids, merged, strict=True):
+        if [p.sample for p in predictions] != expected:
+            raise ValueError(
+                f"record {record_id!r} has samples {[p.sample for p in predictions]}, expected "
+                f"{expected}: a shard is repeated or incomplete"
+            )
+    return [p for predictions in merged for p in predictions]
 
 
 def _progress_bar(enabled: bool) -> Progress:

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from medrl.components import RunSpecs
 from medrl.data.records import QARecord
+from medrl.distributed import is_rank_zero
 from medrl.models import ModelSpec
 from medrl.preflight.context import (
     Renderer,
@@ -135,7 +136,8 @@ def run_preflight(
     shown = sample_records(pools, in_use, settings.show_prompts)
     report = PreflightReport(results, [renderer.show(pool, record) for pool, record in shown])
     log_report(report)
-    write_report(report, Path(cfg.paths.output_dir))
+    if is_rank_zero():  # every process checks; one writes
+        write_report(report, Path(cfg.paths.output_dir))
     report.raise_if_failed()
     return report
 

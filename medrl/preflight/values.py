@@ -146,7 +146,47 @@ def grpo_checks(cfg: DictConfig) -> list[CheckResult]:
     results.append(check_group_size(cfg))
     results.append(check_micro_batches(cfg))
     results.append(check_sampling_block(cfg, "grpo.module.sampling", "grpo"))
+    results.append(check_split_over_processes(cfg, "grpo.module.prompts_per_step", "grpo"))
+    results.append(check_dynamic_sampling_processes(cfg))
     return results
+
+
+def processes(cfg: DictConfig) -> int | None:
+    """trainer.devices x trainer.num_nodes when both are counts (None: decided at launch,
+    e.g. devices=auto)."""
+    devices, nodes = select(cfg, "trainer.devices"), select(cfg, "trainer.num_nodes") or 1
+    if is_count(devices, 1) and is_count(nodes, 1):
+        return devices * nodes
+    return None
+
+
+def check_split_over_processes(cfg: DictConfig, key: str, name: str) -> CheckResult:
+    """A global batch is split evenly over the processes (medrl.distributed), so it must be a
+    multiple of their number."""
+    value, world = select(cfg, key), processes(cfg)
+    if world is None or not is_count(value, 1):
+        return skipped(name, f"{key}: not checked against the number of processes", key)
+    if value % world == 0:
+        return passed(name, f"{key}={value}: {value // world} per process x {world}", key)
+    return failed(
+        name,
+        f"{key}={value} is the global batch and must be a multiple of the {world} processes "
+        f"(trainer.devices x trainer.num_nodes): e.g. {max(world, value - value % world)}",
+        key,
+    )
+
+
+def check_dynamic_sampling_processes(cfg: DictConfig) -> CheckResult:
+    key = "grpo.module.dynamic_sampling.enabled"
+    world = processes(cfg)
+    if not select(cfg, key) or world in (None, 1):
+        return passed("grpo", f"{key}={show(select(cfg, key))}", key)
+    return failed(
+        "grpo",
+        f"{key}=true runs in one process only (the ranks would keep different numbers of "
+        f"groups); disable it, or use trainer.devices=1",
+        key,
+    )
 
 
 def check_choice(cfg: DictConfig, key: str, valid: Sequence[str]) -> CheckResult:
@@ -237,7 +277,11 @@ def training_checks(cfg: DictConfig) -> list[CheckResult]:
 
 def sft_checks(cfg: DictConfig) -> list[CheckResult]:
     """Check 2: the SFT block's numbers, and that it trains at all."""
-    return [*apply(SFT_RULES, cfg, "sft"), check_sft_schedule(cfg)]
+    return [
+        *apply(SFT_RULES, cfg, "sft"),
+        check_sft_schedule(cfg),
+        check_split_over_processes(cfg, "sft.batch_size", "sft"),
+    ]
 
 
 def check_sft_schedule(cfg: DictConfig) -> CheckResult:

@@ -15,7 +15,9 @@ min-p warpers (in generate's order), or argmax when greedy. Draws invert the cum
 distribution (one uniform per row) rather than calling torch.multinomial, so a seed gives other
 samples than transformers' generate, from the same distribution. Rows are independent of each
 other except through the shared random stream, so the same seed gives the same samples whether
-prompts are shared or not (the tests check it).
+prompts are shared or not (the tests check it). With `prompt_seeds`, each prompt draws from its
+own stream (PromptStreams): a prompt's samples then do not depend on which other prompts share
+its batch, or its rank in a multi-process run.
 
 Shapes: b prompts, G samples each, N = b*G rows, P prompt width, C completion width, V vocab.
 """
@@ -64,15 +66,53 @@ def logits_warpers(settings: SamplingSettings) -> Any:
     return warpers
 
 
-def pick_tokens(logits: torch.Tensor, settings: SamplingSettings, warpers: Any) -> torch.Tensor:
-    """Next token of every row: logits [n, V] float32 -> ids [n] (argmax, or one sample)."""
+class PromptStreams:
+    """One random stream per prompt: the uniforms of sampling rows drawn from their prompt's.
+
+    seeds: one per prompt; rows are prompt-major, `num_samples` per prompt. Each token, the
+    active rows of prompt i draw their uniforms, in row order, from generator i. A row's draws
+    therefore depend only on its own prompt's seed and rows (which of them are still writing),
+    never on the other prompts of the batch.
+    """
+
+    def __init__(self, seeds: Sequence[int], num_samples: int, device: torch.device) -> None:
+        self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+        self.num_samples = num_samples
+        self.device = device
+
+    def uniforms(self, rows: torch.Tensor) -> torch.Tensor:
+        """u [n, 1] float64 in [0, 1) for the active `rows` [n] (indices into all N rows)."""
+        prompts = (rows // self.num_samples).tolist()
+        u = torch.empty((len(prompts), 1), dtype=torch.float64, device=self.device)
+        start = 0
+        while start < len(prompts):  # rows of one prompt are contiguous
+            stop = start
+            while stop < len(prompts) and prompts[stop] == prompts[start]:
+                stop += 1
+            generator = self.generators[prompts[start]]
+            u[start:stop] = torch.rand(
+                (stop - start, 1), generator=generator, dtype=torch.float64, device=self.device
+            )
+            start = stop
+        return u
+
+
+def pick_tokens(
+    logits: torch.Tensor,
+    settings: SamplingSettings,
+    warpers: Any,
+    uniforms: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Next token of every row: logits [n, V] float32 -> ids [n] (argmax, or one sample).
+
+    uniforms [n, 1] (optional): the draws to invert; None draws them from the global RNG."""
     if settings.greedy:
         return logits.argmax(dim=-1)
     scores = warpers(None, logits)  # [n, V]; transformers' warpers ignore input_ids
-    return sample_categorical(torch.softmax(scores, dim=-1))
+    return sample_categorical(torch.softmax(scores, dim=-1), uniforms)
 
 
-def sample_categorical(probs: torch.Tensor) -> torch.Tensor:
+def sample_categorical(probs: torch.Tensor, uniforms: torch.Tensor | None = None) -> torch.Tensor:
     """One draw per row from probs [n, V] -> ids [n], by inverting the cumulative distribution.
 
     The same distribution as ``torch.multinomial(probs, 1)``, which on a CPU draws an
@@ -82,10 +122,12 @@ def sample_categorical(probs: torch.Tensor) -> torch.Tensor:
     cumulative sum is float64, so tail tokens keep their probability over a 150k vocabulary.
     """
     cdf = probs.double().cumsum(dim=-1)  # [n, V]
-    total = cdf[:, -1:]  # [n, 1]
+    total = cdf[:, -1:].contiguous()  # [n, 1]
     if not bool((torch.isfinite(total) & (total > 0)).all()):
         raise ValueError("cannot sample: a row's probabilities are NaN, infinite or all zero")
-    u = torch.rand((probs.shape[0], 1), device=probs.device, dtype=cdf.dtype) * total
+    if uniforms is None:
+        uniforms = torch.rand((probs.shape[0], 1), device=probs.device, dtype=cdf.dtype)
+    u = uniforms.to(cdf.dtype) * total  # [n, 1]
     picked = torch.searchsorted(cdf, u, right=True)  # [n, 1]
     # u < total, so only rounding could reach V: cap at the row's last token that can be drawn,
     # the first entry where the cumulative sum reaches its total.
@@ -103,22 +145,29 @@ def decode(
     pad_id: int,
     share_prompt: bool = True,
     timings: dict[str, float] | None = None,
+    prompt_seeds: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Raw completion ids [b*G, C] for left-padded prompts [b, P] (on the model's device).
 
     Rows are prompt-major (rows [i*G:(i+1)*G] continue prompt i). A row holds its tokens up to
     and including its first eos, then pad_id. C is the longest row (at most max_new_tokens).
     The caller provides no_grad and eval mode. `timings` (when given) receives the seconds
-    spent in "prefill" and "decode".
+    spent in "prefill" and "decode". `prompt_seeds` (one per prompt): sample from per-prompt
+    streams (PromptStreams) instead of the global RNG.
     """
     device = prompt_ids.device
+    streams = None
+    if prompt_seeds is not None:
+        if len(prompt_seeds) != prompt_ids.shape[0]:
+            raise ValueError(f"{len(prompt_seeds)} prompt_seeds for {prompt_ids.shape[0]} prompts")
+        streams = PromptStreams(prompt_seeds, num_samples, device)
     with timed(timings, "prefill"):
         capacity = prompt_ids.shape[1] + settings.max_new_tokens
         logits, cache, mask = _prefill(
             model, prompt_ids, prompt_mask, num_samples, share_prompt, capacity
         )
     with timed(timings, "decode"):
-        return _decode_loop(model, logits, cache, mask, settings, eos_ids, pad_id, device)
+        return _decode_loop(model, logits, cache, mask, settings, eos_ids, pad_id, device, streams)
 
 
 def _prefill(
@@ -164,6 +213,7 @@ def _decode_loop(
     eos_ids: Sequence[int],
     pad_id: int,
     device: torch.device,
+    streams: PromptStreams | None = None,
 ) -> torch.Tensor:
     """Sample until every row ended or max_new_tokens; finished rows leave the batch."""
     rows = logits.shape[0]
@@ -174,7 +224,8 @@ def _decode_loop(
     next_position = mask.long().sum(dim=1)  # [n] position of each active row's next token
     width = 0
     for step in range(settings.max_new_tokens):
-        chosen = pick_tokens(logits, settings, warpers)  # [n]
+        uniforms = None if streams is None or settings.greedy else streams.uniforms(active)
+        chosen = pick_tokens(logits, settings, warpers, uniforms)  # [n]
         tokens[active, step] = chosen
         width = step + 1
         ended = torch.isin(chosen, eos)  # [n]

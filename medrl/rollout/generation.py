@@ -179,6 +179,7 @@ def generate(
     generator_seed: int | None = None,
     engine: EngineSettings | None = None,
     timings: dict[str, float] | None = None,
+    prompt_seeds: Sequence[int] | None = None,
 ) -> Rollout:
     """Generate `num_samples` completions for each rendered prompt.
 
@@ -192,6 +193,9 @@ def generate(
                     (EngineSettings; None = STRAIGHTFORWARD: transformers' generate, unmerged).
     timings:        when given, receives the seconds of "prefill" and "decode" (medrl's sampler)
                     or of "decode" alone (transformers' generate, whose prefill is not separate).
+    prompt_seeds:   one seed per prompt (medrl's sampler only): each prompt samples from its own
+                    random stream, so its completions do not depend on the other prompts of the
+                    call, on `batch_size`, or on the process it runs in.
     The model runs in eval mode (restored afterwards) under ``torch.no_grad()``; it may be a
     peft-wrapped model. Rows are prompt-major: rows [b*G:(b+1)*G] belong to prompts[b].
     """
@@ -205,17 +209,29 @@ def generate(
     if pad_id is None:
         raise ValueError("the tokenizer has no pad token; load it with medrl.models.load_tokenizer")
     eos_ids = eos_token_ids(model, tokenizer)
-    step = batch_size or len(prompts)
-    chunks = [prompts[start : start + step] for start in range(0, len(prompts), step)]
-    device = model_device(model)
     engine = engine or STRAIGHTFORWARD
+    _check_prompt_seeds(prompt_seeds, len(prompts), engine)
+    step = batch_size or len(prompts)
+    starts = range(0, len(prompts), step)
+    chunks = [prompts[start : start + step] for start in starts]
+    seeds = [prompt_seeds[start : start + step] if prompt_seeds else None for start in starts]
+    device = model_device(model)
     merge = merged_lora(model) if engine.merge_adapter else nullcontext()
     with _seeded(generator_seed, device), eval_mode(model), torch.no_grad(), merge:
         outputs = [
             _generate_chunk(
-                model, tokenizer, chunk, settings, num_samples, eos_ids, pad_id, engine, timings
+                model,
+                tokenizer,
+                chunk,
+                settings,
+                num_samples,
+                eos_ids,
+                pad_id,
+                engine,
+                timings,
+                chunk_seeds,
             )
-            for chunk in chunks
+            for chunk, chunk_seeds in zip(chunks, seeds, strict=True)
         ]
     prompt_ids = _cat_padded([o[0] for o in outputs], pad_id, left=True)  # [N, P]
     prompt_mask = _cat_padded([o[1] for o in outputs], 0, left=True)  # [N, P]
@@ -249,6 +265,7 @@ def _generate_chunk(
     pad_id: int,
     engine: EngineSettings,
     timings: dict[str, float] | None,
+    prompt_seeds: Sequence[int] | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(prompt_ids [n, P], prompt_mask [n, P], raw completion ids [n, C]) on the CPU."""
     ids, mask = left_pad(encode_prompts(tokenizer, prompts), pad_id)  # [b, P]
@@ -260,7 +277,17 @@ def _generate_chunk(
     per_call = 1 if settings.greedy else num_samples
     ids, mask = ids.to(device), mask.to(device)
     if engine.sampler == "medrl":
-        completion = decode(model, ids, mask, per_call, settings, eos_ids, pad_id, timings=timings)
+        completion = decode(
+            model,
+            ids,
+            mask,
+            per_call,
+            settings,
+            eos_ids,
+            pad_id,
+            timings=timings,
+            prompt_seeds=prompt_seeds,
+        )
     else:
         with timed(timings, "decode"):
             sequences = model.generate(
@@ -275,6 +302,20 @@ def _generate_chunk(
     # Both samplers return prompt-major rows (generate expands inputs with repeat_interleave).
     completion = completion.cpu().repeat_interleave(num_samples // per_call, dim=0)  # [b*G, C]
     return prompt_ids, prompt_mask, completion
+
+
+def _check_prompt_seeds(
+    prompt_seeds: Sequence[int] | None, num_prompts: int, engine: EngineSettings
+) -> None:
+    if prompt_seeds is None:
+        return
+    if engine.sampler != "medrl":
+        raise ValueError(
+            f"prompt_seeds need medrl's sampler (engine.sampler=medrl), not {engine.sampler!r}: "
+            "transformers' generate draws from one global random stream"
+        )
+    if len(prompt_seeds) != num_prompts:
+        raise ValueError(f"{len(prompt_seeds)} prompt_seeds for {num_prompts} prompts")
 
 
 def _cat_padded(parts: Sequence[torch.Tensor], value: int, left: bool) -> torch.Tensor:

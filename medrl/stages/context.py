@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from medrl.checkpoints.training_state import AtomicCheckpointIO, TrainingStateCheckpoint
 from medrl.components import RunSpecs
 from medrl.data import DatasetPools
+from medrl.distributed import is_rank_zero
 from medrl.models import ModelSpec
 from medrl.stages.resume import fingerprint, training_checkpoint, training_state_dir
 from medrl.utils.io import write_atomic
@@ -93,7 +94,8 @@ class RunContext:
             target = get_object(node._target_)
             if issubclass(target, WandbLogger):
                 logger = instantiate(node, **self._wandb_kwargs(node, stage))
-                write_atomic(self.output_dir / WANDB_ID_FILE, logger.experiment.id)
+                if is_rank_zero():  # the other ranks' W&B logger is a no-op placeholder
+                    write_atomic(self.output_dir / WANDB_ID_FILE, logger.experiment.id)
             elif "version" in inspect.signature(target).parameters:
                 logger = instantiate(node, version=version or stage)
             else:
@@ -149,6 +151,9 @@ class RunContext:
             self.cfg.trainer,
             logger=self.loggers(stage, version) or False,
             callbacks=[*callbacks, *extra_callbacks],
+            # medrl shards its own data (the same global batches on any number of processes);
+            # Lightning's sampler replacement would re-instantiate its loaders.
+            use_distributed_sampler=False,
             **kwargs,
         )
 

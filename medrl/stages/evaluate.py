@@ -1,4 +1,9 @@
-"""The `eval` stage: every point of the chain (base, SFT, ...) on the same evaluation items."""
+"""The `eval` stage: every point of the chain (base, SFT, ...) on the same evaluation items.
+
+On several processes each rank predicts its share of the batches (medrl.evaluation.predict's
+`shard`); the shards are gathered and merged in item order, so every rank holds the same
+predictions a single process would have made, computes the same metrics, and rank zero writes.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from medrl import distributed
 from medrl.checkpoints import load_checkpoint
 from medrl.evaluation import (
     Prediction,
@@ -18,6 +24,7 @@ from medrl.evaluation import (
     compute_metrics,
     flat_metrics,
     majority_vote,
+    merge_shards,
     paired_comparison,
     per_sample_rates,
     predict,
@@ -78,9 +85,10 @@ def run_eval(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
     records = list(ctx.pools[POOL])[: settings.limit]
     out_dir = ctx.output_dir / "eval"
     predictions: dict[str, list[Prediction]] = {}
+    shard = (distributed.rank(), distributed.world_size())
     for point in points_to_evaluate(chain, settings.include_base):
         model, tokenizer = load_for_eval(ctx, point)
-        predictions[point.name] = predict(
+        mine = predict(
             model,
             tokenizer,
             records,
@@ -88,11 +96,14 @@ def run_eval(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
             point.model_spec.chat_template_kwargs,
             sampling,
             batch_size=settings.batch_size,
-            progress=True,
+            progress=distributed.is_rank_zero(),
             num_samples=num_samples,
             seed=settings.seed,
+            shard=shard,
         )
-        write_predictions(out_dir / point.name / "predictions.jsonl", predictions[point.name])
+        predictions[point.name] = merge_shards(distributed.all_gather_objects(mine), records)
+        if distributed.is_rank_zero():
+            write_predictions(out_dir / point.name / "predictions.jsonl", predictions[point.name])
     # One answer per item for accuracy and the paired tests: the majority vote when sampled;
     # the output-describing rates then average all k samples (medrl.evaluation.sampling).
     answers = {name: majority_vote(preds) for name, preds in predictions.items()}
@@ -109,7 +120,9 @@ def run_eval(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
         f"{a} -> {b}": paired_comparison(answers[a], answers[b], seed=ctx.seed)
         for a, b in consecutive_pairs(list(predictions))
     }
-    write_outputs(out_dir, results, pairs)
+    with distributed.rank_zero_writes() as writer:
+        if writer:
+            write_outputs(out_dir, results, pairs)
     metrics = {
         f"eval/{name}/{key}": value
         for name, result in results.items()
@@ -117,7 +130,8 @@ def run_eval(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
     }
     # The last point is the run's product: its metrics are also the plain eval/<metric> keys.
     metrics.update({f"eval/{k}": v for k, v in flat_metrics(results[chain[-1].name]).items()})
-    _log(ctx, metrics, results, out_dir)
+    if distributed.is_rank_zero():
+        _log(ctx, metrics, results, out_dir)
     return StageOutcome(None, metrics)
 
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
+from medrl import distributed
 from medrl.data.collate import SFTCollator, encode_sft_pool
 from medrl.data.records import QARecord
 from medrl.data.resumable import ResumableDataLoader
@@ -33,6 +34,27 @@ def split_validation(
     return list(records[:-n_val]), list(records[-n_val:])
 
 
+def per_rank_batch_size(batch_size: int, world_size: int) -> int:
+    """sft.batch_size is the global batch; each of `world_size` processes takes an equal part."""
+    if batch_size % world_size:
+        raise ValueError(
+            f"sft.batch_size={batch_size} must be a multiple of the number of processes "
+            f"({world_size}): it is the global batch, split evenly across them"
+        )
+    return batch_size // world_size
+
+
+def validation_shard(examples: Sequence, rank: int, world_size: int) -> list:
+    """Rank `rank`'s share of the held-out examples (every world_size-th one); SFTModule sums
+    losses and tokens over ranks, so val/loss is that of the whole held-out slice."""
+    if examples and len(examples) < world_size:
+        raise ValueError(
+            f"sft: {len(examples)} held-out examples for {world_size} processes; every process "
+            "needs one: raise sft.val_fraction, or set it to 0 to skip validation"
+        )
+    return list(examples[rank::world_size])
+
+
 def run_sft(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
     """Fine-tune the last point of `chain` on the SFT pool and return its checkpoint."""
     settings = ctx.cfg.sft
@@ -52,16 +74,23 @@ def run_sft(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
         raise ValueError("sft: no training example left; raise sft.max_seq_length")
 
     collate = SFTCollator(pad_token_id=policy.tokenizer.pad_token_id)
-    # Order fixed by (seed, epoch); its position is saved in training-state checkpoints.
+    world, rank = distributed.world_size(), distributed.rank()
+    rank_batch = per_rank_batch_size(settings.batch_size, world)
+    # Order fixed by (seed, epoch); its position is saved in training-state checkpoints. On
+    # several processes each rank takes its part of every global batch of sft.batch_size.
     train_loader = ResumableDataLoader(
         train_examples,
-        batch_size=settings.batch_size,
+        batch_size=rank_batch,
         seed=ctx.seed,
         shuffle=True,
+        rank=rank,
+        world_size=world,
         collate_fn=collate,
         num_workers=settings.num_workers,
     )
-    val_loader = DataLoader(val_examples, batch_size=settings.batch_size, collate_fn=collate)
+    val_loader = DataLoader(
+        validation_shard(val_examples, rank, world), batch_size=rank_batch, collate_fn=collate
+    )
     module = instantiate(settings.module)(
         model=policy.model, max_consecutive_faults=ctx.cfg.numeric_faults.max_consecutive
     )

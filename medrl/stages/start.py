@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from medrl import distributed
 from medrl.checkpoints import (
     LineageError,
     Manifest,
@@ -96,23 +97,26 @@ def finish_stage(
     """Write the stage's checkpoint (lineage: `parent`, the `pools` it trained on) and return
     the chain's new point."""
     folder = ctx.output_dir / "checkpoints" / stage
-    save_stage_checkpoint(
-        folder,
-        model=policy.model,
-        tokenizer=policy.tokenizer,
-        stage=stage,
-        parent=parent,
-        adapter=ctx.specs.adapter,
-        output_format=ctx.specs.output_format,
-        chat_template_kwargs=policy.chat_template_kwargs,
-        pools=pools,
-        dataset=ctx.specs.dataset.name,
-        seed=ctx.seed,
-        root_model=chain[-1].root_model,
-        resolved_config=ctx.resolved_config(),
-        metrics=metrics,
-    )
-    log.info("%s checkpoint written to %s", stage, folder)
-    if not ctx.cfg.checkpointing.keep_after_stage:
-        discard_training_state(ctx.output_dir, stage)
+    # Rank zero writes; every rank leaves the block once the folder is complete, then reads it.
+    with distributed.rank_zero_writes() as writer:
+        if writer:
+            save_stage_checkpoint(
+                folder,
+                model=policy.model,
+                tokenizer=policy.tokenizer,
+                stage=stage,
+                parent=parent,
+                adapter=ctx.specs.adapter,
+                output_format=ctx.specs.output_format,
+                chat_template_kwargs=policy.chat_template_kwargs,
+                pools=pools,
+                dataset=ctx.specs.dataset.name,
+                seed=ctx.seed,
+                root_model=chain[-1].root_model,
+                resolved_config=ctx.resolved_config(),
+                metrics=metrics,
+            )
+            log.info("%s checkpoint written to %s", stage, folder)
+            if not ctx.cfg.checkpointing.keep_after_stage:
+                discard_training_state(ctx.output_dir, stage)
     return StageOutcome(checkpoint_point(folder, ctx.specs.model), metrics)

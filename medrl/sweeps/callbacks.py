@@ -24,6 +24,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from medrl.distributed import is_rank_zero
 from medrl.sweeps.aggregate import (
     BaselineNotFound,
     Settings,
@@ -49,6 +50,8 @@ class JobStatus(Callback):
     """
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if not is_rank_zero():  # a job on several processes: rank zero reports it
+            return
         failed = job_return.status != HydraJobStatus.COMPLETED
         payload = {"status": FAILED if failed else COMPLETED, "error": job_error(job_return)}
         path = job_output_dir(config, job_return) / STATUS_FILE

@@ -167,3 +167,41 @@ def test_several_failures_are_reported_together_in_one_error(compose):
 def test_disabled_preflight_checks_nothing(compose):
     cfg = compose("train", ["debug=smoke", "grpo.module.group_size=1", "preflight.enabled=false"])
     assert preflight_config(cfg) == []
+
+
+def test_a_global_batch_that_does_not_split_over_the_processes_fails_before_launch(compose):
+    error = config_error(
+        compose,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "grpo.module.prompts_per_step=3",
+        "sft.batch_size=5",
+    )
+    keys = [failure.key for failure in error.failures]
+    assert keys == ["grpo.module.prompts_per_step", "sft.batch_size"]
+    assert "must be a multiple of the 2 processes (trainer.devices x trainer.num_nodes)" in str(
+        error
+    )
+
+
+def test_global_batches_that_split_over_the_processes_pass(compose):
+    cfg = compose(
+        "train", ["debug=smoke", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+    )
+    results = {r.key: r for r in preflight_config(cfg)}
+    assert results["grpo.module.prompts_per_step"].status == "pass"
+    assert "1 per process x 2" in results["grpo.module.prompts_per_step"].message
+    assert results["sft.batch_size"].status == "pass"
+
+
+def test_dynamic_sampling_on_several_processes_fails_naming_the_way_out(compose):
+    error = config_error(
+        compose,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "grpo.module.dynamic_sampling.enabled=true",
+        "grpo.module.dynamic_sampling.max_extra_draws=1",
+    )
+    assert [f.key for f in error.failures] == ["grpo.module.dynamic_sampling.enabled"]
+    assert "trainer.devices=1" in str(error)

@@ -27,6 +27,14 @@ def test_slurm_gpu_extends_the_submitit_slurm_launcher_with_one_gpu_per_job():
     assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.partition) == (1, 1, "gpu")
 
 
+def test_slurm_ddp_gives_each_job_one_task_per_gpu_on_one_node():
+    launcher = hydra_config(
+        "hydra/launcher=slurm_ddp", "hydra.launcher.partition=gpu", "trainer=ddp"
+    ).launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.nodes) == (4, 4, 1)
+
+
 def test_every_job_reports_its_status_and_the_sweep_aggregates_itself():
     callbacks = hydra_config().callbacks
     assert callbacks.job_status._target_ == "medrl.sweeps.callbacks.JobStatus"

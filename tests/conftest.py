@@ -65,3 +65,28 @@ def tiny_spec(compose, shared_dir, tmp_path_factory):
     spec = instantiate(compose("train", ["model=tiny_qwen3"]).model)
     spec.cache_dir = str(tmp_path_factory.getbasetemp() / "model-cache")
     return spec
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(shared_dir, tmp_path_factory):
+    """conf/model/tiny_qwen3 (random weights, real Qwen3 tokenizer and chat template), built
+    into a session cache and loaded once; tests must leave it as they found it.
+
+    Composed here rather than with the function-scoped `compose` fixture so that one model serves
+    the whole session; only the model node is resolved, which needs no Hydra runtime.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+
+    from medrl.models import FullFinetune, load_policy
+    from medrl.utils.config import CONFIG_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = hydra_compose("train", overrides=["model=tiny_qwen3"])
+    GlobalHydra.instance().clear()
+    spec = instantiate(cfg.model)
+    spec.cache_dir = str(tmp_path_factory.getbasetemp() / "model-cache")
+    return load_policy(spec, FullFinetune())

@@ -184,7 +184,7 @@ def check_dynamic_sampling_processes(cfg: DictConfig) -> CheckResult:
     return failed(
         "grpo",
         f"{key}=true runs in one process only (the ranks would keep different numbers of "
-        f"groups); disable it, or use trainer.devices=1",
+        "groups); disable it, or use trainer.devices=1",
         key,
     )
 

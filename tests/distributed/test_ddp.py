@@ -68,22 +68,22 @@ def train(run_dir: Path, overrides: list[str]) -> Path:
     return run_dir
 
 
+def one_and_two_processes(root: Path, overrides: list[str]) -> dict[str, Path]:
+    """The same run on one process and on two: {"one": its folder, "two": its folder}."""
+    return {
+        "one": train(root / "one", overrides),
+        "two": train(root / "two", [*overrides, *TWO_PROCESSES]),
+    }
+
+
 @pytest.fixture(scope="module")
 def sft_runs(tmp_path_factory, shared_dir) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("ddp_sft")
-    return {
-        "one": train(root / "one", SFT),
-        "two": train(root / "two", [*SFT, *TWO_PROCESSES]),
-    }
+    return one_and_two_processes(tmp_path_factory.mktemp("ddp_sft"), SFT)
 
 
 @pytest.fixture(scope="module")
 def grpo_runs(tmp_path_factory, shared_dir) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("ddp_grpo")
-    return {
-        "one": train(root / "one", GRPO_EVAL),
-        "two": train(root / "two", [*GRPO_EVAL, *TWO_PROCESSES]),
-    }
+    return one_and_two_processes(tmp_path_factory.mktemp("ddp_grpo"), GRPO_EVAL)
 
 
 def metric_rows(run: Path, stage: str, key: str) -> list[float]:

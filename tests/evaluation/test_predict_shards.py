@@ -13,16 +13,11 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.utils import instantiate
 
 from medrl.data.records import QARecord
 from medrl.evaluation import Prediction, merge_shards, predict
-from medrl.models import FullFinetune, Policy, load_policy
 from medrl.prompts import XmlFormat
 from medrl.rollout import SamplingSettings
-from medrl.utils.config import CONFIG_DIR
 
 # Question lengths are not monotone in record order, so length-sorted batches mix records from
 # all over the list and a shard's records are not a contiguous slice.
@@ -53,18 +48,6 @@ MODES = {
     "greedy": {"settings": GREEDY, "num_samples": 1, "seed": None},
     "sampled": {"settings": SAMPLED, "num_samples": 2, "seed": 23},
 }
-
-
-@pytest.fixture(scope="module")
-def tiny_policy(shared_dir, tmp_path_factory) -> Policy:
-    """conf/model/tiny_qwen3 (random weights, real Qwen3 tokenizer), loaded once for the module."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["model=tiny_qwen3"])
-    GlobalHydra.instance().clear()
-    spec = instantiate(cfg.model)
-    spec.cache_dir = str(tmp_path_factory.getbasetemp() / "model-cache")
-    return load_policy(spec, FullFinetune())
 
 
 def run_predict(policy, mode: str, shard=(0, 1), records=RECORDS) -> list[Prediction]:

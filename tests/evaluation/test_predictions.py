@@ -6,7 +6,6 @@ import json
 import stat
 
 import pytest
-from hydra.utils import instantiate
 
 from medrl.data.records import QARecord
 from medrl.evaluation import (
@@ -16,7 +15,6 @@ from medrl.evaluation import (
     read_predictions,
     write_predictions,
 )
-from medrl.models import FullFinetune, load_policy
 from medrl.prompts import JsonFormat, LetterFormat, XmlFormat, build_messages, render_prompt
 from medrl.rollout import SamplingSettings, generate
 
@@ -115,13 +113,6 @@ def test_reading_a_malformed_file_names_the_line(tmp_path):
     del missing["gold"]
     with pytest.raises(ValueError, match="gold"):
         Prediction.from_json(missing)
-
-
-@pytest.fixture
-def tiny_policy(compose, shared_dir, tmp_path_factory):
-    spec = instantiate(compose("train", ["model=tiny_qwen3"]).model)
-    spec.cache_dir = str(tmp_path_factory.getbasetemp() / "model-cache")
-    return load_policy(spec, FullFinetune())
 
 
 def test_predict_on_tiny_qwen3_gives_one_consistent_prediction_per_record(tiny_policy):

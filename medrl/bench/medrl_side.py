@@ -86,7 +86,7 @@ def _trainer(
         max_steps=max_steps,
         accelerator="gpu" if cfg.device == "cuda" else "cpu",
         devices=1,
-        precision="32-true",  # the weights' own dtype; no autocast (TRL gets bf16=fp16=False)
+        precision=str(cfg.precision),  # 32-true | bf16-mixed (TRL: bf16=False | True)
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,

@@ -32,7 +32,12 @@ from medrl.bench.settings import (
     schedule,
 )
 from medrl.bench.stats import system_summary
-from medrl.bench.trl_settings import UnmappableSetting, grpo_problems, lora_config_kwargs
+from medrl.bench.trl_settings import (
+    PRECISIONS,
+    UnmappableSetting,
+    grpo_problems,
+    lora_config_kwargs,
+)
 from medrl.bench.worker import spawn
 from medrl.models.spec import DTYPES
 
@@ -109,7 +114,7 @@ def settings_summary(cfg: DictConfig) -> dict[str, Any]:
             f"{cfg.scaling.steps} measured step(s)"
         )
     return {
-        "model": f"{cfg.model.name} ({cfg.dtype})",
+        "model": f"{cfg.model.name} ({cfg.dtype} weights, precision {cfg.precision})",
         "adapter": kind,
         "grpo": (
             f"B={module.prompts_per_step} prompts x G={module.group_size}, up to "
@@ -228,6 +233,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"mode={cfg.mode!r}; valid: {list(MODES)}")
     if cfg.dtype not in DTYPES:
         raise ValueError(f"dtype={cfg.dtype!r}; valid: {list(DTYPES)}")
+    if cfg.precision not in PRECISIONS:
+        raise ValueError(f"precision={cfg.precision!r}; valid: {list(PRECISIONS)}")
     with open_dict(cfg):
         cfg.device = resolve_device(str(cfg.device))
     trl, skipped = trl_choice(cfg.trl)

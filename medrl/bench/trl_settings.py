@@ -28,7 +28,7 @@ Conventions that map (medrl key -> TRL field):
     every pass with dropout off        -> disable_dropout=True
     torch AdamW                        -> optim=adamw_torch (TRL's default is the fused AdamW)
     model.gradient_checkpointing       -> gradient_checkpointing (TRL's default is True)
-    weights dtype, no autocast         -> bf16=False, fp16=False (TRL's default is bf16=True)
+    precision 32-true / bf16-mixed     -> bf16=False / True, fp16=False (TRL's default is bf16=True)
 """
 
 from __future__ import annotations
@@ -52,14 +52,20 @@ class UnmappableSetting(ValueError):
     """A medrl setting TRL cannot express; the message names the key and the way out."""
 
 
+PRECISIONS = ("32-true", "bf16-mixed")
+
+
 def _quiet_trainer_kwargs(
-    output_dir: str, device: str, gradient_checkpointing: bool
+    output_dir: str, device: str, gradient_checkpointing: bool, precision: str
 ) -> dict[str, Any]:
-    """The Trainer fields both TRL trainers get: no logging, saving, progress bar or autocast."""
+    """The Trainer fields both TRL trainers get: no logging, saving or progress bar; autocast
+    to bfloat16 only with precision bf16-mixed (medrl's Lightning precision of the same name)."""
+    if precision not in PRECISIONS:
+        raise UnmappableSetting(f"precision={precision!r}; valid: {list(PRECISIONS)}")
     return {
         "output_dir": output_dir,
         "use_cpu": device == "cpu",
-        "bf16": False,
+        "bf16": precision == "bf16-mixed",
         "fp16": False,
         "gradient_checkpointing": gradient_checkpointing,
         "optim": "adamw_torch",
@@ -114,6 +120,7 @@ def grpo_config_kwargs(
     device: str,
     gradient_checkpointing: bool,
     output_dir: str,
+    precision: str = "32-true",
 ) -> dict[str, Any]:
     """GRPOConfig keyword arguments that run medrl's `module` settings for `rollout_steps`.
 
@@ -130,7 +137,7 @@ def grpo_config_kwargs(
     rows, micro = module["prompts_per_step"] * module["group_size"], module["micro_batch_size"]
     optimizer_steps = rollout_steps * module["mu"]
     return {
-        **_quiet_trainer_kwargs(output_dir, device, gradient_checkpointing),
+        **_quiet_trainer_kwargs(output_dir, device, gradient_checkpointing, precision),
         "per_device_train_batch_size": micro,
         "gradient_accumulation_steps": rows // micro,
         "num_generations": module["group_size"],
@@ -171,6 +178,7 @@ def sft_config_kwargs(
     device: str,
     gradient_checkpointing: bool,
     output_dir: str,
+    precision: str = "32-true",
 ) -> dict[str, Any]:
     """SFTConfig keyword arguments matching medrl's SFT step (`module` = SFTModule's kwargs).
 
@@ -180,7 +188,7 @@ def sft_config_kwargs(
     if module["scheduler"] not in SCHEDULERS:
         raise UnmappableSetting(f"sft.module.scheduler={module['scheduler']}: unknown")
     return {
-        **_quiet_trainer_kwargs(output_dir, device, gradient_checkpointing),
+        **_quiet_trainer_kwargs(output_dir, device, gradient_checkpointing, precision),
         "per_device_train_batch_size": batch_size,
         "gradient_accumulation_steps": 1,
         "max_length": max_seq_length,

@@ -114,6 +114,7 @@ def run_grpo(task: BenchTask, cfg: Any, clock: PhaseClock) -> dict[str, Any]:
         rollout_steps=task.total_steps,
         device=cfg.device,
         gradient_checkpointing=spec.gradient_checkpointing,
+        precision=str(cfg.precision),
         output_dir=str(Path(task.extra["scratch_dir"])),
     )
     dataset = Dataset.from_list(
@@ -161,6 +162,7 @@ def run_sft(task: BenchTask, cfg: Any, clock: PhaseClock) -> dict[str, Any]:
         seed=int(cfg.seed),
         device=cfg.device,
         gradient_checkpointing=spec.gradient_checkpointing,
+        precision=str(cfg.precision),
         output_dir=str(Path(task.extra["scratch_dir"])),
     )
     trainer = SFTTrainer(

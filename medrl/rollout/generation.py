@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from medrl.rollout.decode_attention import sampling_attention
 from medrl.rollout.decoding import decode
-from medrl.rollout.merged_adapter import merged_lora
+from medrl.rollout.merged_adapter import autocast_weights, merged_lora
 from medrl.rollout.settings import STRAIGHTFORWARD, EngineSettings, SamplingSettings
 from medrl.utils.timing import timed
 
@@ -217,7 +218,14 @@ def generate(
     seeds = [prompt_seeds[start : start + step] if prompt_seeds else None for start in starts]
     device = model_device(model)
     merge = merged_lora(model) if engine.merge_adapter else nullcontext()
-    with _seeded(generator_seed, device), eval_mode(model), torch.no_grad(), merge:
+    with (
+        _seeded(generator_seed, device),
+        eval_mode(model),
+        torch.no_grad(),
+        merge,
+        autocast_weights(model, device),
+        sampling_attention(model),
+    ):
         outputs = [
             _generate_chunk(
                 model,

@@ -7,6 +7,11 @@ weights after every step: over a run the reference policy (the base with adapter
 would drift. Here each adapted Linear's weight Parameter is swapped for a new merged tensor and
 the original Parameter object (untouched, still the one the optimizer and the reference use) is
 swapped back afterwards.
+
+Under autocast (Lightning's bf16-mixed), every matmul casts its float32 weight to bfloat16 on
+each call; with frozen weights autocast keeps no cache, so a decode step would re-cast the whole
+model once per token. autocast_weights casts every Linear weight once for the rollout instead:
+the same bfloat16 numbers autocast would use.
 """
 
 from __future__ import annotations
@@ -77,3 +82,38 @@ def merged_lora(model: nn.Module) -> Iterator[bool]:
     finally:
         for base, weight in originals:
             base.weight = weight
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype autocast computes matmuls in on `device`, or None where autocast is off."""
+    if not torch.is_autocast_enabled(device.type):
+        return None
+    return torch.get_autocast_dtype(device.type)
+
+
+@contextmanager
+def autocast_weights(model: nn.Module, device: torch.device) -> Iterator[torch.dtype | None]:
+    """Inside the block (no gradients) every plain nn.Linear of `model` computes with its weight
+    cast once to the autocast dtype; yields that dtype, or None (nothing changes) when autocast
+    is off on `device`. The weights the model holds on entry (merged ones inside merged_lora)
+    are the ones cast, and the ones put back on exit.
+
+    Exactly the numbers autocast computes (it casts a Linear's weight to its dtype on every call;
+    its cast cache skips frozen weights), without one cast of the whole model per decoded token.
+    """
+    dtype = autocast_dtype(device)
+    if dtype is None:
+        yield None
+        return
+    originals: list[tuple[nn.Linear, nn.Parameter]] = []
+    try:
+        with torch.no_grad():
+            for module in model.modules():
+                if type(module) is nn.Linear and module.weight.dtype != dtype:
+                    weight = module.weight
+                    originals.append((module, weight))
+                    module.weight = nn.Parameter(weight.detach().to(dtype), requires_grad=False)
+        yield dtype
+    finally:
+        for module, weight in originals:
+            module.weight = weight

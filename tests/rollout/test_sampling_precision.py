@@ -1,0 +1,143 @@
+"""Two rollout speed-ups that must not change what a sampling step computes.
+
+- "medrl_decode" attention (one query token: two matmuls and a float32 softmax over the grouped
+  heads) gives transformers' sdpa output, and sampling through it decodes the same tokens;
+- under autocast, Linear weights cast once for the rollout (autocast_weights) give the logits
+  autocast computes by casting them every call, and the model gets its own weights back.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import pytest
+import torch
+from torch import nn
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from medrl.rollout import (
+    EngineSettings,
+    SamplingSettings,
+    encode_prompts,
+    generate,
+    generation,
+    left_pad,
+)
+from medrl.rollout.decode_attention import decode_attention_forward, sampling_attention
+from medrl.rollout.merged_adapter import autocast_weights
+
+PROMPTS = ["Which vitamin deficiency causes scurvy?", "A", "Name the nerve of the deltoid."]
+CPU = torch.device("cpu")
+
+
+class GroupedAttention(nn.Module):
+    """What the attention functions read from the calling layer."""
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.num_key_value_groups = groups
+        self.is_causal = True
+        self.training = False
+
+
+def attention_inputs(rows=5, heads=6, kv_heads=2, length=9, dim=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    query = torch.randn(rows, heads, 1, dim, generator=g)
+    key = torch.randn(rows, kv_heads, length, dim, generator=g)
+    value = torch.randn(rows, kv_heads, length, dim, generator=g)
+    allowed = torch.ones(rows, 1, 1, length, dtype=torch.bool)
+    allowed[0, ..., :3] = False  # left padding of row 0
+    allowed[3, ..., :1] = False
+    return query, key, value, allowed
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_one_token_attention_equals_sdpa(masked):
+    query, key, value, allowed = attention_inputs()
+    module = GroupedAttention(groups=3)
+    mask = allowed if masked else None
+    ours, _ = decode_attention_forward(module, query, key, value, mask, scaling=0.3)
+    reference, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)
+    assert ours.shape == reference.shape == (5, 1, 6, 8)
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_one_token_attention_ignores_masked_positions():
+    query, key, value, allowed = attention_inputs()
+    module = GroupedAttention(groups=3)
+    before, _ = decode_attention_forward(module, query, key, value, allowed)
+    key[0, :, :3] = 1e3  # row 0 cannot see these positions: changing them changes nothing
+    value[0, :, :3] = -1e3
+    after, _ = decode_attention_forward(module, query, key, value, allowed)
+    torch.testing.assert_close(after, before)
+    assert math.isfinite(float(after.abs().max()))
+
+
+def test_several_query_tokens_go_to_sdpa():
+    rows, heads, kv_heads, length, dim = 2, 4, 2, 5, 8
+    query = torch.randn(rows, heads, length, dim)
+    key, value = torch.randn(rows, kv_heads, length, dim), torch.randn(rows, kv_heads, length, dim)
+    module = GroupedAttention(groups=2)
+    ours, _ = decode_attention_forward(module, query, key, value, None)
+    reference, _ = sdpa_attention_forward(module, query, key, value, None)
+    assert torch.equal(ours, reference)
+
+
+def test_sampling_attention_switches_sdpa_for_the_block_only(tiny_policy):
+    config = tiny_policy.model.config
+    assert config._attn_implementation == "sdpa"
+    with sampling_attention(tiny_policy.model) as switched:
+        assert switched
+        assert config._attn_implementation == "medrl_decode"
+    assert config._attn_implementation == "sdpa"
+    config._attn_implementation = "eager"
+    try:
+        with sampling_attention(tiny_policy.model) as switched:
+            assert not switched, "only sdpa is replaced"
+            assert config._attn_implementation == "eager"
+    finally:
+        config._attn_implementation = "sdpa"
+
+
+def test_decoding_through_medrl_decode_gives_sdpa_tokens(tiny_policy, monkeypatch):
+    model, tok = tiny_policy.model, tiny_policy.tokenizer
+    settings = SamplingSettings(temperature=1.0, max_new_tokens=8)
+    engine = EngineSettings(sampler="medrl")
+
+    def rollout():
+        return generate(model, tok, PROMPTS, settings, 3, generator_seed=5, engine=engine)
+
+    ours = rollout()
+    monkeypatch.setattr(generation, "sampling_attention", lambda model: nullcontext(False))
+    plain = rollout()  # transformers' sdpa at every step
+    assert torch.equal(ours.completion_ids, plain.completion_ids)
+
+
+def prompt_logits(model, tok):
+    ids, mask = left_pad(encode_prompts(tok, PROMPTS), tok.pad_token_id)
+    return model(input_ids=ids, attention_mask=mask).logits
+
+
+def test_autocast_weights_give_autocast_logits_and_restore_the_weights(tiny_policy):
+    model, tok = tiny_policy.model.eval(), tiny_policy.tokenizer
+    objects = dict(model.named_parameters())
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        recast_every_call = prompt_logits(model, tok)
+        with autocast_weights(model, CPU) as dtype:
+            assert dtype == torch.bfloat16
+            linears = [m for m in model.modules() if type(m) is nn.Linear]
+            assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
+            cast_once = prompt_logits(model, tok)
+    assert torch.equal(cast_once, recast_every_call)
+    for name, param in model.named_parameters():
+        assert param is objects[name], f"{name}: the model's own Parameter is put back"
+        assert param.dtype == torch.float32
+
+
+def test_autocast_weights_change_nothing_without_autocast(tiny_policy):
+    model = tiny_policy.model
+    objects = dict(model.named_parameters())
+    with autocast_weights(model, CPU) as dtype:
+        assert dtype is None
+        assert dict(model.named_parameters()) == objects

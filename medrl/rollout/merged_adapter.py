@@ -17,6 +17,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from medrl.sharding import is_fsdp_managed
+
 
 def lora_layers(model: nn.Module) -> list[nn.Module]:
     """The peft LoRA layers of `model` (empty for a model without LoRA)."""
@@ -32,7 +34,14 @@ def can_merge_exactly(model: nn.Module) -> bool:
     compute: every LoRA layer wraps a plain float32/float64 nn.Linear, is unmerged, enabled,
     without DoRA or LoRA bias, and no module is swapped by modules_to_save (disabling the
     adapter would switch those off too). In bfloat16 the merged weight would round small
-    adapter updates away, so such models sample through peft's unmerged layers."""
+    adapter updates away, so such models sample through peft's unmerged layers.
+
+    Under FSDP (medrl.sharding) each weight is, between forwards, a view of this process's
+    flat shard, and each forward re-points the layers at the gathered flat parameter: a weight
+    cannot be merged there, and a swapped one would be replaced by the next forward (with the
+    adapters disabled meanwhile, they would silently drop out). Sharded models sample unmerged."""
+    if is_fsdp_managed(model):
+        return False
     layers = lora_layers(model)
     if not layers or not hasattr(model, "disable_adapter"):
         return False

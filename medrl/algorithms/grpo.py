@@ -32,14 +32,10 @@ from torch import nn
 
 from medrl import distributed
 from medrl.algorithms.core import AGGREGATIONS, group_advantages, grpo_loss
-from medrl.algorithms.numeric_faults import (
-    FaultCounter,
-    drop_gradients,
-    gradient_norm,
-    update_fault,
-)
+from medrl.algorithms.numeric_faults import FaultCounter, drop_gradients, update_fault
 from medrl.algorithms.optim import build_optimizer
 from medrl.algorithms.resume_state import TrainableWeightsCheckpointing
+from medrl.algorithms.sharded import ShardablePolicy
 from medrl.data.pools import shuffled_order
 from medrl.data.records import QARecord
 from medrl.prompts import build_messages, render_prompt
@@ -171,7 +167,7 @@ class PromptSampler:
         return self.records[self._order[offset]]
 
 
-class GRPOModule(TrainableWeightsCheckpointing):
+class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
     """GRPO on a policy (peft LoRA / QLoRA or full fine-tuning).
 
     Args (all but the first five come from conf/grpo/):
@@ -324,7 +320,10 @@ class GRPOModule(TrainableWeightsCheckpointing):
 
     def configure_optimizers(self):
         optimizer, scheduler = build_optimizer(
-            self.model, total_steps=int(self.trainer.max_steps), **self.optim
+            self.model,
+            total_steps=int(self.trainer.max_steps),
+            matrices=self.matrix_parameters,
+            **self.optim,
         )
         return [optimizer], [{"scheduler": scheduler, "interval": "step"}]
 
@@ -540,14 +539,12 @@ class GRPOModule(TrainableWeightsCheckpointing):
 
         `batch_loss` is the whole batch's (all ranks), and the gradients are reduced already,
         so every rank takes the same decision."""
-        grad_norm = gradient_norm(self.model)  # before clipping
+        grad_norm = self.gradient_norm()  # before clipping; over every shard under FSDP
         fault = update_fault([batch_loss], self.model, grad_norm)
         where = f"grpo rollout step {self.rollout_step + 1}, update {update + 1}/{self.mu}"
         self.faults.record(fault, where)
         if fault is None:
-            self.clip_gradients(
-                optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm"
-            )
+            self.clip_gradient_norm(optimizer, self.grad_clip)
         else:
             drop_gradients(self.model)  # the step below then changes nothing
         optimizer.step()

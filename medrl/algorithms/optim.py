@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 from torch import nn
 
@@ -16,10 +18,13 @@ def build_optimizer(
     warmup_ratio: float,
     scheduler: str,
     total_steps: int,
+    matrices: Collection[nn.Parameter] | None = None,
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """AdamW over the trainable parameters and a transformers schedule over `total_steps`.
 
     Weight decay skips biases and normalization weights (1-D tensors), as is standard.
+    matrices: the parameters of 2 or more dimensions, recorded before sharding (FSDP flattens
+    every parameter into a 1-D shard); None = as the parameters are shaped now.
     """
     if scheduler not in SCHEDULERS:
         raise ValueError(f"scheduler={scheduler!r} is not valid; choose one of {list(SCHEDULERS)}")
@@ -28,9 +33,12 @@ def build_optimizer(
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise ValueError("the model has no trainable parameters (check the adapter config)")
+    if matrices is None:
+        matrices = [p for p in trainable if p.ndim >= 2]
+    decayed = {id(p) for p in matrices}  # parameters keep their identity when FSDP shards them
     groups = [
-        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+        {"params": [p for p in trainable if id(p) in decayed], "weight_decay": weight_decay},
+        {"params": [p for p in trainable if id(p) not in decayed], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
     schedule = get_scheduler(

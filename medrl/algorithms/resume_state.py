@@ -13,6 +13,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from medrl.sharding import clean_name
+
 EXTRA_STATE_KEY = "medrl_module_state"
 
 
@@ -31,7 +33,8 @@ class TrainableWeightsCheckpointing(pl.LightningModule):
         """Restore what extra_state() returned (override)."""
 
     def trainable_keys(self) -> set[str]:
-        return {name for name, param in self.named_parameters() if param.requires_grad}
+        # Under FSDP the modules' names carry its wrapper segments; state dicts do not.
+        return {clean_name(name) for name, param in self.named_parameters() if param.requires_grad}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keep = self.trainable_keys()
@@ -39,7 +42,15 @@ class TrainableWeightsCheckpointing(pl.LightningModule):
         checkpoint[EXTRA_STATE_KEY] = self.extra_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        saved, expected = set(checkpoint["state_dict"]), self.trainable_keys()
+        if "state_dict" in checkpoint:
+            self.check_trainable_state(checkpoint["state_dict"])
+        # else: Lightning's FSDPStrategy loaded the weights into the shards already, and took
+        # them out of the checkpoint; medrl.sharding.PolicyFSDPStrategy checked them first.
+        self.load_extra_state(checkpoint.get(EXTRA_STATE_KEY, {}))
+
+    def check_trainable_state(self, state_dict: dict[str, Any]) -> None:
+        """Raise unless `state_dict` holds exactly this module's trainable weights."""
+        saved, expected = set(state_dict), self.trainable_keys()
         if saved != expected:
             missing, unexpected = sorted(expected - saved), sorted(saved - expected)
             raise RuntimeError(
@@ -48,4 +59,3 @@ class TrainableWeightsCheckpointing(pl.LightningModule):
                 f"{unexpected[:5]}{'...' if len(unexpected) > 5 else ''}); was it written with "
                 "another model or adapter config?"
             )
-        self.load_extra_state(checkpoint.get(EXTRA_STATE_KEY, {}))

@@ -10,9 +10,10 @@ from medrl.algorithms.losses import masked_token_nll
 from medrl.algorithms.numeric_faults import FaultCounter, drop_gradients, update_fault
 from medrl.algorithms.optim import build_optimizer
 from medrl.algorithms.resume_state import TrainableWeightsCheckpointing
+from medrl.algorithms.sharded import ShardablePolicy
 
 
-class SFTModule(TrainableWeightsCheckpointing):
+class SFTModule(ShardablePolicy, TrainableWeightsCheckpointing):
     """Trains `model` on batches from medrl.data.collate.SFTCollator.
 
     Args (all but `model` come from conf/sft/):
@@ -80,7 +81,7 @@ class SFTModule(TrainableWeightsCheckpointing):
         # Lightning calls this once the update's gradients are accumulated, before clipping.
         losses = torch.stack(self._step_losses).tolist() if self._step_losses else []
         self._step_losses.clear()
-        fault = update_fault(losses, self.model)
+        fault = update_fault(losses, self.model, self.gradient_norm())
         self.faults.record(fault, f"sft step {self.global_step + 1}")
         if fault is not None:
             drop_gradients(self.model)
@@ -114,6 +115,7 @@ class SFTModule(TrainableWeightsCheckpointing):
             warmup_ratio=self.warmup_ratio,
             scheduler=self.scheduler,
             total_steps=int(self.trainer.estimated_stepping_batches),
+            matrices=self.matrix_parameters,
         )
         return {
             "optimizer": optimizer,

@@ -37,6 +37,7 @@ from medrl.preflight.report import (
     write_report,
 )
 from medrl.preflight.rewards import check_gold_scores_best, reward_config_checks
+from medrl.preflight.strategy import strategy_checks
 from medrl.preflight.values import (
     evaluation_checks,
     grpo_checks,
@@ -89,6 +90,7 @@ def config_checks(cfg: DictConfig, stages: Sequence[str]) -> list[CheckResult]:
         results += sft_checks(cfg)
     if "sft" in stages or "grpo" in stages:
         results += training_checks(cfg)
+        results += strategy_checks(cfg)
     if "eval" in stages:
         results += evaluation_checks(cfg)
     if any(stage in REWARD_STAGES for stage in stages):

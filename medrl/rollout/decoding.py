@@ -19,6 +19,10 @@ prompts are shared or not (the tests check it). With `prompt_seeds`, each prompt
 own stream (PromptStreams): a prompt's samples then do not depend on which other prompts share
 its batch, or its rank in a multi-process run.
 
+Under FSDP (medrl.sharding) every forward gathers each layer's weights from all processes, so
+every process must run as many forwards as the others: with `lockstep`, a process whose rows
+have all ended keeps running a one-token filler forward until every process's rows have.
+
 Shapes: b prompts, G samples each, N = b*G rows, P prompt width, C completion width, V vocab.
 """
 
@@ -30,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from medrl import distributed
 from medrl.rollout.kv_cache import preallocated_cache, supports_preallocated_cache
 from medrl.rollout.settings import SamplingSettings
 from medrl.utils.timing import timed
@@ -146,6 +151,7 @@ def decode(
     share_prompt: bool = True,
     timings: dict[str, float] | None = None,
     prompt_seeds: Sequence[int] | None = None,
+    lockstep: bool = False,
 ) -> torch.Tensor:
     """Raw completion ids [b*G, C] for left-padded prompts [b, P] (on the model's device).
 
@@ -153,7 +159,8 @@ def decode(
     and including its first eos, then pad_id. C is the longest row (at most max_new_tokens).
     The caller provides no_grad and eval mode. `timings` (when given) receives the seconds
     spent in "prefill" and "decode". `prompt_seeds` (one per prompt): sample from per-prompt
-    streams (PromptStreams) instead of the global RNG.
+    streams (PromptStreams) instead of the global RNG. `lockstep`: run as many forwards as
+    every other process (a sharded model; see the module docstring).
     """
     device = prompt_ids.device
     streams = None
@@ -167,7 +174,9 @@ def decode(
             model, prompt_ids, prompt_mask, num_samples, share_prompt, capacity
         )
     with timed(timings, "decode"):
-        return _decode_loop(model, logits, cache, mask, settings, eos_ids, pad_id, device, streams)
+        return _decode_loop(
+            model, logits, cache, mask, settings, eos_ids, pad_id, device, streams, lockstep
+        )
 
 
 def _prefill(
@@ -214,8 +223,10 @@ def _decode_loop(
     pad_id: int,
     device: torch.device,
     streams: PromptStreams | None = None,
+    lockstep: bool = False,
 ) -> torch.Tensor:
-    """Sample until every row ended or max_new_tokens; finished rows leave the batch."""
+    """Sample until every row ended or max_new_tokens; finished rows leave the batch. With
+    `lockstep`, until every row of every process ended (this process's rows idle meanwhile)."""
     rows = logits.shape[0]
     warpers = logits_warpers(settings)
     eos = torch.tensor(list(eos_ids), device=device)
@@ -223,14 +234,20 @@ def _decode_loop(
     active = torch.arange(rows, device=device)  # [n] the rows still writing
     next_position = mask.long().sum(dim=1)  # [n] position of each active row's next token
     width = 0
+    finished = False  # every row of this process has ended
     for step in range(settings.max_new_tokens):
-        uniforms = None if streams is None or settings.greedy else streams.uniforms(active)
-        chosen = pick_tokens(logits, settings, warpers, uniforms)  # [n]
-        tokens[active, step] = chosen
-        width = step + 1
-        ended = torch.isin(chosen, eos)  # [n]
-        if step + 1 == settings.max_new_tokens or bool(ended.all()):
+        if not finished:
+            uniforms = None if streams is None or settings.greedy else streams.uniforms(active)
+            chosen = pick_tokens(logits, settings, warpers, uniforms)  # [n]
+            tokens[active, step] = chosen
+            width = step + 1
+            ended = torch.isin(chosen, eos)  # [n]
+            finished = bool(ended.all())
+        if step + 1 == settings.max_new_tokens or _all_finished(finished, lockstep):
             break
+        if finished:  # other processes still decode: their forwards need this one's shards
+            _filler_forward(model, pad_id, device)
+            continue
         if bool(ended.any()):
             keep = (~ended).nonzero().squeeze(1)  # [n'] positions within the active batch
             cache.batch_select_indices(keep)
@@ -247,3 +264,17 @@ def _decode_loop(
         logits = out.logits[:, -1].float()  # [n, V]
         next_position = next_position + 1
     return tokens[:, :width]
+
+
+def _all_finished(finished: bool, lockstep: bool) -> bool:
+    """This process is done; with `lockstep`, every process is (a collective)."""
+    if not lockstep:
+        return finished
+    still_decoding = distributed.all_reduce_sum(torch.tensor([0.0 if finished else 1.0]))
+    return float(still_decoding) == 0.0
+
+
+def _filler_forward(model: nn.Module, pad_id: int, device: torch.device) -> None:
+    """One forward of one pad token, without a cache: its output is not used."""
+    ids = torch.full((1, 1), pad_id, dtype=torch.long, device=device)  # [1, 1]
+    model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)

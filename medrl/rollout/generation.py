@@ -18,10 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from medrl import distributed
 from medrl.rollout.decode_attention import sampling_attention
 from medrl.rollout.decoding import decode
 from medrl.rollout.merged_adapter import autocast_weights, merged_lora
 from medrl.rollout.settings import STRAIGHTFORWARD, EngineSettings, SamplingSettings
+from medrl.sharding import is_fsdp_managed, root_weights_gathered
 from medrl.utils.timing import timed
 
 
@@ -295,9 +297,13 @@ def _generate_chunk(
             pad_id,
             timings=timings,
             prompt_seeds=prompt_seeds,
+            lockstep=is_fsdp_managed(model) and distributed.world_size() > 1,
         )
     else:
-        with timed(timings, "decode"):
+        # Under FSDP generate runs the policy's inner modules, not its root forward: the root
+        # unit's weights are gathered around it; transformers keeps the processes in step
+        # (synced_gpus) when it sees an FSDP-managed model on several processes.
+        with timed(timings, "decode"), root_weights_gathered(model):
             sequences = model.generate(
                 input_ids=ids,
                 attention_mask=mask,

@@ -22,6 +22,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from medrl.sharding import is_fsdp_managed
+
 
 def lora_layers(model: nn.Module) -> list[nn.Module]:
     """The peft LoRA layers of `model` (empty for a model without LoRA)."""
@@ -37,7 +39,14 @@ def can_merge_exactly(model: nn.Module) -> bool:
     compute: every LoRA layer wraps a plain float32/float64 nn.Linear, is unmerged, enabled,
     without DoRA or LoRA bias, and no module is swapped by modules_to_save (disabling the
     adapter would switch those off too). In bfloat16 the merged weight would round small
-    adapter updates away, so such models sample through peft's unmerged layers."""
+    adapter updates away, so such models sample through peft's unmerged layers.
+
+    Under FSDP (medrl.sharding) each weight is, between forwards, a view of this process's
+    flat shard, and each forward re-points the layers at the gathered flat parameter: a weight
+    cannot be merged there, and a swapped one would be replaced by the next forward (with the
+    adapters disabled meanwhile, they would silently drop out). Sharded models sample unmerged."""
+    if is_fsdp_managed(model):
+        return False
     layers = lora_layers(model)
     if not layers or not hasattr(model, "disable_adapter"):
         return False
@@ -95,14 +104,14 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
 def autocast_weights(model: nn.Module, device: torch.device) -> Iterator[torch.dtype | None]:
     """Inside the block (no gradients) every plain nn.Linear of `model` computes with its weight
     cast once to the autocast dtype; yields that dtype, or None (nothing changes) when autocast
-    is off on `device`. The weights the model holds on entry (merged ones inside merged_lora)
-    are the ones cast, and the ones put back on exit.
+    is off on `device` or FSDP manages the weights. The weights the model holds on entry
+    (merged ones inside merged_lora) are the ones cast, and the ones put back on exit.
 
     Exactly the numbers autocast computes (it casts a Linear's weight to its dtype on every call;
     its cast cache skips frozen weights), without one cast of the whole model per decoded token.
     """
     dtype = autocast_dtype(device)
-    if dtype is None:
+    if dtype is None or is_fsdp_managed(model):  # sharded weights: see can_merge_exactly
         yield None
         return
     originals: list[tuple[nn.Linear, nn.Parameter]] = []

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 
 from medrl.data.resumable import ResumableDataLoader
 from medrl.stages.context import RunContext, StageOutcome, StagePoint
-from medrl.stages.start import finish_stage, load_start
+from medrl.stages.start import finish_stage, load_start, trained_policy
 
 log = logging.getLogger(__name__)
 POOL = "grpo"
@@ -46,4 +46,5 @@ def run_grpo(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
     trainer.fit(module, steps, ckpt_path=resume_from)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
+    policy = trained_policy(policy, module.model)
     return finish_stage(ctx, chain, POOL, policy, parent, {POOL: list(ctx.pools[POOL])}, metrics)

@@ -13,7 +13,7 @@ from medrl.data.collate import SFTCollator, encode_sft_pool
 from medrl.data.records import QARecord
 from medrl.data.resumable import ResumableDataLoader
 from medrl.stages.context import RunContext, StageOutcome, StagePoint
-from medrl.stages.start import finish_stage, load_start
+from medrl.stages.start import finish_stage, load_start, trained_policy
 
 log = logging.getLogger(__name__)
 POOL = "sft"
@@ -114,7 +114,7 @@ def run_sft(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
         ctx,
         chain,
         POOL,
-        policy,
+        trained_policy(policy, module.model),
         parent,
         {"sft_train": train_records, "sft_val": val_records},
         metrics,

@@ -8,7 +8,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from medrl import distributed
+from torch import nn
+
+from medrl import distributed, sharding
 from medrl.checkpoints import (
     LineageError,
     Manifest,
@@ -73,6 +75,24 @@ def load_start(
             "modified after it was written"
         )
     return policy, ParentRef("checkpoint", point.name, str(point.checkpoint), parent_hash)
+
+
+def trained_policy(policy: Policy, trained: nn.Module) -> Policy:
+    """The policy a stage checkpoint saves, given `trained`, the training module's policy.
+
+    Without sharding `trained` is `policy.model`, trained in place. Under FSDP it is the root
+    FSDP module around it, holding shards: every rank must call this; the full weights are
+    gathered to rank zero and loaded (strictly: every tensor) into a fresh load of the model
+    the stage started from, which rank zero then writes. Other ranks get `policy` back, as is.
+    """
+    if not sharding.is_fsdp_root(trained):
+        return policy
+    state = sharding.full_state_dict(trained)
+    if not distributed.is_rank_zero():
+        return policy
+    fresh = load_policy(policy.spec, policy.adapter)
+    fresh.model.load_state_dict(state, strict=True)
+    return fresh
 
 
 def finished_stage(ctx: RunContext, stage: str) -> StageOutcome | None:

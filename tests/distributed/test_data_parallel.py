@@ -1,10 +1,12 @@
-"""Data parallel on 2 CPU processes (Lightning's DDP strategy, gloo) computes what one process
-computes on the same prompts: the same SFT and GRPO losses, metrics and parameter updates, and
-the same evaluation predictions, in item order.
+"""Data parallel on 2 CPU processes (gloo), with DDP (trainer=ddp) and with FSDP (trainer=fsdp,
+weights, gradients and optimizer states sharded), computes what one process computes on the
+same prompts: the same SFT and GRPO losses, metrics and parameter updates, and the same
+evaluation predictions, in item order.
 
-Each configuration runs twice as `python -m medrl.train` would (a subprocess; Lightning starts
-the second process): once on one process, once with `trainer=ddp trainer.devices=2`. LoRA
+Each configuration runs as `python -m medrl.train` would (a subprocess; Lightning starts the
+second process): once on one process, then once per strategy with `trainer.devices=2`. LoRA
 dropout is off: its masks are random draws that one process and two processes cut differently.
+The tests are parametrized by strategy (`-k fsdp` runs one) and share the one-process runs.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ COMMON = [
     "+reward.components.distinct.weight=1.0",
     "adapter.dropout=0",
 ]
-TWO_PROCESSES = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+STRATEGIES = ["ddp", "fsdp"]
 # 6 SFT examples in global batches of 4: the second batch (2 examples) is split 1 / 1.
 SFT = ["stages=[sft]", "sft.batch_size=4", "sft.max_steps=2"]
 # 4 prompts x G=2 per step: 2 prompts (4 completions, 2 micro-batches) per rank; the batch std
@@ -68,22 +70,31 @@ def train(run_dir: Path, overrides: list[str]) -> Path:
     return run_dir
 
 
-def one_and_two_processes(root: Path, overrides: list[str]) -> dict[str, Path]:
-    """The same run on one process and on two: {"one": its folder, "two": its folder}."""
-    return {
-        "one": train(root / "one", overrides),
-        "two": train(root / "two", [*overrides, *TWO_PROCESSES]),
-    }
+def two_processes(strategy: str) -> list[str]:
+    return [f"trainer={strategy}", "trainer.accelerator=cpu", "trainer.devices=2"]
 
 
 @pytest.fixture(scope="module")
-def sft_runs(tmp_path_factory, shared_dir) -> dict[str, Path]:
-    return one_and_two_processes(tmp_path_factory.mktemp("ddp_sft"), SFT)
+def sft_one(tmp_path_factory, shared_dir) -> Path:
+    return train(tmp_path_factory.mktemp("sft_one"), SFT)
 
 
 @pytest.fixture(scope="module")
-def grpo_runs(tmp_path_factory, shared_dir) -> dict[str, Path]:
-    return one_and_two_processes(tmp_path_factory.mktemp("ddp_grpo"), GRPO_EVAL)
+def grpo_one(tmp_path_factory, shared_dir) -> Path:
+    return train(tmp_path_factory.mktemp("grpo_one"), GRPO_EVAL)
+
+
+@pytest.fixture(scope="module", params=STRATEGIES)
+def sft_runs(request, sft_one, tmp_path_factory) -> dict[str, Path]:
+    """The same SFT run on one process and on two: {"one": its folder, "two": its folder}."""
+    two = tmp_path_factory.mktemp(f"sft_{request.param}")
+    return {"one": sft_one, "two": train(two, [*SFT, *two_processes(request.param)])}
+
+
+@pytest.fixture(scope="module", params=STRATEGIES)
+def grpo_runs(request, grpo_one, tmp_path_factory) -> dict[str, Path]:
+    two = tmp_path_factory.mktemp(f"grpo_{request.param}")
+    return {"one": grpo_one, "two": train(two, [*GRPO_EVAL, *two_processes(request.param)])}
 
 
 def metric_rows(run: Path, stage: str, key: str) -> list[float]:

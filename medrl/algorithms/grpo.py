@@ -50,6 +50,7 @@ from medrl.rollout import (
     generate,
     merge_rollouts,
 )
+from medrl.rollout.merged_adapter import autocast_weights
 from medrl.utils.timing import timed
 
 
@@ -330,10 +331,13 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
     def training_step(self, batch: Any, batch_idx: int) -> None:
         timings: dict[str, float] = {}
         step = self._collect_rollout(timings)
-        with timed(timings, "reference"):
-            ref_logp = self._reference_logprobs(step.rollout)
-        with timed(timings, "update"):
-            update_metrics = self._update(step, ref_logp, timings)
+        # Under autocast (bf16-mixed) the frozen weights are cast once for both passes rather
+        # than in every forward of every micro-batch (same numbers; medrl.rollout).
+        with self._frozen_weights_cast():
+            with timed(timings, "reference"):
+                ref_logp = self._reference_logprobs(step.rollout)
+            with timed(timings, "update"):
+                update_metrics = self._update(step, ref_logp, timings)
         self.rollout_step += 1
         metrics = {**self._rollout_metrics(self._rollout_facts(step)), **update_metrics}
         metrics.update({f"time/{k}": v for k, v in timings.items()})
@@ -345,6 +349,14 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
         self.log_dict(metrics, batch_size=len(step.rollout))
         self.log("reward/total", total, prog_bar=True, batch_size=len(step.rollout))
         self._maybe_log_samples(step)
+
+    @contextlib.contextmanager
+    def _frozen_weights_cast(self) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            for model in (self.model, self.reference):
+                if model is not None:
+                    stack.enter_context(autocast_weights(model, self.device))
+            yield
 
     # --- rollout ---------------------------------------------------------------------------
 

@@ -91,6 +91,15 @@ def test_mu_and_warmup_count_optimizer_steps_and_min_p_zero_is_off(compose):
     assert args["min_p"] == 0.1
 
 
+def test_precision_maps_to_trl_autocast_and_an_unknown_one_is_refused(compose):
+    module = defaults(compose)
+    assert mapped(module, precision="bf16-mixed")["bf16"] is True
+    assert mapped(module, precision="32-true")["bf16"] is False
+    assert mapped(module)["fp16"] is False
+    with pytest.raises(UnmappableSetting, match="precision"):
+        mapped(module, precision="16-mixed")
+
+
 @pytest.mark.parametrize(
     ("override", "key"),
     [

@@ -2,17 +2,20 @@
 
 - "medrl_decode" attention (one query token: two matmuls and a float32 softmax over the grouped
   heads) gives transformers' sdpa output, and sampling through it decodes the same tokens;
-- under autocast, Linear weights cast once for the rollout (autocast_weights) give the logits
-  autocast computes by casting them every call, and the model gets its own weights back.
+- under autocast, frozen Linear weights cast once (autocast_weights) give the logits and the
+  adapter gradients autocast computes by casting them every call, and the model gets its own
+  weights back.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from contextlib import nullcontext
 
 import pytest
 import torch
+from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -26,6 +29,17 @@ from medrl.rollout import (
 )
 from medrl.rollout.decode_attention import decode_attention_forward, sampling_attention
 from medrl.rollout.merged_adapter import autocast_weights
+
+
+@pytest.fixture
+def lora_model(tiny_policy):
+    """The tiny model under a LoRA adapter with random B: frozen base, trainable adapters."""
+    torch.manual_seed(0)
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+    )
+    return get_peft_model(copy.deepcopy(tiny_policy.model), config).eval()
+
 
 PROMPTS = ["Which vitamin deficiency causes scurvy?", "A", "Name the nerve of the deltoid."]
 CPU = torch.device("cpu")
@@ -119,18 +133,21 @@ def prompt_logits(model, tok):
     return model(input_ids=ids, attention_mask=mask).logits
 
 
-def test_autocast_weights_give_autocast_logits_and_restore_the_weights(tiny_policy):
-    model, tok = tiny_policy.model.eval(), tiny_policy.tokenizer
-    objects = dict(model.named_parameters())
+def test_autocast_weights_give_autocast_logits_and_restore_the_weights(tiny_policy, lora_model):
+    tok = tiny_policy.tokenizer
+    objects = dict(lora_model.named_parameters())
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        recast_every_call = prompt_logits(model, tok)
-        with autocast_weights(model, CPU) as dtype:
+        recast_every_call = prompt_logits(lora_model, tok)
+        with autocast_weights(lora_model, CPU) as dtype:
             assert dtype == torch.bfloat16
-            linears = [m for m in model.modules() if type(m) is nn.Linear]
-            assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
-            cast_once = prompt_logits(model, tok)
+            linears = [m for m in lora_model.modules() if type(m) is nn.Linear]
+            frozen = [m for m in linears if not m.weight.requires_grad]
+            assert frozen and all(m.weight.dtype == torch.bfloat16 for m in frozen)
+            trainable = [m for m in linears if m.weight.requires_grad]
+            assert trainable and all(m.weight.dtype == torch.float32 for m in trainable)
+            cast_once = prompt_logits(lora_model, tok)
     assert torch.equal(cast_once, recast_every_call)
-    for name, param in model.named_parameters():
+    for name, param in lora_model.named_parameters():
         assert param is objects[name], f"{name}: the model's own Parameter is put back"
         assert param.dtype == torch.float32
 
@@ -141,3 +158,21 @@ def test_autocast_weights_change_nothing_without_autocast(tiny_policy):
     with autocast_weights(model, CPU) as dtype:
         assert dtype is None
         assert dict(model.named_parameters()) == objects
+
+
+def test_autocast_weights_keep_the_adapter_gradients(tiny_policy, lora_model):
+    tok = tiny_policy.tokenizer
+
+    def adapter_grads():
+        lora_model.zero_grad()
+        prompt_logits(lora_model, tok).float().logsumexp(-1).sum().backward()
+        return {n: p.grad.clone() for n, p in lora_model.named_parameters() if p.requires_grad}
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        recast_every_call = adapter_grads()
+        with autocast_weights(lora_model, CPU):
+            cast_once = adapter_grads()
+    assert recast_every_call.keys() == cast_once.keys() and cast_once
+    for name, grad in cast_once.items():
+        assert grad.abs().sum() > 0, name
+        torch.testing.assert_close(grad, recast_every_call[name], rtol=0, atol=0, msg=name)

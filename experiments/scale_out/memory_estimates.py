@@ -91,13 +91,25 @@ def activation_bytes(arch: Architecture, load: Workload) -> float:
     return arch.layers * per_layer + log_softmax
 
 
-def estimate(arch: Architecture, quantized: bool, load: Workload) -> dict[str, float]:
+def estimate(
+    arch: Architecture, quantized: bool, load: Workload, fsdp_processes: int = 1
+) -> dict[str, float]:
+    """Bytes per process. fsdp_processes > 1: trainer=fsdp (FULL_SHARD, bf16 LoRA): each
+    process keeps 1/N of the decoder layers' weights and adapter states, plus the root unit
+    (embedding, whole during a forward) and two gathered decoder layers (the one computing and
+    the one prefetched); each process samples and trains its 1/N of the rows."""
     linear, embedding = arch.linear_params(), arch.embedding_params()
     weights = embedding * 2 + (linear * (0.5 + 0.127 / 8) if quantized else linear * 2)
+    adapter = arch.lora_params(load.lora_rank) * 16
     rows = load.prompts * load.group
+    if fsdp_processes > 1:
+        layer = linear * 2 / arch.layers
+        weights = embedding * 2 + linear * 2 / fsdp_processes + 2 * layer
+        adapter /= fsdp_processes
+        rows //= fsdp_processes
     figures = {
         "weights": weights,
-        "adapter + AdamW": arch.lora_params(load.lora_rank) * 16,
+        "adapter + AdamW": adapter,
         "rollout KV cache": rows
         * (load.prompt_tokens + load.new_tokens)
         * arch.kv_bytes_per_token(),
@@ -113,11 +125,11 @@ def table(load: Workload) -> str:
         "| model | adapter | " + " | ".join(columns) + " | total (est.) |",
         "| --- | --- | " + " | ".join("---:" for _ in columns) + " | ---: |",
     ]
+    setups = [(False, 1, "LoRA (bf16)"), (True, 1, "QLoRA (NF4)"), (False, 4, "LoRA, fsdp x4")]
     for arch in QWEN3:
-        for quantized in (False, True):
-            figures = estimate(arch, quantized, load)
+        for quantized, processes, adapter in setups:
+            figures = estimate(arch, quantized, load, processes)
             cells = [f"{figures[c] / GIB:.2f}" for c in [*columns, "total"]]
-            adapter = "QLoRA (NF4)" if quantized else "LoRA (bf16)"
             lines.append(f"| {arch.name} | {adapter} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -127,6 +139,7 @@ if __name__ == "__main__":
     print(
         f"GiB per process, estimated (not measured): B={load.prompts} prompts x G={load.group}, "
         f"{load.prompt_tokens} prompt + {load.new_tokens} new tokens, micro-batch "
-        f"{load.micro_batch}, LoRA r={load.lora_rank} on q/k/v/o, no activation checkpointing.\n"
+        f"{load.micro_batch}, LoRA r={load.lora_rank} on q/k/v/o, no activation checkpointing; "
+        "fsdp x4: trainer=fsdp on 4 processes (FULL_SHARD), each with 1/4 of the rows.\n"
     )
     print(table(load))

@@ -46,9 +46,10 @@ def distinct_characters(completion: str, sample) -> float:
 VARYING = RewardSet((RewardComponent("distinct", distinct_characters, 1.0),))
 
 
-def fit(module: GRPOModule, steps: int) -> pl.Trainer:
+def fit(module: GRPOModule, steps: int, precision: str = "32-true") -> pl.Trainer:
     trainer = pl.Trainer(
         max_steps=steps * module.mu,
+        precision=precision,
         max_epochs=1,
         accelerator="cpu",
         logger=False,
@@ -89,6 +90,23 @@ def test_two_grpo_steps_change_the_lora_weights_and_not_the_base(tiny_spec):
     changed = {n for n, p in policy.model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all("lora_" in n for n in changed)
     assert any("lora_B" in n for n in changed)
+
+
+def test_bf16_mixed_trains_the_adapters_and_leaves_the_fp32_base_as_it_was(tiny_spec):
+    # Under autocast, rollouts and log-prob passes run on bf16 copies of the frozen weights
+    # (medrl.rollout.merged_adapter.autocast_weights): the model must get its own back.
+    pl.seed_everything(0)
+    policy = load_policy(tiny_spec, LoraAdapter(r=4, alpha=8, dropout=0.0))
+    objects = dict(policy.model.named_parameters())
+    before = {n: p.detach().clone() for n, p in objects.items()}
+    trainer = fit(module_for(policy), steps=2, precision="bf16-mixed")
+    assert torch.isfinite(torch.tensor(trainer.callback_metrics["loss/loss"]))
+    assert trainer.callback_metrics["loss/kl"] > 0, "the adapters moved the policy"
+    after = dict(policy.model.named_parameters())
+    assert after.keys() == objects.keys()
+    assert all(after[n] is objects[n] and after[n].dtype == torch.float32 for n in after)
+    changed = {n for n, p in after.items() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n for n in changed)
 
 
 def test_mu_greater_than_one_makes_several_optimizer_steps_per_rollout(tiny_spec):

@@ -12,6 +12,15 @@ from medrl.prompts import build_messages, render_prompt
 from medrl.rewards import RewardBreakdown, RewardSample, RewardSet
 
 
+def precision_autocast(cfg: Any) -> Any:
+    """The compute `cfg.precision` names, for code that runs outside a Trainer (rollouts):
+    bf16-mixed autocasts to bfloat16 as Lightning's precision plugin and TRL's bf16=True do."""
+    import torch
+
+    device_type = "cuda" if cfg.device == "cuda" else "cpu"
+    return torch.autocast(device_type, torch.bfloat16, enabled=cfg.precision == "bf16-mixed")
+
+
 def model_spec(cfg: Any) -> Any:
     """The model group's spec with the bench's dtype (both systems load these weights)."""
     spec = instantiate(cfg.model)

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 
-from medrl.bench.common import model_spec
+from medrl.bench.common import model_spec, precision_autocast
 from medrl.bench.environment import rss_bytes
 from medrl.bench.instrument import PhaseClock, causal_lm, time_generation
 from medrl.bench.settings import BenchTask, grpo_kwargs
@@ -34,7 +34,7 @@ def run_rollout(task: BenchTask, cfg: Any, clock: PhaseClock) -> dict[str, Any]:
         inputs = tokenizer(
             list(task.prompts), return_tensors="pt", padding=True, padding_side="left"
         ).to(cfg.device)
-        with torch.no_grad():
+        with torch.no_grad(), precision_autocast(cfg):
             model.generate(
                 input_ids=inputs["input_ids"],
                 attention_mask=inputs["attention_mask"],

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from medrl.bench.common import (
     check_same_prompts,
     model_spec,
+    precision_autocast,
     render_prompts,
     sft_examples,
     timed_rewards,
@@ -167,22 +168,33 @@ def run_sft(task: BenchTask, cfg: Any, clock: PhaseClock) -> dict[str, Any]:
 
 
 def run_rollout(task: BenchTask, cfg: Any, clock: PhaseClock) -> dict[str, Any]:
-    """`task.total_steps` calls of medrl.rollout.generate: B prompts x G samples each."""
+    """`task.total_steps` calls of medrl.rollout.generate: B prompts x G samples each, with
+    the engine and compute precision GRPO samples with. medrl's sampler never calls
+    model.generate (which the other side's clock wraps): the phases and counters come from
+    generate's own timings and the rollout it returns."""
     policy = load_policy(model_spec(cfg), instantiate(cfg.adapter))
     policy.model.to(cfg.device)
     loaded_rss = rss_bytes()
     settings = grpo_kwargs(cfg)
-    eos = eos_token_ids(policy.model, policy.tokenizer)
-    time_generation(clock, policy.model, causal_lm(policy.model), eos)
     for _ in range(task.total_steps):
         clock.begin_step()
-        generate(
-            policy.model,
-            policy.tokenizer,
-            task.prompts,
-            settings["sampling"],
-            num_samples=settings["group_size"],
-        )
+        timings: dict[str, float] = {}
+        with precision_autocast(cfg), clock.phase("generate"):
+            rollout = generate(
+                policy.model,
+                policy.tokenizer,
+                task.prompts,
+                settings["sampling"],
+                num_samples=settings["group_size"],
+                engine=settings["engine"],  # as GRPOModule samples
+                timings=timings,
+            )
+        if "prefill" in timings:
+            clock.add("prefill", timings["prefill"])
+        clock.count("completion_tokens", float(sum(rollout.num_tokens)))
+        clock.count("rows", float(len(rollout.texts)))
+        clock.count("decode_width", float(rollout.completion_ids.shape[1]))
+        clock.count("prompt_width", float(rollout.prompt_ids.shape[1]))
         clock.end_step({"threads": float(torch.get_num_threads())})
     return {"rss_after_load_bytes": loaded_rss}
 

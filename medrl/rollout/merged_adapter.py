@@ -10,8 +10,10 @@ swapped back afterwards.
 
 Under autocast (Lightning's bf16-mixed), every matmul casts its float32 weight to bfloat16 on
 each call; with frozen weights autocast keeps no cache, so a decode step would re-cast the whole
-model once per token. autocast_weights casts every Linear weight once for the rollout instead:
-the same bfloat16 numbers autocast would use.
+model once per token. autocast_weights casts every frozen Linear weight once for the rollout
+instead: the same bfloat16 numbers autocast would use. A merged weight is then rounded to
+bfloat16 as a whole, so under autocast merged sampling matches peft's unmerged forward to
+bfloat16 rounding (to float32 rounding without autocast).
 """
 
 from __future__ import annotations

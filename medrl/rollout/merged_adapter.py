@@ -18,7 +18,7 @@ bfloat16 rounding (to float32 rounding without autocast).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -76,23 +76,35 @@ def merged_lora(model: nn.Module) -> Iterator[bool]:
     if not can_merge_exactly(model):
         yield False
         return
-    originals: list[tuple[nn.Linear, nn.Parameter]] = []
+    merged = ((layer.get_base_layer(), _merged_weight(layer)) for layer in lora_layers(model))
+    with swapped_weights(merged), model.disable_adapter():
+        yield True
+
+
+def _merged_weight(layer: nn.Module) -> torch.Tensor:
+    """W + the delta of every active adapter of a LoRA layer (a new tensor; no gradients)."""
+    merged = layer.get_base_layer().weight.detach().clone()
+    for name in layer.active_adapters:
+        if name in layer.lora_A:
+            merged += layer.get_delta_weight(name).to(merged.dtype)
+    return merged
+
+
+@contextmanager
+def swapped_weights(replacements: Iterable[tuple[nn.Module, torch.Tensor]]) -> Iterator[None]:
+    """Inside the block each module's weight is a frozen Parameter holding its replacement
+    tensor (computed under no_grad as the iterable yields it); the original Parameter objects,
+    untouched, are put back afterwards, also when the block raises."""
+    originals: list[tuple[nn.Module, nn.Parameter]] = []
     try:
         with torch.no_grad():
-            for layer in lora_layers(model):
-                base = layer.get_base_layer()
-                weight = base.weight
-                merged = weight.detach().clone()
-                for name in layer.active_adapters:
-                    if name in layer.lora_A:
-                        merged += layer.get_delta_weight(name).to(merged.dtype)
-                originals.append((base, weight))
-                base.weight = nn.Parameter(merged, requires_grad=False)
-        with model.disable_adapter():
-            yield True
+            for module, tensor in replacements:
+                originals.append((module, module.weight))
+                module.weight = nn.Parameter(tensor, requires_grad=False)
+        yield
     finally:
-        for base, weight in originals:
-            base.weight = weight
+        for module, weight in originals:
+            module.weight = weight
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
@@ -119,16 +131,13 @@ def autocast_weights(model: nn.Module, device: torch.device) -> Iterator[torch.d
     if dtype is None or is_fsdp_managed(model):  # sharded weights: see can_merge_exactly
         yield None
         return
-    originals: list[tuple[nn.Linear, nn.Parameter]] = []
-    try:
-        with torch.no_grad():
-            for module in model.modules():
-                weight = getattr(module, "weight", None)
-                if type(module) is not nn.Linear or weight.requires_grad or weight.dtype == dtype:
-                    continue
-                originals.append((module, weight))
-                module.weight = nn.Parameter(weight.detach().to(dtype), requires_grad=False)
+    frozen = (
+        module
+        for module in model.modules()
+        if type(module) is nn.Linear
+        and not module.weight.requires_grad
+        and module.weight.dtype != dtype
+    )
+    cast = [(module, module.weight.detach().to(dtype)) for module in frozen]
+    with swapped_weights(cast):
         yield dtype
-    finally:
-        for module, weight in originals:
-            module.weight = weight

@@ -454,6 +454,7 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
             temperature=self.sampling.temperature,
             return_entropy=entropy,
             prompt_groups=groups,
+            pack=self.engine.pack_completions,
         )
 
     def _micro_batches(self, n: int) -> Iterator[slice]:

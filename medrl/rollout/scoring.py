@@ -7,6 +7,11 @@ Two ways to run the forward pass, with the same result:
           (which carries gradients) is repeated for the rows and only the completions run after
           it. With G completions per prompt this does 1/G of the prompt work, forward and
           backward, and keeps 1/G of the prompt activations.
+* packed: the shared layout without any padding. The micro-batch becomes one row: each distinct
+          prompt's real tokens, then every completion's real tokens, under a tree-shaped
+          attention mask (a token sees its own prompt and the earlier tokens of its own
+          completion) with each token at its unpadded position. Completions of different
+          lengths then cost their own length, not the longest one's.
 
 Either way logits are computed only at the positions that predict completion tokens and the
 log-softmax is taken at the target ids in float32, a chunk of rows at a time, as
@@ -18,6 +23,7 @@ Shapes: N rows, P prompt width (left-padded), C completion width (right-padded),
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -29,6 +35,9 @@ from medrl.rollout.generation import model_device
 # Budget for the [rows, C, V] float32 temporary of one log-softmax chunk when chunk_size is None:
 # 2**24 elements = 64 MiB, small next to the model yet large enough that typical C * V fits a row.
 _LOGSOFTMAX_CHUNK_ELEMENTS = 1 << 24
+# Largest [T, T] attention mask of the packed layout (2**28 booleans = 256 MiB, T = 16384);
+# a larger micro-batch takes the shared path.
+_PACKED_MASK_ELEMENTS = 1 << 28
 
 
 def completion_logprobs(
@@ -41,6 +50,7 @@ def completion_logprobs(
     temperature: float = 1.0,
     return_entropy: bool = False,
     prompt_groups: Sequence[int] | torch.Tensor | None = None,
+    pack: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """log pi(y_t | x, y_<t) of every completion token, [N, C] float32; 0 where masked.
 
@@ -56,6 +66,9 @@ def completion_logprobs(
     prompt_groups: None runs every row's prompt (the full path). Otherwise one label per row
     [N]; rows with the same label must have identical prompt_ids and prompt_mask (checked) and
     share one prompt forward (the shared path).
+    pack: with prompt_groups, run the packed layout where the model allows it
+    (`takes_tree_mask`), every completion mask is a run of ones then zeros (a Rollout's
+    always is) and the micro-batch's [T, T] mask stays under 256 MiB; otherwise the shared path.
 
     Gradients flow when called outside ``torch.no_grad()``; the model's train/eval mode is the
     caller's choice. The result is on the model's device.
@@ -72,6 +85,14 @@ def completion_logprobs(
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     completion_ids = completion_ids[:, :used].to(device)  # [N, c]
     completion_mask = completion_mask[:, :used].to(device)  # [N, c]
+    if prompt_groups is not None and pack and _packable(model, prompt_mask, completion_mask):
+        groups = torch.as_tensor(prompt_groups, dtype=torch.long, device=device)
+        logits = _packed_logits(
+            model, prompt_ids, prompt_mask, completion_ids, completion_mask, groups
+        )  # [K, V]
+        return _packed_results(
+            logits, completion_ids, completion_mask, width, chunk_size, temperature, return_entropy
+        )
     if prompt_groups is None:
         parts = _full_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
     else:
@@ -160,6 +181,164 @@ def _shared_prompt_logits(
         use_cache=True,
     ).logits  # [N, C-1, V]; position t predicts completion token t+1
     return [first, rest]
+
+
+def takes_tree_mask(model: nn.Module) -> bool:
+    """Whether the model's attention takes a custom [1, 1, T, T] mask as it is: transformers'
+    sdpa and eager implementations do (flash-attention kernels do not), and every layer must
+    attend fully (a sliding-window layer would apply the window on top of the mask)."""
+    config = getattr(model, "config", None)
+    if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
+        return False
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return all(kind == "full_attention" for kind in layer_types)
+    return getattr(config, "sliding_window", None) is None
+
+
+def _packable(model: nn.Module, prompt_mask: torch.Tensor, completion_mask: torch.Tensor) -> bool:
+    """Packing needs prefix completion masks (later tokens would otherwise move), a model that
+    honours the mask, and a [T, T] mask of reasonable size (T bounded by every row's tokens)."""
+    is_prefix = torch.equal(completion_mask.long().cummin(dim=1).values, completion_mask.long())
+    tokens_bound = int(prompt_mask.sum()) + int(completion_mask.sum())
+    small = tokens_bound**2 <= _PACKED_MASK_ELEMENTS
+    return is_prefix and small and takes_tree_mask(model)
+
+
+@dataclass(frozen=True)
+class PackedLayout:
+    """One row holding a micro-batch: each distinct prompt's real tokens, then every
+    completion's real tokens except its last (which predicts nothing).
+
+    input_ids, position_ids: [1, T]; a completion token's position continues its prompt's.
+    allowed:    [T, T] bool, True where query t may attend to key s: s <= t, and s is in t's
+                own segment or in the prompt t's completion continues.
+    predictors: [K] the position whose logits predict each completion token, in the row-major
+                order of the completion mask (K = its sum): a prompt's last token predicts
+                token 0 of each of its completions, completion input t predicts token t+1.
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    allowed: torch.Tensor
+    predictors: torch.Tensor
+
+
+def packed_layout(
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    first_rows: torch.Tensor,
+    row_to_prompt: torch.Tensor,
+) -> PackedLayout:
+    """The PackedLayout of N rows whose completion masks are prefixes (ones then zeros)."""
+    ids, positions, segments, parents = [], [], [], []
+    prompt_last: list[int] = []
+    prompt_length: list[int] = []
+    start = 0
+    for segment, row in enumerate(first_rows.tolist()):
+        tokens = prompt_ids[row][prompt_mask[row].bool()]  # [L] real prompt tokens
+        ids.append(tokens)
+        positions.append(torch.arange(len(tokens)))
+        segments.append(torch.full((len(tokens),), segment))
+        parents.append(segment)
+        start += len(tokens)
+        prompt_last.append(start - 1)
+        prompt_length.append(len(tokens))
+    predictors: list[torch.Tensor] = []
+    lengths = completion_mask.long().sum(dim=1).tolist()  # [N] real completion tokens
+    for row, (length, prompt) in enumerate(zip(lengths, row_to_prompt.tolist(), strict=True)):
+        if length == 0:
+            continue
+        inputs = completion_ids[row, : length - 1].cpu()  # [n-1]
+        ids.append(inputs)
+        positions.append(prompt_length[prompt] + torch.arange(length - 1))
+        segments.append(torch.full((length - 1,), len(parents)))
+        parents.append(prompt)
+        predictors.append(torch.tensor([prompt_last[prompt]]))
+        predictors.append(start + torch.arange(length - 1))
+        start += length - 1
+    segment = torch.cat(segments)  # [T] segment of each packed token
+    parent = torch.tensor(parents)[segment]  # [T] the prompt segment each token continues
+    index = torch.arange(len(segment))
+    causal = index.unsqueeze(1) >= index.unsqueeze(0)  # [T, T] key s <= query t
+    related = (segment.unsqueeze(1) == segment.unsqueeze(0)) | (
+        parent.unsqueeze(1) == segment.unsqueeze(0)
+    )  # key in the query's own segment, or in the prompt the query's completion continues
+    return PackedLayout(
+        input_ids=torch.cat([i.cpu() for i in ids]).unsqueeze(0),
+        position_ids=torch.cat(positions).unsqueeze(0),
+        allowed=causal & related,
+        predictors=torch.cat(predictors) if predictors else torch.zeros(0, dtype=torch.long),
+    )
+
+
+def _packed_logits(
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    groups: torch.Tensor,
+) -> torch.Tensor:
+    """logits [K, V] predicting every completion token (row-major order of the mask)."""
+    first_rows, row_to_prompt = _group_representatives(groups)  # [U], [N]
+    _check_same_prompts(prompt_ids, prompt_mask, first_rows, row_to_prompt)
+    layout = packed_layout(
+        prompt_ids, prompt_mask, completion_ids, completion_mask, first_rows, row_to_prompt
+    )
+    device = model_device(model)
+    allowed = layout.allowed.to(device)[None, None]  # [1, 1, T, T]
+    if model.config._attn_implementation == "eager":  # eager adds its mask to the scores
+        dtype = next(model.parameters()).dtype
+        allowed = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
+            ~allowed, torch.finfo(dtype).min
+        )
+    logits = model(
+        input_ids=layout.input_ids.to(device),
+        attention_mask=allowed,
+        position_ids=layout.position_ids.to(device),
+        logits_to_keep=layout.predictors.to(device),
+        use_cache=False,
+    ).logits  # [1, K, V]
+    return logits[0]
+
+
+def _packed_results(
+    logits: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    width: int,
+    chunk_size: int | None,
+    temperature: float,
+    return_entropy: bool,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs (and entropies) [N, width] from packed logits [K, V]."""
+    real = completion_mask.bool()  # [N, c]
+    targets = completion_ids[real]  # [K]
+    rows = chunk_size or max(1, _LOGSOFTMAX_CHUNK_ELEMENTS // max(1, logits.shape[-1]))
+    logp = torch.cat(
+        [
+            _gather_logprobs(logits[k : k + rows], targets[k : k + rows], temperature)
+            for k in range(0, len(targets), rows)
+        ]
+        or [logits.new_zeros(0, dtype=torch.float32)]
+    )  # [K]
+    spread = logp.new_zeros(real.shape).masked_scatter(real, logp)  # [N, c]
+    spread = torch.nn.functional.pad(spread, (0, width - real.shape[1]))
+    if not return_entropy:
+        return spread
+    with torch.no_grad():
+        entropy = torch.cat(
+            [
+                token_entropy(logits[k : k + rows] / temperature)
+                for k in range(0, len(targets), rows)
+            ]
+            or [logp.new_zeros(0)]
+        )
+        entropy = logp.new_zeros(real.shape).masked_scatter(real, entropy.float())
+    return spread, torch.nn.functional.pad(entropy, (0, width - real.shape[1]))
 
 
 def _group_representatives(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -61,11 +61,16 @@ class EngineSettings:
                    Ignored where merging is not exact (QLoRA's 4-bit base, DoRA, non-Linear).
     shared_prompt_logprobs: log-prob passes run each distinct prompt of a micro-batch once and
                    share its KV cache (with gradients) across the completions that follow it.
+    pack_completions: with shared_prompt_logprobs, a micro-batch's log-prob pass is one packed
+                   row without padding (medrl.rollout.scoring: each prompt once, then every
+                   completion at its own length under a tree-shaped attention mask), where the
+                   model's attention takes such a mask (sdpa or eager, no sliding windows).
     """
 
     sampler: str = "medrl"
     merge_adapter: bool = True
     shared_prompt_logprobs: bool = True
+    pack_completions: bool = True
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -76,4 +81,6 @@ class EngineSettings:
 
 # The straightforward path: transformers' generate through peft's unmerged layers, every row's
 # prompt in every log-prob pass. generate() uses it unless given an engine.
-STRAIGHTFORWARD = EngineSettings(sampler="hf", merge_adapter=False, shared_prompt_logprobs=False)
+STRAIGHTFORWARD = EngineSettings(
+    sampler="hf", merge_adapter=False, shared_prompt_logprobs=False, pack_completions=False
+)

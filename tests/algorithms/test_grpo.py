@@ -190,6 +190,7 @@ STRAIGHTFORWARD_ENGINE = [
     "grpo.module.engine.sampler=hf",
     "grpo.module.engine.merge_adapter=false",
     "grpo.module.engine.shared_prompt_logprobs=false",
+    "grpo.module.engine.pack_completions=false",
 ]
 
 

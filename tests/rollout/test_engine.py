@@ -6,7 +6,8 @@
 - rows that end leave the batch without changing the other rows;
 - a LoRA adapter merged for sampling gives the unmerged logits and leaves the weights as they
   were, bit for bit;
-- shared-prompt log-probs = full log-probs, in value, entropy and gradients.
+- shared-prompt log-probs, and the packed layout, = full log-probs, in value, entropy and
+  gradients.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from medrl.rollout import (
 )
 from medrl.rollout.decoding import decode, sample_categorical
 from medrl.rollout.merged_adapter import can_merge_exactly, merged_lora
+from medrl.rollout.scoring import packed_layout, takes_tree_mask
 
 PROMPTS = [
     "Which vitamin deficiency causes scurvy?",
@@ -229,8 +231,12 @@ def logprobs(model, rollout, groups, **kwargs):
     )
 
 
+LAYOUTS = {"shared": {"pack": False}, "packed": {"pack": True}}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_shared_prompt_logprobs_equal_full_logprobs(tiny_policy, lora_policy, temperature):
+def test_shared_prompt_logprobs_equal_full_logprobs(tiny_policy, lora_policy, temperature, layout):
     rollout = sampled_rollout(tiny_policy, lora_policy)
     with torch.no_grad():
         full, full_entropy = logprobs(
@@ -243,31 +249,37 @@ def test_shared_prompt_logprobs_equal_full_logprobs(tiny_policy, lora_policy, te
             temperature=temperature,
             return_entropy=True,
             chunk_size=2,
+            **LAYOUTS[layout],
         )
     torch.testing.assert_close(shared, full, atol=1e-5, rtol=0)
     torch.testing.assert_close(shared_entropy, full_entropy, atol=1e-4, rtol=0)
     assert shared[rollout.completion_mask == 0].eq(0).all()
+    assert shared_entropy[rollout.completion_mask == 0].eq(0).all()
 
 
-def test_shared_prompt_logprobs_give_full_gradients(tiny_policy, lora_policy):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_shared_prompt_logprobs_give_full_gradients(tiny_policy, lora_policy, layout):
     rollout = sampled_rollout(tiny_policy, lora_policy)
     weights = torch.linspace(-1, 1, rollout.completion_ids.numel()).view_as(
         rollout.completion_ids.float()
     )
 
-    def lora_grads(groups):
+    def lora_grads(groups, **kwargs):
         lora_policy.zero_grad(set_to_none=True)
-        (logprobs(lora_policy, rollout, groups) * weights).sum().backward()
+        (logprobs(lora_policy, rollout, groups, **kwargs) * weights).sum().backward()
         return {n: p.grad.clone() for n, p in lora_policy.named_parameters() if p.requires_grad}
 
-    full, shared = lora_grads(None), lora_grads(rollout.group_index)
+    full, shared = lora_grads(None), lora_grads(rollout.group_index, **LAYOUTS[layout])
     assert full.keys() == shared.keys() and full
     for name in full:
         torch.testing.assert_close(shared[name], full[name], atol=1e-5, rtol=1e-4)
     lora_policy.zero_grad(set_to_none=True)
 
 
-def test_a_micro_batch_may_hold_parts_of_groups_and_one_token_completions(tiny_policy, lora_policy):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_micro_batch_may_hold_parts_of_groups_and_one_token_completions(
+    tiny_policy, lora_policy, layout
+):
     rollout = sampled_rollout(tiny_policy, lora_policy)
     rows = slice(2, 7)  # the end of group 0, group 1, the start of group 2
     short = dict(
@@ -284,9 +296,96 @@ def test_a_micro_batch_may_hold_parts_of_groups_and_one_token_completions(tiny_p
                 kwargs["completion_mask"] = rollout.completion_mask[rows]
             full = completion_logprobs(lora_policy, **kwargs)
             shared = completion_logprobs(
-                lora_policy, **kwargs, prompt_groups=rollout.group_index[rows]
+                lora_policy, **kwargs, prompt_groups=rollout.group_index[rows], **LAYOUTS[layout]
             )
             torch.testing.assert_close(shared, full, atol=1e-5, rtol=0)
+
+
+def test_the_packed_layout_puts_each_prompt_once_then_every_completion_unpadded():
+    # Two rows continuing one prompt (real tokens 7, 8 after a pad), completions of 3 and 1
+    # real tokens; the last real token of each completion is not an input.
+    prompt_ids = torch.tensor([[0, 7, 8], [0, 7, 8]])
+    prompt_mask = torch.tensor([[0, 1, 1], [0, 1, 1]])
+    completion_ids = torch.tensor([[21, 22, 23], [31, 0, 0]])
+    completion_mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    layout = packed_layout(
+        prompt_ids,
+        prompt_mask,
+        completion_ids,
+        completion_mask,
+        first_rows=torch.tensor([0]),
+        row_to_prompt=torch.tensor([0, 0]),
+    )
+    assert layout.input_ids.tolist() == [[7, 8, 21, 22]]
+    assert layout.position_ids.tolist() == [[0, 1, 2, 3]]
+    # Tokens 21, 22, 23 are predicted by 8 (position 1), 21, 22; token 31 by 8 again.
+    assert layout.predictors.tolist() == [1, 2, 3, 1]
+    assert layout.allowed.int().tolist() == [
+        [1, 0, 0, 0],
+        [1, 1, 0, 0],
+        [1, 1, 1, 0],
+        [1, 1, 1, 1],
+    ]
+
+
+def test_packed_completions_of_two_prompts_see_only_their_own_prompt():
+    prompt_ids = torch.tensor([[5, 6], [0, 9]])
+    prompt_mask = torch.tensor([[1, 1], [0, 1]])
+    completion_ids = torch.tensor([[40, 41], [50, 51]])
+    completion_mask = torch.ones(2, 2, dtype=torch.long)
+    layout = packed_layout(
+        prompt_ids,
+        prompt_mask,
+        completion_ids,
+        completion_mask,
+        first_rows=torch.tensor([0, 1]),
+        row_to_prompt=torch.tensor([0, 1]),
+    )
+    assert layout.input_ids.tolist() == [[5, 6, 9, 40, 50]]
+    assert layout.position_ids.tolist() == [[0, 1, 0, 2, 1]]
+    assert layout.predictors.tolist() == [1, 3, 2, 4]
+    assert layout.allowed.int().tolist() == [
+        [1, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0],
+        [0, 0, 1, 0, 0],
+        [1, 1, 0, 1, 0],
+        [0, 0, 1, 0, 1],
+    ]
+
+
+def test_packed_logprobs_under_eager_attention_equal_full_logprobs(tiny_policy, lora_policy):
+    rollout = sampled_rollout(tiny_policy, lora_policy)
+    lora_policy.set_attn_implementation("eager")
+    try:
+        assert takes_tree_mask(lora_policy)
+        with torch.no_grad():
+            full = logprobs(lora_policy, rollout, None)
+            packed = logprobs(lora_policy, rollout, rollout.group_index, pack=True)
+    finally:
+        lora_policy.set_attn_implementation("sdpa")
+    torch.testing.assert_close(packed, full, atol=1e-5, rtol=0)
+
+
+def test_packing_is_skipped_where_the_mask_would_not_be_honoured(
+    tiny_policy, lora_policy, monkeypatch
+):
+    assert takes_tree_mask(lora_policy)
+    config = lora_policy.config
+    layers = config.num_hidden_layers
+    monkeypatch.setattr(config, "layer_types", ["sliding_attention"] * layers, raising=False)
+    assert not takes_tree_mask(lora_policy)
+    monkeypatch.setattr(config, "layer_types", ["full_attention"] * layers, raising=False)
+    monkeypatch.setattr(config, "_attn_implementation", "flash_attention_2", raising=False)
+    assert not takes_tree_mask(lora_policy)
+
+
+def test_completion_masks_with_holes_take_the_shared_path(tiny_policy, lora_policy):
+    rollout = sampled_rollout(tiny_policy, lora_policy)
+    rollout.completion_mask[0, 1] = 0  # not a prefix: packing would drop the tokens after it
+    with torch.no_grad():
+        shared = logprobs(lora_policy, rollout, rollout.group_index)
+        packed = logprobs(lora_policy, rollout, rollout.group_index, pack=True)
+    assert torch.equal(packed, shared)
 
 
 def test_rows_with_different_prompts_in_one_group_are_refused(tiny_policy, lora_policy):
@@ -328,3 +427,20 @@ def test_columns_after_every_rows_end_are_skipped_without_changing_results(
     assert padded.shape == rollout.completion_ids.shape
     assert torch.equal(padded[:, :3], cut) and padded[:, 3:].eq(0).all()
     assert torch.equal(padded_entropy[:, :3], cut_entropy) and padded_entropy[:, 3:].eq(0).all()
+
+
+def test_a_micro_batch_too_large_for_one_packed_mask_takes_the_shared_path(
+    tiny_policy, lora_policy, monkeypatch
+):
+    from medrl.rollout import scoring
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("packed although the mask is over budget")
+
+    rollout = sampled_rollout(tiny_policy, lora_policy)
+    monkeypatch.setattr(scoring, "_PACKED_MASK_ELEMENTS", 16)
+    monkeypatch.setattr(scoring, "_packed_logits", refuse)
+    with torch.no_grad():
+        shared = logprobs(lora_policy, rollout, rollout.group_index)
+        packed = logprobs(lora_policy, rollout, rollout.group_index, pack=True)
+    assert torch.equal(packed, shared)

@@ -21,6 +21,7 @@ from torch import nn
 from medrl import distributed
 from medrl.rollout.decode_attention import sampling_attention
 from medrl.rollout.decoding import decode
+from medrl.rollout.few_row_linear import few_row_linears
 from medrl.rollout.merged_adapter import autocast_weights, merged_lora
 from medrl.rollout.settings import STRAIGHTFORWARD, EngineSettings, SamplingSettings
 from medrl.sharding import is_fsdp_managed, root_weights_gathered
@@ -227,6 +228,7 @@ def generate(
         merge,
         autocast_weights(model, device),
         sampling_attention(model),
+        few_row_linears(model, engine.few_row_linear_rows),
     ):
         outputs = [
             _generate_chunk(

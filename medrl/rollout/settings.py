@@ -65,22 +65,34 @@ class EngineSettings:
                    row without padding (medrl.rollout.scoring: each prompt once, then every
                    completion at its own length under a tree-shaped attention mask), where the
                    model's attention takes such a mask (sdpa or eager, no sliding windows).
+    few_row_linear_rows: while sampling on a CPU in float32, Linear layers over at most this
+                   many rows run weight-major, (W @ x^T)^T, which MKL computes much faster
+                   than x @ W^T for few rows (medrl.rollout.few_row_linear); 0 = off.
     """
 
     sampler: str = "medrl"
     merge_adapter: bool = True
     shared_prompt_logprobs: bool = True
     pack_completions: bool = True
+    few_row_linear_rows: int = 64
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
             raise ValueError(
                 f"sampler={self.sampler!r} is not valid; choose one of {list(SAMPLERS)}"
             )
+        if self.few_row_linear_rows < 0:
+            raise ValueError(
+                f"few_row_linear_rows must be >= 0 (0 = off), got {self.few_row_linear_rows}"
+            )
 
 
 # The straightforward path: transformers' generate through peft's unmerged layers, every row's
 # prompt in every log-prob pass. generate() uses it unless given an engine.
 STRAIGHTFORWARD = EngineSettings(
-    sampler="hf", merge_adapter=False, shared_prompt_logprobs=False, pack_completions=False
+    sampler="hf",
+    merge_adapter=False,
+    shared_prompt_logprobs=False,
+    pack_completions=False,
+    few_row_linear_rows=0,
 )

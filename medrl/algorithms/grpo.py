@@ -51,6 +51,7 @@ from medrl.rollout import (
     merge_rollouts,
 )
 from medrl.rollout.merged_adapter import autocast_weights
+from medrl.utils.heap import release_free_heap
 from medrl.utils.timing import timed
 
 
@@ -496,6 +497,8 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
             optimizer.zero_grad()
             local: Counter[str] = Counter()
             for rows in self._micro_batches(len(rollout)):
+                if self.engine.release_heap:
+                    release_free_heap()  # the last micro-batch's freed memory, to the OS
                 with timed(timings, "policy_forward"):
                     loss, metrics, entropy = self._micro_batch_loss(
                         step, rows, old_logp, ref_logp, mask, totals

@@ -329,11 +329,14 @@ def _packed_results(
     spread = torch.nn.functional.pad(spread, (0, width - real.shape[1]))
     if not return_entropy:
         return spread
+    # Entropies while the forward's activations are alive: as few positions at a time as
+    # the other paths (one completion's width), so its [n, V] temporaries stay small.
+    step = max(1, real.shape[1])
     with torch.no_grad():
         entropy = torch.cat(
             [
-                token_entropy(logits[k : k + rows] / temperature)
-                for k in range(0, len(targets), rows)
+                token_entropy(logits[k : k + step] / temperature)
+                for k in range(0, len(targets), step)
             ]
             or [logp.new_zeros(0)]
         )

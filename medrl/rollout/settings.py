@@ -68,6 +68,11 @@ class EngineSettings:
     few_row_linear_rows: while sampling on a CPU in float32, Linear layers over at most this
                    many rows run weight-major, (W @ x^T)^T, which MKL computes much faster
                    than x @ W^T for few rows (medrl.rollout.few_row_linear); 0 = off.
+    release_heap:  before each micro-batch of the update, hand the CPU heap's free pages back
+                   to the OS (glibc malloc_trim; medrl.utils.heap), so peak resident memory is
+                   what the micro-batch needs rather than what fragmentation left behind. Off
+                   by default: measured on this CPU it cut the bench's peak by about 0.12 GiB
+                   and cost about 1.3 s per update (the pages are faulted in again).
     """
 
     sampler: str = "medrl"
@@ -75,6 +80,7 @@ class EngineSettings:
     shared_prompt_logprobs: bool = True
     pack_completions: bool = True
     few_row_linear_rows: int = 64
+    release_heap: bool = False
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -95,4 +101,5 @@ STRAIGHTFORWARD = EngineSettings(
     shared_prompt_logprobs=False,
     pack_completions=False,
     few_row_linear_rows=0,
+    release_heap=False,
 )

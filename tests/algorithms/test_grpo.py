@@ -292,3 +292,18 @@ def test_dynamic_sampling_keeps_only_groups_with_signal_and_counts_extra_draws(t
     assert len(step.rollout) == 3 * groups and step.rollout.group_index[:3] == [0, 0, 0]
     assert step.adv.shape == (3 * groups,) and step.rewards.shape == (groups, 3)
     assert (step.rewards.max(1).values > step.rewards.min(1).values).all()
+
+
+@pytest.mark.parametrize("release", [True, False])
+def test_release_heap_trims_before_every_update_micro_batch_and_only_when_asked(
+    tiny_spec, monkeypatch, release
+):
+    from medrl.algorithms import grpo
+    from medrl.rollout import EngineSettings
+
+    calls = []
+    monkeypatch.setattr(grpo, "release_free_heap", lambda: calls.append(1) or True)
+    policy = load_policy(tiny_spec, LoraAdapter(r=4, alpha=8, dropout=0.0))
+    engine = EngineSettings(release_heap=release)
+    fit(module_for(policy, micro_batch_size=2, engine=engine), steps=1)
+    assert len(calls) == (3 if release else 0)  # 2 prompts x 3 samples, 2 per micro-batch

@@ -1,6 +1,6 @@
 """The token log-probs of given completions under a policy (current, old or reference).
 
-Two ways to run the forward pass, with the same result:
+Three ways to run the forward pass, with the same result:
 
 * full:   one forward over ``[prompt; completion]`` for every row;
 * shared: rows that continue the same prompt (a GRPO group) run that prompt once; its KV cache
@@ -13,7 +13,7 @@ Two ways to run the forward pass, with the same result:
           completion) with each token at its unpadded position. Completions of different
           lengths then cost their own length, not the longest one's.
 
-Either way logits are computed only at the positions that predict completion tokens and the
+Every way, logits are computed only at the positions that predict completion tokens and the
 log-softmax is taken at the target ids in float32, a chunk of rows at a time, as
 ``logit[target] - logsumexp(logits)``: no full-vocabulary [N, C, V] log-softmax is ever built.
 
@@ -31,13 +31,15 @@ from torch import nn
 from medrl.algorithms.core import token_entropy
 from medrl.rollout.decoding import real_token_positions
 from medrl.rollout.generation import model_device
+from medrl.rollout.kv_cache import supports_preallocated_cache
 
 # Budget for the [rows, C, V] float32 temporary of one log-softmax chunk when chunk_size is None:
 # 2**24 elements = 64 MiB, small next to the model yet large enough that typical C * V fits a row.
 _LOGSOFTMAX_CHUNK_ELEMENTS = 1 << 24
-# Largest [T, T] attention mask of the packed layout (2**28 booleans = 256 MiB, T = 16384);
-# a larger micro-batch takes the shared path.
-_PACKED_MASK_ELEMENTS = 1 << 28
+# Largest T x T of the packed layout (2**26, T = 8192): its boolean mask is then 64 MiB, the
+# temporaries that build it a few times that, an eager float32 mask 256 MiB. A micro-batch
+# with more real tokens takes the shared path.
+_PACKED_MASK_ELEMENTS = 1 << 26
 
 
 def completion_logprobs(
@@ -67,8 +69,9 @@ def completion_logprobs(
     [N]; rows with the same label must have identical prompt_ids and prompt_mask (checked) and
     share one prompt forward (the shared path).
     pack: with prompt_groups, run the packed layout where the model allows it
-    (`takes_tree_mask`), every completion mask is a run of ones then zeros (a Rollout's
-    always is) and the micro-batch's [T, T] mask stays under 256 MiB; otherwise the shared path.
+    (`takes_tree_mask`), every prompt has a real token, every completion mask is a run of ones
+    then zeros (a Rollout's always is) and the micro-batch's real tokens T keep T x T within
+    _PACKED_MASK_ELEMENTS; otherwise the shared path.
 
     Gradients flow when called outside ``torch.no_grad()``; the model's train/eval mode is the
     caller's choice. The result is on the model's device.
@@ -85,18 +88,19 @@ def completion_logprobs(
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     completion_ids = completion_ids[:, :used].to(device)  # [N, c]
     completion_mask = completion_mask[:, :used].to(device)  # [N, c]
-    if prompt_groups is not None and pack and _packable(model, prompt_mask, completion_mask):
+    groups = None
+    if prompt_groups is not None:
         groups = torch.as_tensor(prompt_groups, dtype=torch.long, device=device)
+    if groups is not None and pack and _packable(model, prompt_mask, completion_mask, groups):
         logits = _packed_logits(
             model, prompt_ids, prompt_mask, completion_ids, completion_mask, groups
         )  # [K, V]
         return _packed_results(
             logits, completion_ids, completion_mask, width, chunk_size, temperature, return_entropy
         )
-    if prompt_groups is None:
+    if groups is None:
         parts = _full_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
     else:
-        groups = torch.as_tensor(prompt_groups, dtype=torch.long, device=device)
         parts = _shared_prompt_logits(
             model, prompt_ids, prompt_mask, completion_ids, completion_mask, groups
         )
@@ -190,19 +194,24 @@ def takes_tree_mask(model: nn.Module) -> bool:
     config = getattr(model, "config", None)
     if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
         return False
-    layer_types = getattr(config, "layer_types", None)
-    if layer_types is not None:
-        return all(kind == "full_attention" for kind in layer_types)
-    return getattr(config, "sliding_window", None) is None
+    return supports_preallocated_cache(model)  # the same test: no sliding-window layer
 
 
-def _packable(model: nn.Module, prompt_mask: torch.Tensor, completion_mask: torch.Tensor) -> bool:
-    """Packing needs prefix completion masks (later tokens would otherwise move), a model that
-    honours the mask, and a [T, T] mask of reasonable size (T bounded by every row's tokens)."""
-    is_prefix = torch.equal(completion_mask.long().cummin(dim=1).values, completion_mask.long())
-    tokens_bound = int(prompt_mask.sum()) + int(completion_mask.sum())
-    small = tokens_bound**2 <= _PACKED_MASK_ELEMENTS
-    return is_prefix and small and takes_tree_mask(model)
+def _packable(
+    model: nn.Module,
+    prompt_mask: torch.Tensor,
+    completion_mask: torch.Tensor,
+    groups: torch.Tensor,
+) -> bool:
+    """Packing needs prefix completion masks (later tokens would otherwise move), a real token
+    in every prompt (its last one predicts each completion's first), a model that honours the
+    mask, and a T x T within budget (T: each distinct prompt once, every completion's inputs)."""
+    mask = completion_mask.long()
+    if not torch.equal(mask.cummin(dim=1).values, mask) or not bool(prompt_mask.any(dim=1).all()):
+        return False
+    first_rows, _ = _group_representatives(groups)
+    tokens = int(prompt_mask[first_rows].sum()) + int((mask.sum(dim=1) - 1).clamp(min=0).sum())
+    return tokens * tokens <= _PACKED_MASK_ELEMENTS and takes_tree_mask(model)
 
 
 @dataclass(frozen=True)
@@ -318,15 +327,14 @@ def _packed_results(
     real = completion_mask.bool()  # [N, c]
     targets = completion_ids[real]  # [K]
     rows = chunk_size or max(1, _LOGSOFTMAX_CHUNK_ELEMENTS // max(1, logits.shape[-1]))
+    # At least one chunk, so that no completion token still gives a result tied to the graph.
     logp = torch.cat(
         [
             _gather_logprobs(logits[k : k + rows], targets[k : k + rows], temperature)
-            for k in range(0, len(targets), rows)
+            for k in range(0, max(1, len(targets)), rows)
         ]
-        or [logits.new_zeros(0, dtype=torch.float32)]
     )  # [K]
-    spread = logp.new_zeros(real.shape).masked_scatter(real, logp)  # [N, c]
-    spread = torch.nn.functional.pad(spread, (0, width - real.shape[1]))
+    spread = _masked_to_width(logp.new_zeros(real.shape).masked_scatter(real, logp), real, width)
     if not return_entropy:
         return spread
     # Entropies while the forward's activations are alive: as few positions at a time as
@@ -341,7 +349,7 @@ def _packed_results(
             or [logp.new_zeros(0)]
         )
         entropy = logp.new_zeros(real.shape).masked_scatter(real, entropy.float())
-    return spread, torch.nn.functional.pad(entropy, (0, width - real.shape[1]))
+    return spread, _masked_to_width(entropy, real, width)
 
 
 def _group_representatives(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -234,9 +234,22 @@ def logprobs(model, rollout, groups, **kwargs):
 LAYOUTS = {"shared": {"pack": False}, "packed": {"pack": True}}
 
 
+@pytest.fixture
+def packed_calls(monkeypatch):
+    """How many times the packed path ran (a quiet fallback would otherwise pass unseen)."""
+    from medrl.rollout import scoring
+
+    calls = []
+    original = scoring._packed_logits
+    monkeypatch.setattr(scoring, "_packed_logits", lambda *a: calls.append(1) or original(*a))
+    return calls
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_shared_prompt_logprobs_equal_full_logprobs(tiny_policy, lora_policy, temperature, layout):
+def test_shared_prompt_logprobs_equal_full_logprobs(
+    tiny_policy, lora_policy, temperature, layout, packed_calls
+):
     rollout = sampled_rollout(tiny_policy, lora_policy)
     with torch.no_grad():
         full, full_entropy = logprobs(
@@ -255,10 +268,11 @@ def test_shared_prompt_logprobs_equal_full_logprobs(tiny_policy, lora_policy, te
     torch.testing.assert_close(shared_entropy, full_entropy, atol=1e-4, rtol=0)
     assert shared[rollout.completion_mask == 0].eq(0).all()
     assert shared_entropy[rollout.completion_mask == 0].eq(0).all()
+    assert len(packed_calls) == (1 if layout == "packed" else 0)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_shared_prompt_logprobs_give_full_gradients(tiny_policy, lora_policy, layout):
+def test_shared_prompt_logprobs_give_full_gradients(tiny_policy, lora_policy, layout, packed_calls):
     rollout = sampled_rollout(tiny_policy, lora_policy)
     weights = torch.linspace(-1, 1, rollout.completion_ids.numel()).view_as(
         rollout.completion_ids.float()
@@ -274,11 +288,12 @@ def test_shared_prompt_logprobs_give_full_gradients(tiny_policy, lora_policy, la
     for name in full:
         torch.testing.assert_close(shared[name], full[name], atol=1e-5, rtol=1e-4)
     lora_policy.zero_grad(set_to_none=True)
+    assert len(packed_calls) == (1 if layout == "packed" else 0)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_a_micro_batch_may_hold_parts_of_groups_and_one_token_completions(
-    tiny_policy, lora_policy, layout
+    tiny_policy, lora_policy, layout, packed_calls
 ):
     rollout = sampled_rollout(tiny_policy, lora_policy)
     rows = slice(2, 7)  # the end of group 0, group 1, the start of group 2
@@ -299,6 +314,43 @@ def test_a_micro_batch_may_hold_parts_of_groups_and_one_token_completions(
                 lora_policy, **kwargs, prompt_groups=rollout.group_index[rows], **LAYOUTS[layout]
             )
             torch.testing.assert_close(shared, full, atol=1e-5, rtol=0)
+    assert len(packed_calls) == (2 if layout == "packed" else 0)
+
+
+def test_packed_rows_may_come_in_any_group_order_and_end_at_once(
+    tiny_policy, lora_policy, packed_calls
+):
+    rollout = sampled_rollout(tiny_policy, lora_policy)
+    order = [4, 0, 8, 1, 5]  # groups 1, 0, 2, 0, 1: interleaved
+    picked = {
+        name: getattr(rollout, name)[order]
+        for name in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
+    }
+    picked["completion_mask"][2, 1:] = 0  # a one-token completion
+    groups = [rollout.group_index[i] for i in order]
+    with torch.no_grad():
+        full = completion_logprobs(lora_policy, **picked)
+        packed = completion_logprobs(lora_policy, **picked, prompt_groups=groups, pack=True)
+    torch.testing.assert_close(packed, full, atol=1e-5, rtol=0)
+    assert packed_calls
+
+
+def test_packed_logprobs_of_no_completion_tokens_are_zeros_tied_to_the_graph(
+    tiny_policy, lora_policy
+):
+    rollout = sampled_rollout(tiny_policy, lora_policy)
+    logp = completion_logprobs(
+        lora_policy,
+        rollout.prompt_ids,
+        rollout.prompt_mask,
+        rollout.completion_ids,
+        torch.zeros_like(rollout.completion_mask),
+        prompt_groups=rollout.group_index,
+        pack=True,
+    )
+    assert logp.eq(0).all() and logp.shape == rollout.completion_ids.shape
+    logp.sum().backward()  # as the full path allows
+    lora_policy.zero_grad(set_to_none=True)
 
 
 def test_the_packed_layout_puts_each_prompt_once_then_every_completion_unpadded():
@@ -355,6 +407,7 @@ def test_packed_completions_of_two_prompts_see_only_their_own_prompt():
 
 def test_packed_logprobs_under_eager_attention_equal_full_logprobs(tiny_policy, lora_policy):
     rollout = sampled_rollout(tiny_policy, lora_policy)
+    original = lora_policy.config._attn_implementation
     lora_policy.set_attn_implementation("eager")
     try:
         assert takes_tree_mask(lora_policy)
@@ -362,7 +415,7 @@ def test_packed_logprobs_under_eager_attention_equal_full_logprobs(tiny_policy, 
             full = logprobs(lora_policy, rollout, None)
             packed = logprobs(lora_policy, rollout, rollout.group_index, pack=True)
     finally:
-        lora_policy.set_attn_implementation("sdpa")
+        lora_policy.set_attn_implementation(original)
     torch.testing.assert_close(packed, full, atol=1e-5, rtol=0)
 
 

@@ -14,11 +14,15 @@ PROMPTS = ["Which vitamin deficiency causes scurvy?", "Name the nerve of the del
 
 @pytest.mark.parametrize("shape", [(3, 5), (2, 1, 5), (1, 5)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_weight_major_linear_equals_f_linear(shape, bias):
+def test_weight_major_linear_equals_f_linear(shape, bias, monkeypatch):
     torch.manual_seed(0)
     layer = nn.Linear(5, 7, bias=bias)
     x = torch.randn(*shape)
+    products = []
+    mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda a, b: products.append(a.shape) or mm(a, b))
     out = weight_major_linear(layer, x, max_rows=8)
+    assert products == [(7, 5)]  # the weight is the left operand
     assert out.shape == (*shape[:-1], 7) and out.is_contiguous()
     torch.testing.assert_close(out, nn.functional.linear(x, layer.weight, layer.bias))
 
@@ -50,6 +54,10 @@ def test_the_context_routes_every_plain_linear_and_restores_their_forward():
     assert all("forward" not in vars(layer) for layer in model)
     with few_row_linears(model, max_rows=0) as routed:
         assert routed == 0 and "forward" not in vars(model[0])
+    hooked = model[0].forward = lambda x: x  # e.g. accelerate's hook: left as it is
+    with few_row_linears(model, max_rows=8) as routed:
+        assert routed == 1 and vars(model[0])["forward"] is hooked
+    assert vars(model[0])["forward"] is hooked
 
 
 def test_sampling_with_weight_major_linears_gives_the_same_completions(tiny_policy, monkeypatch):

@@ -51,6 +51,7 @@ from medrl.rollout import (
     merge_rollouts,
 )
 from medrl.rollout.merged_adapter import autocast_weights
+from medrl.rollout.onednn_linear import onednn_linears
 from medrl.utils.heap import release_free_heap
 from medrl.utils.timing import timed
 
@@ -333,8 +334,9 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
         timings: dict[str, float] = {}
         step = self._collect_rollout(timings)
         # Under autocast (bf16-mixed) the frozen weights are cast once for both passes rather
-        # than in every forward of every micro-batch (same numbers; medrl.rollout).
-        with self._frozen_weights_cast():
+        # than in every forward of every micro-batch; in float32 on a CPU the Linears run in
+        # oneDNN (engine.cpu_linear). Same numbers either way (medrl.rollout).
+        with self._pass_engine():
             with timed(timings, "reference"):
                 ref_logp = self._reference_logprobs(step.rollout)
             with timed(timings, "update"):
@@ -352,11 +354,14 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
         self._maybe_log_samples(step)
 
     @contextlib.contextmanager
-    def _frozen_weights_cast(self) -> Iterator[None]:
+    def _pass_engine(self) -> Iterator[None]:
+        """The engine's contexts around the reference and update passes (speed only)."""
+        onednn = self.engine.cpu_linear == "onednn"
         with contextlib.ExitStack() as stack:
             for model in (self.model, self.reference):
                 if model is not None:
                     stack.enter_context(autocast_weights(model, self.device))
+                    stack.enter_context(onednn_linears(model, onednn))
             yield
 
     # --- rollout ---------------------------------------------------------------------------

@@ -11,6 +11,8 @@ from medrl.algorithms.numeric_faults import FaultCounter, drop_gradients, update
 from medrl.algorithms.optim import build_optimizer
 from medrl.algorithms.resume_state import TrainableWeightsCheckpointing
 from medrl.algorithms.sharded import ShardablePolicy
+from medrl.rollout.onednn_linear import onednn_linears
+from medrl.rollout.settings import CPU_LINEARS
 
 
 class SFTModule(ShardablePolicy, TrainableWeightsCheckpointing):
@@ -23,6 +25,8 @@ class SFTModule(ShardablePolicy, TrainableWeightsCheckpointing):
         scheduler: learning-rate decay after warm-up: cosine | linear | constant.
         max_consecutive_faults: updates in a row with a non-finite loss or gradient (each one
             skipped) before the run stops; see medrl.algorithms.numeric_faults.
+        cpu_linear: float32 Linears on a CPU, forward and backward: "onednn" (oneDNN's matmul,
+            medrl.rollout.onednn_linear) or "torch" (F.linear); speed only, same numbers.
 
     Logs train/loss (token mean of the batch), train/tokens (assistant tokens seen so far),
     val/loss (token-weighted over the validation slice), faults/skipped_updates.
@@ -41,8 +45,15 @@ class SFTModule(ShardablePolicy, TrainableWeightsCheckpointing):
         warmup_ratio: float = 0.03,
         scheduler: str = "cosine",
         max_consecutive_faults: int = 3,
+        cpu_linear: str = "onednn",
     ) -> None:
         super().__init__()
+        if cpu_linear not in CPU_LINEARS:
+            raise ValueError(
+                f"sft.module.cpu_linear={cpu_linear!r} is not valid; "
+                f"choose one of {list(CPU_LINEARS)}"
+            )
+        self.cpu_linear = cpu_linear
         # from_pretrained returns eval mode; dropout (e.g. LoRA's) must be active in training.
         self.model = model.train()
         self.lr = lr
@@ -56,9 +67,11 @@ class SFTModule(ShardablePolicy, TrainableWeightsCheckpointing):
         self._val_sums = torch.zeros(2, dtype=torch.float64)  # [loss * tokens, tokens]
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-        ).logits  # [B, L, V]
+        # The graph keeps the oneDNN products, so Lightning's backward after this runs them too.
+        with onednn_linears(self.model, self.cpu_linear == "onednn"):
+            logits = self.model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits  # [B, L, V]
         return masked_token_nll(logits, batch["input_ids"], batch["loss_mask"])
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -128,7 +128,7 @@ def settings_summary(cfg: DictConfig) -> dict[str, Any]:
             f"sampler {module.engine.sampler}, merge_adapter {module.engine.merge_adapter}, "
             f"shared_prompt_logprobs {module.engine.shared_prompt_logprobs}, "
             f"pack_completions {module.engine.pack_completions}, "
-            f"few_row_linear_rows {module.engine.few_row_linear_rows}, "
+            f"cpu_linear {module.engine.cpu_linear}, "
             f"release_heap {module.engine.release_heap}"
         ),
         "sft": f"batch {cfg.sft_batch_size}, max_seq_length {cfg.sft.max_seq_length}",

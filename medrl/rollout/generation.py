@@ -21,8 +21,8 @@ from torch import nn
 from medrl import distributed
 from medrl.rollout.decode_attention import sampling_attention
 from medrl.rollout.decoding import decode
-from medrl.rollout.few_row_linear import few_row_linears
 from medrl.rollout.merged_adapter import autocast_weights, merged_lora
+from medrl.rollout.onednn_linear import onednn_linears
 from medrl.rollout.settings import STRAIGHTFORWARD, EngineSettings, SamplingSettings
 from medrl.sharding import is_fsdp_managed, root_weights_gathered
 from medrl.utils.timing import timed
@@ -228,7 +228,7 @@ def generate(
         merge,
         autocast_weights(model, device),
         sampling_attention(model),
-        few_row_linears(model, engine.few_row_linear_rows),
+        onednn_linears(model, engine.cpu_linear == "onednn"),
     ):
         outputs = [
             _generate_chunk(

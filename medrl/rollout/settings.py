@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SAMPLERS = ("medrl", "hf")
+CPU_LINEARS = ("onednn", "torch")
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,10 @@ class EngineSettings:
                    row without padding (medrl.rollout.scoring: each prompt once, then every
                    completion at its own length under a tree-shaped attention mask), where the
                    model's attention takes such a mask (sdpa or eager, no sliding windows).
-    few_row_linear_rows: while sampling on a CPU in float32, Linear layers over at most this
-                   many rows run weight-major, (W @ x^T)^T, which MKL computes much faster
-                   than x @ W^T for few rows (medrl.rollout.few_row_linear); 0 = off.
+    cpu_linear:    float32 Linear layers on a CPU, while sampling and in the log-prob passes
+                   (forward and backward): "onednn" runs them through oneDNN's matmul
+                   (medrl.rollout.onednn_linear; about twice MKL's rate on the AMD CPU this
+                   project is measured on), "torch" leaves them to F.linear (MKL).
     release_heap:  before each micro-batch of the update, hand the CPU heap's free pages back
                    to the OS (glibc malloc_trim; medrl.utils.heap), so peak resident memory is
                    what the micro-batch needs rather than what fragmentation left behind. Off
@@ -79,7 +81,7 @@ class EngineSettings:
     merge_adapter: bool = True
     shared_prompt_logprobs: bool = True
     pack_completions: bool = True
-    few_row_linear_rows: int = 64
+    cpu_linear: str = "onednn"
     release_heap: bool = False
 
     def __post_init__(self) -> None:
@@ -87,9 +89,9 @@ class EngineSettings:
             raise ValueError(
                 f"sampler={self.sampler!r} is not valid; choose one of {list(SAMPLERS)}"
             )
-        if self.few_row_linear_rows < 0:
+        if self.cpu_linear not in CPU_LINEARS:
             raise ValueError(
-                f"few_row_linear_rows must be >= 0 (0 = off), got {self.few_row_linear_rows}"
+                f"cpu_linear={self.cpu_linear!r} is not valid; choose one of {list(CPU_LINEARS)}"
             )
 
 
@@ -100,6 +102,6 @@ STRAIGHTFORWARD = EngineSettings(
     merge_adapter=False,
     shared_prompt_logprobs=False,
     pack_completions=False,
-    few_row_linear_rows=0,
+    cpu_linear="torch",
     release_heap=False,
 )

@@ -191,6 +191,7 @@ STRAIGHTFORWARD_ENGINE = [
     "grpo.module.engine.merge_adapter=false",
     "grpo.module.engine.shared_prompt_logprobs=false",
     "grpo.module.engine.pack_completions=false",
+    "grpo.module.engine.cpu_linear=torch",
 ]
 
 

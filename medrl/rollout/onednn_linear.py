@@ -1,0 +1,127 @@
+"""Float32 Linear layers through oneDNN's matmul on a CPU, forward and backward.
+
+torch computes a float32 ``F.linear`` on a CPU with MKL's sgemm. On the AMD EPYC (Zen 5) CPU
+this project is measured on, torch 2.13's MKL (2024) reaches about 185 GFLOP/s with 2 threads
+on this model's shapes, while oneDNN 3.12 (also inside torch, its `brg_matmul:avx512_core`
+kernel) reaches 360-440 GFLOP/s on the same float32 products (MKL_VERBOSE names its generic
+"Intel(R) Architecture processors" code path here, not its AVX-512 one). The few rows of a
+decode step gain as much: SmolLM2-135M's 211 Linears of one 16-row step took 70 ms with MKL
+and 34 ms with oneDNN. See experiments/performance/README.md.
+
+`onednn_linears(model)` routes every plain ``nn.Linear`` of a model (LoRA's base, A and B
+layers included) through `onednn_linear` for a block: a float32 product in oneDNN without
+reduced-precision math (the results equal F.linear's to float32 rounding, another summation
+order), with its own backward (the input's gradient through oneDNN as well; the weight's and
+bias's, when they train, as torch computes them). Everything else is ``F.linear`` as before:
+other dtypes, autocast (torch already runs bfloat16 matmuls in oneDNN), other devices, and
+models whose weights are FSDP-managed. The graph keeps the routed function, so a backward
+after the block still runs it.
+
+The op is torch's own `torch.ops.mkldnn._linear_pointwise` (what torch.compile's CPU backend
+emits for a Linear); where a torch build lacks it, `onednn_linear_supported()` is False and
+nothing is routed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from medrl.sharding import is_fsdp_managed
+
+
+def onednn_linear_supported() -> bool:
+    """True when this torch build has oneDNN and its float32 linear op."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x [M, in] @ weight[out, in]^T (+ bias [out]) -> [M, out] in oneDNN; weight may be a
+    transposed view (oneDNN reads either layout)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+class _OneDnnLinearFunction(torch.autograd.Function):
+    """y = x W^T + b with both products of the input path in oneDNN.
+
+    Saves what F.linear's autograd saves: the input only when the weight needs a gradient,
+    the weight (no copy) for the input's gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        flat = x.reshape(-1, x.shape[-1]).contiguous()  # [M, in]
+        ctx.save_for_backward(flat if weight.requires_grad else None, weight)
+        ctx.input_shape = x.shape
+        ctx.has_bias = bias is not None
+        out = _matmul(flat, weight, bias)  # [M, out]
+        return out.reshape(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        flat, weight = ctx.saved_tensors
+        grad = grad_out.reshape(-1, grad_out.shape[-1]).contiguous()  # [M, out]
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _matmul(grad, weight.t(), None).reshape(ctx.input_shape)  # [..., in]
+        if ctx.needs_input_grad[1]:
+            grad_w = grad.t().mm(flat)  # [out, in]
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum(dim=0)  # [out]
+        return grad_x, grad_w, grad_b
+
+
+def routes_to_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether `onednn_linear` runs x @ weight^T in oneDNN (float32 on a CPU, no autocast,
+    at least one row) rather than F.linear."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and weight.layout == torch.strided
+        and x.numel() > 0
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+def onednn_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``, in oneDNN where `routes_to_onednn` says so."""
+    if not routes_to_onednn(x, weight) or (bias is not None and bias.dtype != torch.float32):
+        return nn.functional.linear(x, weight, bias)
+    return _OneDnnLinearFunction.apply(x, weight, bias)
+
+
+@contextmanager
+def onednn_linears(model: nn.Module, enabled: bool = True) -> Iterator[int]:
+    """Inside the block every plain nn.Linear of `model` runs `onednn_linear` (yields how many).
+
+    Nothing changes when `enabled` is false, the build lacks the op, the model is FSDP-managed,
+    or for a Linear whose forward is already replaced on the instance (e.g. by accelerate's
+    hooks, or an enclosing onednn_linears). Each module's own forward is back on exit, also
+    when the block raises."""
+    if not enabled or not onednn_linear_supported() or is_fsdp_managed(model):
+        yield 0
+        return
+    linears = [
+        module
+        for module in model.modules()
+        if type(module) is nn.Linear and "forward" not in vars(module)
+    ]
+    try:
+        for module in linears:
+            module.forward = _routed_forward(module)  # an instance attribute, removed below
+        yield len(linears)
+    finally:
+        for module in linears:
+            module.__dict__.pop("forward", None)
+
+
+def _routed_forward(module: nn.Linear):
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return onednn_linear(x, module.weight, module.bias)
+
+    return forward

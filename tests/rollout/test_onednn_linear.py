@@ -1,0 +1,187 @@
+"""oneDNN Linears compute what F.linear computes, forward and backward, and only where routed."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from torch import nn
+
+from medrl.rollout import EngineSettings, SamplingSettings, completion_logprobs, generate
+from medrl.rollout import onednn_linear as module
+from medrl.rollout.onednn_linear import onednn_linear, onednn_linear_supported, onednn_linears
+
+pytestmark = pytest.mark.skipif(
+    not onednn_linear_supported(), reason="this torch build has no oneDNN linear"
+)
+
+PROMPTS = ["Which vitamin deficiency causes scurvy?", "Name the nerve of the deltoid."]
+
+
+@pytest.fixture
+def onednn_calls(monkeypatch):
+    """The input shapes of every product oneDNN ran (a quiet fallback would pass unseen)."""
+    calls = []
+    original = module._matmul
+    monkeypatch.setattr(
+        module, "_matmul", lambda x, w, b: calls.append(tuple(x.shape)) or original(x, w, b)
+    )
+    return calls
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (2, 4, 5), (1, 5)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_onednn_linear_equals_f_linear(shape, bias, onednn_calls):
+    torch.manual_seed(0)
+    layer = nn.Linear(5, 7, bias=bias)
+    x = torch.randn(*shape)
+    out = onednn_linear(x, layer.weight, layer.bias)
+    rows = x.numel() // 5
+    assert onednn_calls == [(rows, 5)]
+    assert out.shape == (*shape[:-1], 7)
+    torch.testing.assert_close(out, nn.functional.linear(x, layer.weight, layer.bias))
+
+
+@pytest.mark.parametrize("trainable", ["input", "weight", "all"])
+def test_onednn_linear_gradients_equal_f_linears(trainable, onednn_calls):
+    torch.manual_seed(0)
+    weight, bias = torch.randn(7, 5), torch.randn(7)
+    x = torch.randn(2, 3, 5)
+    upstream = torch.randn(2, 3, 7)
+
+    def grads(linear):
+        leaves = [
+            t.clone().requires_grad_(trainable in (name, "all"))
+            for t, name in ((x, "input"), (weight, "weight"), (bias, "weight"))
+        ]
+        (linear(*leaves) * upstream).sum().backward()
+        return [leaf.grad for leaf in leaves]
+
+    ours, reference = grads(onednn_linear), grads(nn.functional.linear)
+    for got, expected in zip(ours, reference, strict=True):
+        assert (got is None) == (expected is None)
+        if expected is not None:
+            torch.testing.assert_close(got, expected)
+    # The forward, plus the input's gradient when the input trains: both products in oneDNN.
+    assert onednn_calls == [(6, 5)] + ([(6, 7)] if trainable != "weight" else [])
+
+
+def test_a_frozen_weight_keeps_no_copy_of_the_input_for_backward():
+    weight = torch.randn(7, 5)  # frozen, as a LoRA base layer's
+    x = torch.randn(3, 5, requires_grad=True)
+    out = onednn_linear(x, weight)
+    saved = [t for t in out.grad_fn.saved_tensors if t is not None]
+    assert len(saved) == 1 and saved[0].data_ptr() == weight.data_ptr()
+
+
+def test_other_dtypes_autocast_and_empty_inputs_use_f_linear(onednn_calls):
+    layer = nn.Linear(4, 3)
+    with torch.autocast("cpu", torch.bfloat16):
+        onednn_linear(torch.randn(2, 4), layer.weight, layer.bias)
+    half = layer.to(torch.bfloat16)
+    onednn_linear(torch.randn(2, 4).bfloat16(), half.weight, half.bias)
+    assert onednn_linear(torch.randn(0, 4).bfloat16(), half.weight).shape == (0, 3)
+    assert onednn_calls == []
+
+
+def test_the_context_routes_every_plain_linear_and_restores_their_forward(onednn_calls):
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    x = torch.randn(3, 4)
+    expected = model(x)
+    with onednn_linears(model) as routed:
+        assert routed == 2 and "forward" in vars(model[0])
+        torch.testing.assert_close(model(x), expected)
+    assert len(onednn_calls) == 2
+    assert all("forward" not in vars(layer) for layer in model)
+    with pytest.raises(RuntimeError, match="inside"), onednn_linears(model):
+        raise RuntimeError("inside")
+    assert all("forward" not in vars(layer) for layer in model)
+    with onednn_linears(model, enabled=False) as routed:
+        assert routed == 0 and "forward" not in vars(model[0])
+    hooked = model[0].forward = lambda x: x  # e.g. accelerate's hook: left as it is
+    with onednn_linears(model) as routed:
+        assert routed == 1 and vars(model[0])["forward"] is hooked
+    assert vars(model[0])["forward"] is hooked
+
+
+def test_a_backward_after_the_block_still_runs_the_onednn_products(onednn_calls):
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+    x = torch.randn(3, 4)
+    with onednn_linears(model):
+        loss = model(x).square().sum()
+    loss.backward()  # as Lightning's automatic optimization does, outside the forward
+    ours = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model(x).square().sum().backward()
+    for got, expected in zip(ours, [p.grad for p in model.parameters()], strict=True):
+        torch.testing.assert_close(got, expected)
+    assert len(onednn_calls) == 3  # two forwards, the second layer's input gradient
+
+
+def test_sampling_with_onednn_linears_gives_the_same_completions(tiny_policy, onednn_calls):
+    tok = tiny_policy.tokenizer
+    settings = SamplingSettings(temperature=1.0, max_new_tokens=8)
+
+    def sample(cpu_linear: str):
+        engine = EngineSettings(sampler="medrl", cpu_linear=cpu_linear)
+        return generate(
+            tiny_policy.model, tok, PROMPTS, settings, 3, generator_seed=5, engine=engine
+        )
+
+    routed = sample("onednn")
+    assert any(shape[0] == 6 for shape in onednn_calls)  # the one-token decode steps of 6 rows
+    onednn_calls.clear()
+    plain = sample("torch")
+    assert not onednn_calls
+    assert torch.equal(routed.completion_ids, plain.completion_ids)
+    assert all("forward" not in vars(m) for m in tiny_policy.model.modules())
+
+
+def test_lora_logprobs_and_gradients_through_onednn_equal_f_linears(tiny_policy, onednn_calls):
+    torch.manual_seed(0)
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+    )
+    model = get_peft_model(copy.deepcopy(tiny_policy.model), config).eval()
+    tok = tiny_policy.tokenizer
+    rollout = generate(model, tok, PROMPTS, SamplingSettings(max_new_tokens=5), 2, generator_seed=3)
+    weights = torch.linspace(-1, 1, rollout.completion_ids.numel()).view(
+        rollout.completion_ids.shape
+    )
+
+    def run(routed: bool):
+        model.zero_grad(set_to_none=True)
+        with onednn_linears(model, enabled=routed):
+            logp = completion_logprobs(
+                model,
+                rollout.prompt_ids,
+                rollout.prompt_mask,
+                rollout.completion_ids,
+                rollout.completion_mask,
+                prompt_groups=rollout.group_index,
+                pack=True,
+            )
+        (logp * weights).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return logp.detach(), grads
+
+    (ours, our_grads), (plain, plain_grads) = run(True), run(False)
+    assert onednn_calls  # the routed run went through oneDNN
+    torch.testing.assert_close(ours, plain, atol=1e-5, rtol=0)
+    assert our_grads.keys() == plain_grads.keys() and our_grads
+    for name in plain_grads:
+        torch.testing.assert_close(our_grads[name], plain_grads[name], atol=1e-5, rtol=1e-4)
+
+
+def test_engine_settings_reject_an_unknown_cpu_linear():
+    with pytest.raises(ValueError, match="cpu_linear='mkl' is not valid"):
+        EngineSettings(cpu_linear="mkl")
+
+
+def test_sft_module_rejects_an_unknown_cpu_linear():
+    from medrl.algorithms.sft import SFTModule
+
+    with pytest.raises(ValueError, match="sft.module.cpu_linear='blas' is not valid"):
+        SFTModule(nn.Linear(2, 2), cpu_linear="blas")

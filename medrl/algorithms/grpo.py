@@ -50,6 +50,7 @@ from medrl.rollout import (
     generate,
     merge_rollouts,
 )
+from medrl.rollout.lean_passes import lean_passes
 from medrl.rollout.merged_adapter import autocast_weights
 from medrl.rollout.onednn_linear import onednn_linears
 from medrl.utils.heap import release_free_heap
@@ -335,7 +336,8 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
         step = self._collect_rollout(timings)
         # Under autocast (bf16-mixed) the frozen weights are cast once for both passes rather
         # than in every forward of every micro-batch; in float32 on a CPU the Linears run in
-        # oneDNN (engine.cpu_linear). Same numbers either way (medrl.rollout).
+        # oneDNN (engine.cpu_linear); attention and MLPs keep fewer activations for the
+        # backward (engine.lean_activations). Same numbers every way (medrl.rollout).
         with self._pass_engine():
             with timed(timings, "reference"):
                 ref_logp = self._reference_logprobs(step.rollout)
@@ -362,6 +364,7 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
                 if model is not None:
                     stack.enter_context(autocast_weights(model, self.device))
                     stack.enter_context(onednn_linears(model, onednn))
+                    stack.enter_context(lean_passes(model, self.engine.lean_activations))
             yield
 
     # --- rollout ---------------------------------------------------------------------------

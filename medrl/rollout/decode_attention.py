@@ -9,7 +9,8 @@ key/value head (no copy of the cache per query head). Every other call is transf
 prefill, several tokens, training, and float32, where this path showed no gain (7.8 s against
 8.8 s in one run, within the 1.5 s spread between runs).
 
-sampling_attention(model) switches a model that uses "sdpa" to it for a block (rollouts only).
+sampling_attention(model) switches a model that uses "sdpa" to it for a block (rollouts only);
+attention_implementation(model, name) does the same for any registered implementation.
 """
 
 from __future__ import annotations
@@ -72,12 +73,21 @@ AttentionMaskInterface.register(NAME, sdpa_mask)
 def sampling_attention(model: nn.Module) -> Iterator[bool]:
     """Inside the block, every config of `model` that selects "sdpa" selects "medrl_decode"
     instead (yields True if any did); other attention implementations are left alone."""
+    with attention_implementation(model, NAME) as switched:
+        yield switched
+
+
+@contextmanager
+def attention_implementation(model: nn.Module, name: str) -> Iterator[bool]:
+    """Inside the block, every config of `model` that selects "sdpa" selects `name` (an
+    implementation registered with transformers' AttentionInterface) instead; yields True if
+    any did. Other attention implementations are left alone; all are back on exit."""
     configs = _configs(model)  # parents before their sub-configs
     originals = [config._attn_implementation for config in configs]
     try:
         for config, original in zip(configs, originals, strict=True):
             if original == "sdpa":
-                config._attn_implementation = NAME
+                config._attn_implementation = name
         # transformers' setter also sets a config's sub-configs: put back those not on sdpa.
         for config, original in zip(configs, originals, strict=True):
             if original != "sdpa":

@@ -32,6 +32,7 @@ from medrl.algorithms.core import token_entropy
 from medrl.rollout.decoding import real_token_positions
 from medrl.rollout.generation import model_device
 from medrl.rollout.kv_cache import supports_preallocated_cache
+from medrl.rollout.lean_passes import GQA_ATTENTION
 
 # Budget for the [rows, C, V] float32 temporary of one log-softmax chunk when chunk_size is None:
 # 2**24 elements = 64 MiB, small next to the model yet large enough that typical C * V fits a row.
@@ -189,10 +190,11 @@ def _shared_prompt_logits(
 
 def takes_tree_mask(model: nn.Module) -> bool:
     """Whether the model's attention takes a custom [1, 1, T, T] mask as it is: transformers'
-    sdpa and eager implementations do (flash-attention kernels do not), and every layer must
-    attend fully (a sliding-window layer would apply the window on top of the mask)."""
+    sdpa and eager implementations do, and so does medrl's GQA variant of sdpa (flash-attention
+    kernels do not); every layer must attend fully (a sliding-window layer would apply the
+    window on top of the mask)."""
     config = getattr(model, "config", None)
-    if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
+    if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager", GQA_ATTENTION):
         return False
     return supports_preallocated_cache(model)  # the same test: no sliding-window layer
 
@@ -299,11 +301,12 @@ def _packed_logits(
     )
     device = model_device(model)
     allowed = layout.allowed.to(device)[None, None]  # [1, 1, T, T]
-    if model.config._attn_implementation == "eager":  # eager adds its mask to the scores
-        dtype = next(model.parameters()).dtype
-        allowed = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
-            ~allowed, torch.finfo(dtype).min
-        )
+    # A float mask, as eager attention needs it and sdpa would convert it to (in every layer,
+    # each layer then keeping its own copy for the backward): converted once, shared by all.
+    dtype = next(model.parameters()).dtype
+    allowed = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
+        ~allowed, torch.finfo(dtype).min
+    )
     logits = model(
         input_ids=layout.input_ids.to(device),
         attention_mask=allowed,

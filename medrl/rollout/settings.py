@@ -70,6 +70,9 @@ class EngineSettings:
                    (forward and backward): "onednn" runs them through oneDNN's matmul
                    (medrl.rollout.onednn_linear; about twice MKL's rate on the AMD CPU this
                    project is measured on), "torch" leaves them to F.linear (MKL).
+    lean_activations: the reference and update passes keep fewer activations for the backward
+                   (medrl.rollout.lean_passes): grouped key/value heads go to PyTorch's
+                   attention unrepeated, SiLU-gated MLPs keep two tensors instead of three.
     release_heap:  before each micro-batch of the update, hand the CPU heap's free pages back
                    to the OS (glibc malloc_trim; medrl.utils.heap), so peak resident memory is
                    what the micro-batch needs rather than what fragmentation left behind. Off
@@ -82,6 +85,7 @@ class EngineSettings:
     shared_prompt_logprobs: bool = True
     pack_completions: bool = True
     cpu_linear: str = "onednn"
+    lean_activations: bool = True
     release_heap: bool = False
 
     def __post_init__(self) -> None:
@@ -103,5 +107,6 @@ STRAIGHTFORWARD = EngineSettings(
     shared_prompt_logprobs=False,
     pack_completions=False,
     cpu_linear="torch",
+    lean_activations=False,
     release_heap=False,
 )

@@ -464,6 +464,7 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
             return_entropy=entropy,
             prompt_groups=groups,
             pack=self.engine.pack_completions,
+            fused_head=self.engine.fused_head,
         )
 
     def _micro_batches(self, n: int) -> Iterator[slice]:

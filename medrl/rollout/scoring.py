@@ -24,12 +24,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from medrl.algorithms.core import token_entropy
 from medrl.rollout.decoding import real_token_positions
+from medrl.rollout.fused_head import fused_head_supported, head_logprobs, hidden_states_at
 from medrl.rollout.generation import model_device
 from medrl.rollout.kv_cache import supports_preallocated_cache
 from medrl.rollout.lean_passes import GQA_ATTENTION
@@ -54,6 +56,7 @@ def completion_logprobs(
     return_entropy: bool = False,
     prompt_groups: Sequence[int] | torch.Tensor | None = None,
     pack: bool = False,
+    fused_head: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """log pi(y_t | x, y_<t) of every completion token, [N, C] float32; 0 where masked.
 
@@ -73,6 +76,10 @@ def completion_logprobs(
     (`takes_tree_mask`), every prompt has a real token, every completion mask is a run of ones
     then zeros (a Rollout's always is) and the micro-batch's real tokens T keep T x T within
     _PACKED_MASK_ELEMENTS; otherwise the shared path.
+    fused_head: on the packed path, where the model's logits are a plain Linear of its hidden
+    states (`fused_head_supported`), take the log-probs from the hidden states chunk by chunk
+    (medrl.rollout.fused_head: no [K, V] logits kept for the backward; chunk_size is then
+    that module's).
 
     Gradients flow when called outside ``torch.no_grad()``; the model's train/eval mode is the
     caller's choice. The result is on the model's device.
@@ -93,6 +100,18 @@ def completion_logprobs(
     if prompt_groups is not None:
         groups = torch.as_tensor(prompt_groups, dtype=torch.long, device=device)
     if groups is not None and pack and _packable(model, prompt_mask, completion_mask, groups):
+        if fused_head and fused_head_supported(model):
+            return _packed_fused_results(
+                model,
+                prompt_ids,
+                prompt_mask,
+                completion_ids,
+                completion_mask,
+                groups,
+                width,
+                temperature,
+                return_entropy,
+            )
         logits = _packed_logits(
             model, prompt_ids, prompt_mask, completion_ids, completion_mask, groups
         )  # [K, V]
@@ -285,15 +304,16 @@ def packed_layout(
     )
 
 
-def _packed_logits(
+def _packed_inputs(
     model: nn.Module,
     prompt_ids: torch.Tensor,
     prompt_mask: torch.Tensor,
     completion_ids: torch.Tensor,
     completion_mask: torch.Tensor,
     groups: torch.Tensor,
-) -> torch.Tensor:
-    """logits [K, V] predicting every completion token (row-major order of the mask)."""
+) -> dict[str, Any]:
+    """The model's keyword arguments for one packed forward whose K outputs predict every
+    completion token (row-major order of the mask)."""
     first_rows, row_to_prompt = _group_representatives(groups)  # [U], [N]
     _check_same_prompts(prompt_ids, prompt_mask, first_rows, row_to_prompt)
     layout = packed_layout(
@@ -307,14 +327,44 @@ def _packed_logits(
     allowed = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
         ~allowed, torch.finfo(dtype).min
     )
-    logits = model(
+    return dict(
         input_ids=layout.input_ids.to(device),
         attention_mask=allowed,
         position_ids=layout.position_ids.to(device),
         logits_to_keep=layout.predictors.to(device),
         use_cache=False,
-    ).logits  # [1, K, V]
-    return logits[0]
+    )
+
+
+def _packed_logits(model: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+    """logits [K, V] predicting every completion token (row-major order of the mask)."""
+    return model(**_packed_inputs(model, *args)).logits[0]  # [K, V]
+
+
+def _packed_fused_results(
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    groups: torch.Tensor,
+    width: int,
+    temperature: float,
+    return_entropy: bool,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """_packed_results' values from the final hidden states through head_logprobs: no [K, V]
+    logits are kept for the backward (medrl.rollout.fused_head)."""
+    inputs = _packed_inputs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, groups)
+    hidden, head, onednn = hidden_states_at(model, **inputs)  # [1, K, H]
+    real = completion_mask.bool()  # [N, c]
+    logp, entropy = head_logprobs(hidden[0], head, completion_ids[real], temperature, onednn)
+    spread = _spread(logp, real, width)
+    return (spread, _spread(entropy, real, width)) if return_entropy else spread
+
+
+def _spread(values: torch.Tensor, real: torch.Tensor, width: int) -> torch.Tensor:
+    """Packed values [K] -> [N, width] at the mask's real positions, 0 elsewhere."""
+    return _masked_to_width(values.new_zeros(real.shape).masked_scatter(real, values), real, width)
 
 
 def _packed_results(
@@ -337,7 +387,7 @@ def _packed_results(
             for k in range(0, max(1, len(targets)), rows)
         ]
     )  # [K]
-    spread = _masked_to_width(logp.new_zeros(real.shape).masked_scatter(real, logp), real, width)
+    spread = _spread(logp, real, width)
     if not return_entropy:
         return spread
     # Entropies while the forward's activations are alive: as few positions at a time as
@@ -351,8 +401,7 @@ def _packed_results(
             ]
             or [logp.new_zeros(0)]
         )
-        entropy = logp.new_zeros(real.shape).masked_scatter(real, entropy.float())
-    return spread, _masked_to_width(entropy, real, width)
+    return spread, _spread(entropy.float(), real, width)
 
 
 def _group_representatives(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

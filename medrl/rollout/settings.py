@@ -70,6 +70,10 @@ class EngineSettings:
                    (forward and backward): "onednn" runs them through oneDNN's matmul
                    (medrl.rollout.onednn_linear; about twice MKL's rate on the AMD CPU this
                    project is measured on), "torch" leaves them to F.linear (MKL).
+    fused_head:    with pack_completions, where the logits are a plain Linear of the hidden
+                   states, log-probs come from the hidden states chunk by chunk and the
+                   backward recomputes each chunk's logits (medrl.rollout.fused_head): no
+                   [K, V] logits are kept for the backward.
     lean_activations: the reference and update passes keep fewer activations for the backward
                    (medrl.rollout.lean_passes): grouped key/value heads go to PyTorch's
                    attention unrepeated, SiLU-gated MLPs keep two tensors instead of three.
@@ -85,6 +89,7 @@ class EngineSettings:
     shared_prompt_logprobs: bool = True
     pack_completions: bool = True
     cpu_linear: str = "onednn"
+    fused_head: bool = True
     lean_activations: bool = True
     release_heap: bool = False
 
@@ -107,6 +112,7 @@ STRAIGHTFORWARD = EngineSettings(
     shared_prompt_logprobs=False,
     pack_completions=False,
     cpu_linear="torch",
+    fused_head=False,
     lean_activations=False,
     release_heap=False,
 )

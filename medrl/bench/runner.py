@@ -129,6 +129,8 @@ def settings_summary(cfg: DictConfig) -> dict[str, Any]:
             f"shared_prompt_logprobs {module.engine.shared_prompt_logprobs}, "
             f"pack_completions {module.engine.pack_completions}, "
             f"cpu_linear {module.engine.cpu_linear}, "
+            f"fused_head {module.engine.fused_head}, "
+            f"lean_activations {module.engine.lean_activations}, "
             f"release_heap {module.engine.release_heap}"
         ),
         "sft": f"batch {cfg.sft_batch_size}, max_seq_length {cfg.sft.max_seq_length}",

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from medrl.rollout.onednn_linear import _matmul, routes_to_onednn
+from medrl.sharding import is_fsdp_managed
 
 # Model types whose causal-LM logits are exactly lm_head(final hidden states).
 PLAIN_HEAD_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
@@ -36,7 +37,10 @@ HEAD_CHUNK_ELEMENTS = 1 << 22
 
 
 def fused_head_supported(model: nn.Module) -> bool:
-    """Whether the model's logits are a plain, bias-free Linear of its final hidden states."""
+    """Whether the model's logits are a plain, bias-free Linear of its final hidden states,
+    whose weight stays whole after the forward (under FSDP it is a shard again by then)."""
+    if is_fsdp_managed(model):
+        return False
     config = getattr(model, "config", None)
     config = getattr(config, "get_text_config", lambda: config)()
     if getattr(config, "model_type", None) not in PLAIN_HEAD_MODEL_TYPES:

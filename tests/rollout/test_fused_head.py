@@ -70,6 +70,7 @@ def test_models_with_scaled_or_biased_logits_are_not_fused(tiny_policy):
         return SimpleNamespace(
             config=SimpleNamespace(model_type=model_type, **config),
             get_output_embeddings=lambda: head,
+            modules=lambda: iter([head]),
         )
 
     assert fused_head_supported(stub("llama"))

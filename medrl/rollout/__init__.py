@@ -3,7 +3,8 @@
 settings (what is sampled, how it is produced) -> generation (Rollout, generate) through
 decoding (medrl's shared-prompt sampler, on kv_cache's in-place cache) or transformers'
 generate, merged_adapter (LoRA merged while sampling) -> scoring (completion_logprobs, full or
-shared-prompt forward).
+shared-prompt forward, or packed; fused_head takes the log-probs from the hidden states,
+lean_passes keeps fewer activations), onednn_linear (float32 Linears through oneDNN on a CPU).
 """
 
 from medrl.rollout.generation import (

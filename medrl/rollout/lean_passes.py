@@ -33,6 +33,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from medrl.rollout.decode_attention import attention_implementation
+from medrl.utils.forwards import instance_forwards
 
 GQA_ATTENTION = "medrl_gqa"
 
@@ -112,25 +113,14 @@ def lean_passes(model: nn.Module, enabled: bool = True) -> Iterator[int]:
         return
     with ExitStack() as stack:
         stack.enter_context(attention_implementation(model, GQA_ATTENTION))
-        yield stack.enter_context(_lean_mlps(model))
+        yield stack.enter_context(instance_forwards(model, _is_silu_gated_mlp, _lean_mlp_forward))
 
 
-@contextmanager
-def _lean_mlps(model: nn.Module) -> Iterator[int]:
-    mlps = [
-        module
-        for module in model.modules()
-        if type(module).__name__ in GATED_MLP_CLASSES
+def _is_silu_gated_mlp(module: nn.Module) -> bool:
+    return (
+        type(module).__name__ in GATED_MLP_CLASSES
         and type(getattr(module, "act_fn", None)).__name__ in SILU_CLASSES
-        and "forward" not in vars(module)
-    ]
-    try:
-        for module in mlps:
-            module.forward = _lean_mlp_forward(module)  # an instance attribute, removed below
-        yield len(mlps)
-    finally:
-        for module in mlps:
-            module.__dict__.pop("forward", None)
+    )
 
 
 def _lean_mlp_forward(mlp: nn.Module):

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from medrl.sharding import is_fsdp_managed
+from medrl.utils.forwards import instance_forwards
 
 # Entries of oneDNN's primitive cache and of ideep's LRU; both read their variable on first use.
 KERNEL_CACHE_CAPACITY = 64
@@ -130,18 +131,8 @@ def onednn_linears(model: nn.Module, enabled: bool = True) -> Iterator[int]:
     if not enabled or not onednn_linear_supported() or is_fsdp_managed(model):
         yield 0
         return
-    linears = [
-        module
-        for module in model.modules()
-        if type(module) is nn.Linear and "forward" not in vars(module)
-    ]
-    try:
-        for module in linears:
-            module.forward = _routed_forward(module)  # an instance attribute, removed below
-        yield len(linears)
-    finally:
-        for module in linears:
-            module.__dict__.pop("forward", None)
+    with instance_forwards(model, lambda m: type(m) is nn.Linear, _routed_forward) as routed:
+        yield routed
 
 
 def _routed_forward(module: nn.Linear):

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from medrl.rollout import SamplingSettings, completion_logprobs, generate, scoring
+from medrl.rollout import scoring
 from medrl.rollout.lean_passes import (
     GQA_ATTENTION,
     gqa_attention_forward,
@@ -18,8 +15,6 @@ from medrl.rollout.lean_passes import (
     silu_mul,
 )
 from medrl.rollout.scoring import takes_tree_mask
-
-PROMPTS = ["Which vitamin deficiency causes scurvy?", "Name the nerve of the deltoid."]
 
 
 class GroupedAttention(nn.Module):
@@ -114,48 +109,14 @@ def test_the_context_switches_attention_and_mlps_and_restores_them(tiny_policy):
         assert mlps == 0 and model.config._attn_implementation == "sdpa"
 
 
-def test_lean_packed_logprobs_and_gradients_equal_the_plain_ones(tiny_policy, monkeypatch):
+def test_lean_packed_logprobs_and_gradients_equal_the_plain_ones(
+    lora_rollout, packed_pass, same_pass, monkeypatch
+):
     packed = []
     original = scoring._packed_logits
     monkeypatch.setattr(scoring, "_packed_logits", lambda *a: packed.append(1) or original(*a))
-    torch.manual_seed(0)
-    config = LoraConfig(
-        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"], init_lora_weights=False
-    )
-    model = get_peft_model(copy.deepcopy(tiny_policy.model), config).eval()
-    rollout = generate(
-        model,
-        tiny_policy.tokenizer,
-        PROMPTS,
-        SamplingSettings(max_new_tokens=5),
-        2,
-        generator_seed=3,
-    )
-    weights = torch.linspace(-1, 1, rollout.completion_ids.numel()).view(
-        rollout.completion_ids.shape
-    )
-
-    def run(lean: bool):
-        model.zero_grad(set_to_none=True)
-        with lean_passes(model, enabled=lean):
-            logp, entropy = completion_logprobs(
-                model,
-                rollout.prompt_ids,
-                rollout.prompt_mask,
-                rollout.completion_ids,
-                rollout.completion_mask,
-                prompt_groups=rollout.group_index,
-                pack=True,
-                return_entropy=True,
-            )
-        (logp * weights).sum().backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-        return logp.detach(), entropy, grads
-
-    (ours, our_entropy, our_grads), (plain, entropy, plain_grads) = run(True), run(False)
-    assert packed == [1, 1]  # both runs took the packed layout
-    torch.testing.assert_close(ours, plain, atol=1e-5, rtol=0)
-    torch.testing.assert_close(our_entropy, entropy, atol=1e-5, rtol=0)
-    assert our_grads.keys() == plain_grads.keys() and our_grads
-    for name in plain_grads:
-        torch.testing.assert_close(our_grads[name], plain_grads[name], atol=1e-5, rtol=1e-4)
+    with lean_passes(lora_rollout.model):
+        ours = packed_pass()
+    plain = packed_pass()
+    assert packed == [1, 1]  # both passes took the packed layout
+    same_pass(ours, plain)

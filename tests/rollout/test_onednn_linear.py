@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 from torch import nn
 
-from medrl.rollout import EngineSettings, SamplingSettings, completion_logprobs, generate
+from medrl.rollout import EngineSettings, SamplingSettings, generate
 from medrl.rollout import onednn_linear as module
 from medrl.rollout.onednn_linear import onednn_linear, onednn_linear_supported, onednn_linears
 
@@ -142,40 +140,16 @@ def test_sampling_with_onednn_linears_gives_the_same_completions(tiny_policy, on
     assert all("forward" not in vars(m) for m in tiny_policy.model.modules())
 
 
-def test_lora_logprobs_and_gradients_through_onednn_equal_f_linears(tiny_policy, onednn_calls):
-    torch.manual_seed(0)
-    config = LoraConfig(
-        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False
-    )
-    model = get_peft_model(copy.deepcopy(tiny_policy.model), config).eval()
-    tok = tiny_policy.tokenizer
-    rollout = generate(model, tok, PROMPTS, SamplingSettings(max_new_tokens=5), 2, generator_seed=3)
-    weights = torch.linspace(-1, 1, rollout.completion_ids.numel()).view(
-        rollout.completion_ids.shape
-    )
-
-    def run(routed: bool):
-        model.zero_grad(set_to_none=True)
-        with onednn_linears(model, enabled=routed):
-            logp = completion_logprobs(
-                model,
-                rollout.prompt_ids,
-                rollout.prompt_mask,
-                rollout.completion_ids,
-                rollout.completion_mask,
-                prompt_groups=rollout.group_index,
-                pack=True,
-            )
-        (logp * weights).sum().backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-        return logp.detach(), grads
-
-    (ours, our_grads), (plain, plain_grads) = run(True), run(False)
-    assert onednn_calls  # the routed run went through oneDNN
-    torch.testing.assert_close(ours, plain, atol=1e-5, rtol=0)
-    assert our_grads.keys() == plain_grads.keys() and our_grads
-    for name in plain_grads:
-        torch.testing.assert_close(our_grads[name], plain_grads[name], atol=1e-5, rtol=1e-4)
+def test_lora_logprobs_and_gradients_through_onednn_equal_f_linears(
+    lora_rollout, packed_pass, same_pass, onednn_calls
+):
+    with onednn_linears(lora_rollout.model):
+        ours = packed_pass()
+    assert onednn_calls  # the routed pass went through oneDNN
+    onednn_calls.clear()
+    plain = packed_pass()
+    assert not onednn_calls
+    same_pass(ours, plain)
 
 
 def test_engine_settings_reject_an_unknown_cpu_linear():

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medrl.rollout.onednn_linear import _matmul, routes_to_onednn
+from medrl.rollout.onednn_linear import onednn_linear
 from medrl.sharding import is_fsdp_managed
 
 # Model types whose causal-LM logits are exactly lm_head(final hidden states).
@@ -78,14 +78,9 @@ def hidden_states_at(model: nn.Module, **inputs: Any) -> tuple[torch.Tensor, nn.
 
 
 def _product(onednn: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """x [M, in] @ weight [out, in]^T, in oneDNN when the output layer was routed there."""
-
-    def product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        if onednn and routes_to_onednn(x, weight):
-            return _matmul(x.contiguous(), weight, None)
-        return nn.functional.linear(x, weight)
-
-    return product
+    """x [M, in] @ weight [out, in]^T: onednn_linear (oneDNN where it can run there) when the
+    output layer was routed, else F.linear."""
+    return onednn_linear if onednn else nn.functional.linear
 
 
 class _HeadLogProbs(torch.autograd.Function):

@@ -31,7 +31,22 @@ import torch
 from torch import nn
 
 from medrl import distributed
-from medrl.algorithms.core import AGGREGATIONS, group_advantages, grpo_loss
+from medrl.algorithms.core import (
+    ADVANTAGE_ESTIMATORS,
+    AGGREGATIONS,
+    IMPORTANCE_SAMPLING_LEVELS,
+    POLICY_LOSSES,
+    REWARD_AGGREGATIONS,
+    STD_ESTIMATORS,
+    STD_SCOPES,
+    batch_renormalize,
+    check_eps,
+    decoupled_advantages,
+    group_advantages,
+    grpo_loss,
+    high_entropy_mask,
+    high_entropy_threshold,
+)
 from medrl.algorithms.numeric_faults import FaultCounter, drop_gradients, update_fault
 from medrl.algorithms.optim import build_optimizer
 from medrl.algorithms.resume_state import TrainableWeightsCheckpointing
@@ -59,11 +74,33 @@ from medrl.utils.timing import timed
 
 @dataclass(frozen=True)
 class AdvantageSettings:
-    """See core.group_advantages: std_scope group | batch | none, population | unbiased."""
+    """How rewards become advantages (medrl.algorithms.core).
+
+    estimator: group_mean (GRPO) | rloo (leave-one-out baseline); std_scope: group | batch |
+    none; std_estimator: population | unbiased; eps >= 0 (added to the std). aggregation:
+    sum_then_normalize (the weighted reward total is normalized: core.group_advantages) |
+    normalize_then_sum (GDPO: each reward component is normalized within its group, then
+    weighted and summed: core.decoupled_advantages). batch_renormalize: divide the result by
+    its std over the whole batch (GDPO's last step, core.batch_renormalize).
+    """
 
     std_scope: str = "group"
     std_estimator: str = "population"
     eps: float = 1e-4
+    estimator: str = "group_mean"
+    aggregation: str = "sum_then_normalize"
+    batch_renormalize: bool = False
+
+    def __post_init__(self) -> None:
+        for name, value, valid in (
+            ("std_scope", self.std_scope, STD_SCOPES),
+            ("std_estimator", self.std_estimator, STD_ESTIMATORS),
+            ("estimator", self.estimator, ADVANTAGE_ESTIMATORS),
+            ("aggregation", self.aggregation, REWARD_AGGREGATIONS),
+        ):
+            if value not in valid:
+                raise ValueError(f"advantage.{name}={value!r}; valid: {list(valid)}")
+        check_eps(self.eps)
 
 
 @dataclass(frozen=True)
@@ -73,6 +110,36 @@ class ClipSettings:
     eps_low: float = 0.2
     eps_high: float = 0.2
     dual_clip: float | None = None
+
+
+@dataclass(frozen=True)
+class SequenceClipSettings:
+    """GSPO's clip range for the sequence-level ratio (importance_sampling=sequence):
+    [1 - eps_low, 1 + eps_high]. The paper's values (3e-4, 4e-4) are about 1000x smaller than
+    the token-level ones, because a sequence ratio is a geometric mean of token ratios."""
+
+    eps_low: float = 3e-4
+    eps_high: float = 4e-4
+
+
+@dataclass(frozen=True)
+class EntropySettings:
+    """Entropy controls. coef >= 0: an entropy bonus in the loss (0 = off). top_quantile:
+    null = off, else rho in (0, 1]: only the completion tokens whose entropy is among the top
+    rho of the whole rollout's tokens get policy gradient (Wang et al. 2025; the threshold is
+    taken once per rollout over every token of all processes, from the policy that sampled
+    it, so micro-batching does not change it)."""
+
+    coef: float = 0.0
+    top_quantile: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.coef, bool) or not self.coef >= 0:
+            raise ValueError(f"entropy.coef must be a number >= 0 (0 = off), got {self.coef}")
+        if self.top_quantile is not None and not 0 < self.top_quantile <= 1:
+            raise ValueError(
+                f"entropy.top_quantile must be null (off) or in (0, 1], got {self.top_quantile}"
+            )
 
 
 @dataclass(frozen=True)
@@ -102,6 +169,12 @@ class RolloutBatch:
     adv: torch.Tensor  # [N]
     components: list[dict[str, float]]  # N per-completion unweighted component rewards
     extra_draws: int = 0  # dynamic sampling: extra batches of prompts drawn for this step
+
+    def groups_with_signal(self) -> list[int]:
+        """The groups whose advantages are not all 0 (any estimator, any reward aggregation:
+        with normalize_then_sum a group with equal totals can still carry signal)."""
+        varied = (self.adv.view(len(self.records), -1) != 0).any(dim=1)  # [B]
+        return [b for b in range(len(self.records)) if varied[b]]
 
 
 @dataclass
@@ -181,8 +254,11 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
         chat_template_kwargs: passed to the chat template (enable_thinking ...).
         prompts_per_step (B), group_size (G), mu (update passes per rollout),
         micro_batch_size (completions per forward/backward), sampling, engine (how rollouts
-        are sampled and scored: speed only, see medrl.rollout.EngineSettings), advantage, clip, kl,
-        loss_aggregation, mask_truncated (truncated completions get no loss), dynamic_sampling,
+        are sampled and scored: speed only, see medrl.rollout.EngineSettings), advantage
+        (AdvantageSettings), importance_sampling (token | sequence: GSPO), clip (the token-level
+        clip range), sequence_clip (the sequence-level one), policy_loss (clip | cispo), entropy
+        (EntropySettings), kl, loss_aggregation, mask_truncated (truncated completions get no
+        loss), dynamic_sampling,
         lr, weight_decay, warmup_ratio, scheduler, grad_clip, seed, max_consecutive_faults
         (updates in a row with a non-finite loss or gradient, each skipped, before the run
         stops; see medrl.algorithms.numeric_faults), sample_table_every (log a
@@ -205,7 +281,11 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
         sampling: SamplingSettings | None = None,
         engine: EngineSettings | None = None,
         advantage: AdvantageSettings | None = None,
+        importance_sampling: str = "token",
         clip: ClipSettings | None = None,
+        sequence_clip: SequenceClipSettings | None = None,
+        policy_loss: str = "clip",
+        entropy: EntropySettings | None = None,
         kl: KLSettings | None = None,
         loss_aggregation: str = "seq_mean_token_mean",
         mask_truncated: bool = False,
@@ -232,7 +312,11 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
         self.sampling = sampling or SamplingSettings()
         self.engine = engine or EngineSettings()
         self.advantage = advantage or AdvantageSettings()
+        self.importance_sampling = importance_sampling
         self.clip = clip or ClipSettings()
+        self.sequence_clip = sequence_clip or SequenceClipSettings()
+        self.policy_loss = policy_loss
+        self.entropy = entropy or EntropySettings()
         self.kl = kl or KLSettings()
         self.loss_aggregation = loss_aggregation
         self.mask_truncated = mask_truncated
@@ -254,10 +338,15 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
 
     def _check(self) -> None:
-        if self.loss_aggregation not in AGGREGATIONS:
-            raise ValueError(
-                f"grpo loss_aggregation={self.loss_aggregation!r}; valid: {list(AGGREGATIONS)}"
-            )
+        for name, value, valid in (
+            ("loss_aggregation", self.loss_aggregation, AGGREGATIONS),
+            ("importance_sampling", self.importance_sampling, IMPORTANCE_SAMPLING_LEVELS),
+            ("policy_loss", self.policy_loss, POLICY_LOSSES),
+        ):
+            if value not in valid:
+                raise ValueError(f"grpo {name}={value!r}; valid: {list(valid)}")
+        if self.policy_loss == "cispo" and self.clip.dual_clip is not None:
+            raise ValueError("grpo clip.dual_clip applies to policy_loss=clip only; set it to null")
         if self.G < 2 and self.advantage.std_scope != "none":
             raise ValueError("grpo group_size must be >= 2 when the advantage divides by a std")
         if min(self.B, self.mu, self.micro_batch_size) < 1:
@@ -273,7 +362,12 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
             "sampling": asdict(self.sampling),
             "engine": asdict(self.engine),
             "advantage": asdict(self.advantage),
+            "reward_weights": dict(zip(self.rewards.names, self._reward_weights(), strict=True)),
+            "importance_sampling": self.importance_sampling,
             "clip": asdict(self.clip),
+            "sequence_clip": asdict(self.sequence_clip),
+            "policy_loss": self.policy_loss,
+            "entropy": asdict(self.entropy),
             "kl": asdict(self.kl),
             "loss_aggregation": self.loss_aggregation,
             "mask_truncated": self.mask_truncated,
@@ -282,6 +376,14 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
             "optimizer": self.optim,
             "grad_clip": self.grad_clip,
         }
+
+    def _reward_weights(self) -> list[float]:
+        return [component.weight for component in self.rewards.components]
+
+    def _clip_range(self) -> tuple[float, float]:
+        """(eps_low, eps_high) of the importance-sampling level in use."""
+        clip = self.sequence_clip if self.importance_sampling == "sequence" else self.clip
+        return clip.eps_low, clip.eps_high
 
     def _reference_kind(self) -> str:
         if self.kl.beta == 0:
@@ -425,16 +527,29 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
                 )
             ]
         rewards = torch.tensor([s.total for s in scores]).view(len(records), self.G)  # [b, G]
+        components = torch.tensor(
+            [[s.components[name] for name in self.rewards.names] for s in scores],
+            dtype=torch.float64,
+        ).view(len(records), self.G, -1)  # [b, G, K]
         return RolloutBatch(
-            records, rollout, rewards, self._advantages(rewards), [s.components for s in scores]
+            records,
+            rollout,
+            rewards,
+            self._advantages(rewards, components),
+            [s.components for s in scores],
         )
 
-    def _advantages(self, rewards: torch.Tensor) -> torch.Tensor:
-        """adv [b*G] of this rank's rewards [b, G], computed on all ranks' rewards [B, G] (the
-        batch std of std_scope=batch is the whole batch's)."""
-        parts = distributed.all_gather_objects(rewards)
-        adv, _ = group_advantages(torch.cat(parts), **asdict(self.advantage))  # [B, G]
-        start = sum(len(part) for part in parts[: distributed.rank()])
+    def _advantages(self, rewards: torch.Tensor, components: torch.Tensor) -> torch.Tensor:
+        """adv [b*G] of this rank's rewards [b, G] (components [b, G, K]), computed on all ranks'
+        [B, G] (the batch std of std_scope=batch and of batch_renormalize is the whole batch's)."""
+        parts = distributed.all_gather_objects((rewards, components))
+        adv = rollout_advantages(
+            torch.cat([r for r, _ in parts]),
+            torch.cat([c for _, c in parts]),
+            self._reward_weights(),
+            self.advantage,
+        )  # [B, G]
+        start = sum(len(r) for r, _ in parts[: distributed.rank()])
         return adv[start : start + len(rewards)].reshape(-1)  # [b*G]
 
     # --- log-probs -------------------------------------------------------------------------
@@ -451,7 +566,14 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
                 [self._logprobs(model, rollout, rows) for rows in self._micro_batches(len(rollout))]
             )
 
-    def _logprobs(self, model: nn.Module, rollout: Rollout, rows: slice, entropy: bool = False):
+    def _logprobs(
+        self,
+        model: nn.Module,
+        rollout: Rollout,
+        rows: slice,
+        entropy: bool = False,
+        entropy_grad: bool = False,
+    ):
         # Rows of one group share their prompt: run it once per micro-batch (same numbers).
         groups = rollout.group_index[rows] if self.engine.shared_prompt_logprobs else None
         return completion_logprobs(
@@ -465,6 +587,7 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
             prompt_groups=groups,
             pack=self.engine.pack_completions,
             fused_head=self.engine.fused_head,
+            entropy_grad=entropy_grad,
         )
 
     def _micro_batches(self, n: int) -> Iterator[slice]:
@@ -485,15 +608,10 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
         # Every pass runs in eval mode: dropout off, so the same weights give the same log-probs
         # in the rollout, reference, old and policy passes (gradients flow all the same).
         self.model.eval()
-        old_logp = None
-        if self.mu > 1:  # the sampling policy's log-probs, before any update of this step
-            with torch.no_grad(), timed(timings, "old_logprobs"):
-                old_logp = torch.cat(
-                    [
-                        self._logprobs(self.model, rollout, rows)
-                        for rows in self._micro_batches(len(rollout))
-                    ]
-                )
+        old_logp, old_entropy = self._sampling_policy_pass(rollout, timings)
+        pg_mask = None
+        if self.entropy.top_quantile is not None:
+            pg_mask = self._high_entropy_tokens(old_entropy, mask)  # [N, C]
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
         # The whole batch's counts normalize every rank's loss (core.aggregate_loss).
@@ -510,7 +628,7 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
                     release_free_heap()  # the last micro-batch's freed memory, to the OS
                 with timed(timings, "policy_forward"):
                     loss, metrics, entropy = self._micro_batch_loss(
-                        step, rows, old_logp, ref_logp, mask, totals
+                        step, rows, old_logp, ref_logp, mask, totals, pg_mask
                     )
                 with timed(timings, "policy_backward"):
                     # The strategy averages gradients over ranks: scaled by world_size, the
@@ -518,7 +636,7 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
                     self.manual_backward(loss * distributed.world_size())
                 local.update(metric_sums(metrics, tokens=float(mask[rows].sum())))
                 local["loss"] += loss.item()
-                local["entropy"] += entropy.sum().item() / max(totals["total_tokens"], 1)
+                local["entropy"] += entropy.detach().sum().item() / max(totals["total_tokens"], 1)
             batch = batch_metrics(local, totals["total_tokens"])
             with timed(timings, "optimizer"):
                 grad_norm = self._optimizer_step(optimizer, scheduler, batch["loss"], update)
@@ -530,6 +648,34 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
         metrics["faults/skipped_updates"] = float(self.faults.total)
         return metrics
 
+    def _sampling_policy_pass(
+        self, rollout: Rollout, timings: dict[str, float]
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(old_logp [N, C] when mu > 1, entropies [N, C] when entropy.top_quantile is set) of
+        the policy that sampled the rollout, before any update of this step; one no-grad pass,
+        or none when neither is needed (mu = 1: the old log-probs are the current ones)."""
+        need_entropy = self.entropy.top_quantile is not None
+        if self.mu == 1 and not need_entropy:
+            return None, None
+        with torch.no_grad(), timed(timings, "old_logprobs"):
+            parts = [
+                self._logprobs(self.model, rollout, rows, entropy=need_entropy)
+                for rows in self._micro_batches(len(rollout))
+            ]
+        if not need_entropy:
+            return torch.cat(parts), None
+        old_logp = torch.cat([logp for logp, _ in parts]) if self.mu > 1 else None
+        return old_logp, torch.cat([entropy for _, entropy in parts])
+
+    def _high_entropy_tokens(self, entropy: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """pg_mask [N, C]: 1 on the loss tokens whose entropy is in the top entropy.top_quantile
+        of every loss token of the rollout, on all ranks (core.high_entropy_threshold)."""
+        entropy = entropy.cpu()
+        values = entropy[mask.bool()]  # [T] this rank's loss tokens
+        every = torch.cat(distributed.all_gather_objects(values))  # [T of all ranks]
+        threshold = high_entropy_threshold(every, self.entropy.top_quantile)
+        return high_entropy_mask(entropy, mask, threshold)
+
     def _micro_batch_loss(
         self,
         step: RolloutBatch,
@@ -538,23 +684,33 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
         ref_logp: torch.Tensor | None,
         mask: torch.Tensor,
         totals: dict[str, int],
+        pg_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
         """(loss, metrics, entropy [n, C]) of micro-batch `rows`; the loss carries gradients."""
-        logp, entropy = self._logprobs(self.model, step.rollout, rows, entropy=True)
+        bonus = self.entropy.coef > 0
+        logp, entropy = self._logprobs(
+            self.model, step.rollout, rows, entropy=True, entropy_grad=bonus
+        )
         old = logp.detach() if old_logp is None else old_logp[rows]
+        eps_low, eps_high = self._clip_range()
         loss, metrics = grpo_loss(
             logp,
             old,
             None if ref_logp is None else ref_logp[rows],
             step.adv[rows].to(logp.device),
             mask[rows].to(logp.device),
-            eps_low=self.clip.eps_low,
-            eps_high=self.clip.eps_high,
+            eps_low=eps_low,
+            eps_high=eps_high,
             dual_clip=self.clip.dual_clip,
             beta=self.kl.beta,
             kl_estimator=self.kl.estimator,
             aggregation=self.loss_aggregation,
             max_completion_length=self.sampling.max_new_tokens,
+            policy_loss=self.policy_loss,
+            importance_sampling=self.importance_sampling,
+            entropy=entropy if bonus else None,
+            entropy_coef=self.entropy.coef,
+            pg_mask=None if pg_mask is None else pg_mask[rows].to(logp.device),
             **totals,
         )
         return loss, metrics, entropy
@@ -625,8 +781,13 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
             values = torch.tensor([c[name] for c in facts.components])  # [N]
             metrics[f"reward/{name}"] = values.mean().item()
             metrics[f"reward/{name}_std"] = values.std(correction=0).item()
+        for name in self.rewards.names:  # groups where this component carries no signal
+            values = torch.tensor([c[name] for c in facts.components]).view(-1, self.G)  # [B, G]
+            equal = values.max(1).values == values.min(1).values  # [B]
+            metrics[f"reward/{name}_frac_zero_std"] = equal.float().mean().item()
         correct = torch.tensor(facts.correct).view(-1, self.G)  # [B, G]
         zero_std = facts.rewards.max(1).values == facts.rewards.min(1).values  # [B]
+        no_signal = (facts.adv.view(-1, self.G) == 0).all(1)  # [B]
         lengths = torch.tensor(facts.num_tokens, dtype=torch.float)  # [N]
         metrics.update(
             {
@@ -639,6 +800,7 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
                 .float()
                 .mean()
                 .item(),
+                "rollout/frac_zero_adv": no_signal.float().mean().item(),
                 "rollout/completions": float(n),
                 "rollout/completion_tokens": lengths.sum().item(),
                 "rollout/completion_len_mean": lengths.mean().item(),
@@ -691,9 +853,31 @@ def _is_peft(model: nn.Module) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
 
+def rollout_advantages(
+    rewards: torch.Tensor,
+    components: torch.Tensor,
+    weights: Sequence[float],
+    settings: AdvantageSettings,
+) -> torch.Tensor:
+    """adv [B, G] of the whole batch's reward totals [B, G] and components [B, G, K] under
+    `settings` (the dispatch to core's functions)."""
+    options = dict(
+        std_scope=settings.std_scope,
+        std_estimator=settings.std_estimator,
+        eps=settings.eps,
+        estimator=settings.estimator,
+    )
+    if settings.aggregation == "normalize_then_sum":
+        adv, _ = decoupled_advantages(components, weights, **options)  # [B, G]
+    else:
+        adv, _ = group_advantages(rewards, **options)  # [B, G]
+    if settings.batch_renormalize:
+        adv = batch_renormalize(adv, settings.std_estimator, settings.eps)  # [B, G]
+    return adv
+
+
 def _groups_with_signal(step: RolloutBatch) -> list[tuple[RolloutBatch, int]]:
-    varied = step.rewards.max(1).values != step.rewards.min(1).values  # [B]
-    return [(step, b) for b in range(len(step.records)) if varied[b]]
+    return [(step, b) for b in step.groups_with_signal()]
 
 
 def _merge_groups(groups: list[tuple[RolloutBatch, int]], G: int, pad_id: int) -> RolloutBatch:
@@ -713,7 +897,14 @@ def _merge_groups(groups: list[tuple[RolloutBatch, int]], G: int, pad_id: int) -
 
 # grpo_loss metrics that are means over the micro-batch's completion tokens; the others
 # (pg_loss) are the micro-batch's share of the batch's value, already normalized by its totals.
-TOKEN_MEAN_METRICS = ("kl", "ratio_mean", "clip_frac_low", "clip_frac_high", "dual_clip_frac")
+TOKEN_MEAN_METRICS = (
+    "kl",
+    "ratio_mean",
+    "clip_frac_low",
+    "clip_frac_high",
+    "dual_clip_frac",
+    "pg_token_frac",
+)
 
 
 def metric_sums(metrics: dict[str, float], tokens: float) -> dict[str, float]:

@@ -115,8 +115,10 @@ def grpo_kwargs(cfg: Any) -> dict[str, Any]:
         AdvantageSettings,
         ClipSettings,
         DynamicSampling,
+        EntropySettings,
         GRPOModule,
         KLSettings,
+        SequenceClipSettings,
     )
     from medrl.rollout import EngineSettings, SamplingSettings
 
@@ -126,6 +128,8 @@ def grpo_kwargs(cfg: Any) -> dict[str, Any]:
         "engine": EngineSettings,
         "advantage": AdvantageSettings,
         "clip": ClipSettings,
+        "sequence_clip": SequenceClipSettings,
+        "entropy": EntropySettings,
         "kl": KLSettings,
         "dynamic_sampling": DynamicSampling,
     }

@@ -17,7 +17,21 @@ Conventions that map (medrl key -> TRL field):
     sampling.temperature/top_p/top_k   -> temperature/top_p/top_k (0 = off in both)
     sampling.min_p (0 = off)           -> min_p (None = off)
     advantage.std_scope group|batch|none -> scale_rewards group|batch|none
-    clip.eps_low, clip.eps_high        -> epsilon, epsilon_high
+    advantage.aggregation              -> multi_objective_aggregation (normalize_then_sum only
+                                          as TRL computes it: group std unbiased + 1e-4 per
+                                          component, then the batch renormalization), with one
+                                          TRL reward function per medrl reward component and
+                                          reward_weights = the components' weights
+    importance_sampling token|sequence -> importance_sampling_level token|sequence
+    clip.eps_low, clip.eps_high        -> epsilon, epsilon_high (sequence_clip's at the
+                                          sequence level)
+    policy_loss cispo                  -> loss_type cispo (TRL: token-mean normalizer, no lower
+                                          bound, weight capped at epsilon_high = 1 + eps_high)
+    entropy.coef                       -> entropy_coef (TRL: a token mean per micro-batch, so
+                                          only with one micro-batch and token_mean)
+    entropy.top_quantile               -> top_entropy_quantile (TRL: the quantile of each
+                                          micro-batch under the current policy, so only with
+                                          one micro-batch and mu = 1)
     kl.beta                            -> beta; KL k3 in the loss, not multiplied by the ratio
                                           (use_bias_correction_kl=False)
     loss_aggregation                   -> loss_type: seq_mean_token_mean = grpo,
@@ -33,7 +47,7 @@ Conventions that map (medrl key -> TRL field):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 # medrl loss_aggregation -> TRL loss_type (same normalizers; see the module docstring).
@@ -90,6 +104,14 @@ def grpo_problems(module: Mapping[str, Any]) -> list[str]:
         problems.append(
             f"grpo.module.advantage.eps={adv.eps}: TRL adds {TRL_ADVANTAGE_EPS} to the std"
         )
+    if adv.estimator != "group_mean":
+        problems.append(
+            f"grpo.module.advantage.estimator={adv.estimator}: TRL's GRPOTrainer has no "
+            "leave-one-out baseline (its RLOOTrainer is another trainer)"
+        )
+    problems += _aggregation_problems(adv)
+    problems += _policy_loss_problems(module)
+    problems += _entropy_problems(module)
     if kl.beta > 0 and kl.estimator != "k3":
         problems.append(f"grpo.module.kl.estimator={kl.estimator}: TRL's KL term is k3")
     if clip.dual_clip is not None:
@@ -113,6 +135,87 @@ def grpo_problems(module: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def _aggregation_problems(adv: Any) -> list[str]:
+    """TRL's normalize_then_sum is one fixed recipe; sum_then_normalize has no renormalization."""
+    if adv.aggregation == "sum_then_normalize":
+        if adv.batch_renormalize:
+            return [
+                "grpo.module.advantage.batch_renormalize=true: TRL renormalizes over the batch "
+                "only with advantage.aggregation=normalize_then_sum"
+            ]
+        return []
+    fixed = {
+        "std_scope": "group",
+        "std_estimator": "unbiased",
+        "eps": TRL_ADVANTAGE_EPS,
+        "batch_renormalize": True,
+    }
+    return [
+        f"grpo.module.advantage.{key}={getattr(adv, key)}: TRL's normalize_then_sum uses "
+        f"{key}={value}"
+        for key, value in fixed.items()
+        if getattr(adv, key) != value
+    ]
+
+
+def _policy_loss_problems(module: Mapping[str, Any]) -> list[str]:
+    """TRL's cispo loss type fixes the normalizer and has no lower bound on the weight."""
+    if module["policy_loss"] != "cispo":
+        return []
+    problems = []
+    if module["loss_aggregation"] != "token_mean":
+        problems.append(
+            f"grpo.module.loss_aggregation={module['loss_aggregation']}: TRL's cispo loss "
+            "divides by the batch's tokens (token_mean)"
+        )
+    eps_low = _clip(module).eps_low
+    if eps_low < 1:
+        level = "sequence_clip" if module["importance_sampling"] == "sequence" else "clip"
+        problems.append(
+            f"grpo.module.{level}.eps_low={eps_low}: TRL's cispo weight has no lower bound "
+            "(set eps_low=1.0)"
+        )
+    return problems
+
+
+def _entropy_problems(module: Mapping[str, Any]) -> list[str]:
+    """TRL computes its entropy terms per micro-batch; medrl's are over the whole rollout."""
+    entropy = module["entropy"]
+    single = module["micro_batch_size"] >= module["prompts_per_step"] * module["group_size"]
+    problems = []
+    if entropy.coef > 0 and not (single and module["loss_aggregation"] == "token_mean"):
+        problems.append(
+            f"grpo.module.entropy.coef={entropy.coef}: TRL's bonus is a token mean per "
+            "micro-batch; it matches medrl's only with one micro-batch (micro_batch_size >= "
+            "B*G) and loss_aggregation=token_mean"
+        )
+    if entropy.coef > 0 and entropy.top_quantile is not None:
+        problems.append(
+            "grpo.module.entropy.coef with entropy.top_quantile: TRL restricts its bonus to the "
+            "high-entropy tokens, medrl's counts every token"
+        )
+    if entropy.top_quantile is not None and not (single and module["mu"] == 1):
+        problems.append(
+            f"grpo.module.entropy.top_quantile={entropy.top_quantile}: TRL takes the quantile "
+            "per micro-batch under the current policy; it matches medrl's (whole rollout, "
+            "sampling policy) only with one micro-batch and mu = 1"
+        )
+    return problems
+
+
+def _clip(module: Mapping[str, Any]) -> Any:
+    """The clip settings of the importance-sampling level in use."""
+    return (
+        module["sequence_clip"] if module["importance_sampling"] == "sequence" else module["clip"]
+    )
+
+
+def _loss_type(module: Mapping[str, Any]) -> str:
+    if module["policy_loss"] == "cispo":
+        return "cispo"
+    return LOSS_TYPES[module["loss_aggregation"]]
+
+
 def grpo_config_kwargs(
     module: Mapping[str, Any],
     *,
@@ -121,8 +224,12 @@ def grpo_config_kwargs(
     gradient_checkpointing: bool,
     output_dir: str,
     precision: str = "32-true",
+    reward_weights: Sequence[float] = (1.0,),
 ) -> dict[str, Any]:
     """GRPOConfig keyword arguments that run medrl's `module` settings for `rollout_steps`.
+
+    reward_weights: the reward set's component weights, one TRL reward function per component
+    (in the same order).
 
     `module` holds GRPOModule's keyword arguments (conf/grpo/ plus the seed), with the
     settings dataclasses (SamplingSettings, AdvantageSettings, ...) already built.
@@ -133,7 +240,8 @@ def grpo_config_kwargs(
     problems = grpo_problems(module)
     if problems:
         raise UnmappableSetting("TRL cannot run these medrl settings: " + "; ".join(problems))
-    sampling, adv, clip, kl = (module[k] for k in ("sampling", "advantage", "clip", "kl"))
+    sampling, adv, kl, entropy = (module[k] for k in ("sampling", "advantage", "kl", "entropy"))
+    clip = _clip(module)
     rows, micro = module["prompts_per_step"] * module["group_size"], module["micro_batch_size"]
     optimizer_steps = rollout_steps * module["mu"]
     return {
@@ -148,11 +256,17 @@ def grpo_config_kwargs(
         "top_k": sampling.top_k,
         "min_p": sampling.min_p if sampling.min_p > 0 else None,
         "scale_rewards": adv.std_scope,
+        "multi_objective_aggregation": adv.aggregation,
+        "reward_weights": [float(w) for w in reward_weights],
+        "importance_sampling_level": module["importance_sampling"],
         "epsilon": clip.eps_low,
-        "epsilon_high": clip.eps_high,
+        # TRL caps the cispo weight at epsilon_high itself, the clip's ratio at 1 + it.
+        "epsilon_high": 1 + clip.eps_high if module["policy_loss"] == "cispo" else clip.eps_high,
+        "entropy_coef": entropy.coef,
+        "top_entropy_quantile": 1.0 if entropy.top_quantile is None else entropy.top_quantile,
         "beta": kl.beta,
         "use_bias_correction_kl": False,
-        "loss_type": LOSS_TYPES[module["loss_aggregation"]],
+        "loss_type": _loss_type(module),
         "mask_truncated_completions": module["mask_truncated"],
         "learning_rate": module["lr"],
         "weight_decay": module["weight_decay"],

@@ -78,18 +78,31 @@ def step_timer(clock: PhaseClock, every: int = 1) -> Any:
     return StepTimer()
 
 
-def medrl_reward_function(records: list, rewards: Any, output_format: Any):
-    """medrl's reward set as a TRL reward function: the dataset's record_index column says
-    which record a completion answers; the token count is TRL's completion ids (with eos, as
-    medrl counts them)."""
+def medrl_reward_functions(records: list, rewards: Any, output_format: Any) -> list:
+    """medrl's reward set as TRL reward functions, one per component (unweighted; TRL weighs
+    them with reward_weights, so GDPO's normalize_then_sum sees each component): the dataset's
+    record_index column says which record a completion answers; the token count is TRL's
+    completion ids (with eos, as medrl counts them). The set is scored once per batch."""
+    cache: dict[str, Any] = {}
 
-    def medrl_reward(prompts, completions, completion_ids, record_index, **kwargs) -> list:
-        return [
-            rewards.score(text, RewardSample(records[i], output_format, len(ids))).total
-            for text, ids, i in zip(completions, completion_ids, record_index, strict=True)
-        ]
+    def scores(completions, completion_ids, record_index) -> list:
+        key = repr((completions, [list(ids) for ids in completion_ids], list(record_index)))
+        if cache.get("key") != key:
+            cache["key"] = key
+            cache["scores"] = [
+                rewards.score(text, RewardSample(records[i], output_format, len(ids)))
+                for text, ids, i in zip(completions, completion_ids, record_index, strict=True)
+            ]
+        return cache["scores"]
 
-    return medrl_reward
+    def component(name: str):
+        def medrl_reward(prompts, completions, completion_ids, record_index, **kwargs) -> list:
+            return [s.components[name] for s in scores(completions, completion_ids, record_index)]
+
+        medrl_reward.__name__ = f"medrl_{name}"
+        return medrl_reward
+
+    return [component(name) for name in rewards.names]
 
 
 def prompt_ids_match(tokenizer: Any, prompts: list[str]) -> bool:
@@ -109,6 +122,7 @@ def run_grpo(task: BenchTask, cfg: Any, clock: PhaseClock) -> dict[str, Any]:
     rendered = render_prompts(tokenizer, records, output_format, spec.chat_template_kwargs)
     check_same_prompts(task.prompts, rendered, "trl")
     module = grpo_kwargs(cfg)
+    rewards = timed_rewards(cfg, clock)
     trl_args = grpo_config_kwargs(
         module,
         rollout_steps=task.total_steps,
@@ -116,13 +130,14 @@ def run_grpo(task: BenchTask, cfg: Any, clock: PhaseClock) -> dict[str, Any]:
         gradient_checkpointing=spec.gradient_checkpointing,
         precision=str(cfg.precision),
         output_dir=str(Path(task.extra["scratch_dir"])),
+        reward_weights=[component.weight for component in rewards.components],
     )
     dataset = Dataset.from_list(
         [{"prompt": p, "record_index": i} for i, p in enumerate(task.prompts)]
     )
     trainer = GRPOTrainer(
         model=model,
-        reward_funcs=[medrl_reward_function(records, timed_rewards(cfg, clock), output_format)],
+        reward_funcs=medrl_reward_functions(records, rewards, output_format),
         args=GRPOConfig(**trl_args),
         train_dataset=dataset,
         processing_class=tokenizer,

@@ -15,7 +15,16 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from medrl.algorithms.core import AGGREGATIONS, KL_ESTIMATORS, STD_ESTIMATORS, STD_SCOPES
+from medrl.algorithms.core import (
+    ADVANTAGE_ESTIMATORS,
+    AGGREGATIONS,
+    IMPORTANCE_SAMPLING_LEVELS,
+    KL_ESTIMATORS,
+    POLICY_LOSSES,
+    REWARD_AGGREGATIONS,
+    STD_ESTIMATORS,
+    STD_SCOPES,
+)
 from medrl.preflight.report import CheckResult, failed, passed, skipped, warned
 from medrl.rollout.settings import SAMPLERS
 from medrl.stages.evaluate import eval_sampling
@@ -54,6 +63,10 @@ def non_negative(value: Any) -> bool:
     return is_number(value) and value >= 0
 
 
+def lower_clip(value: Any) -> bool:
+    return is_number(value) and 0 < value <= 1
+
+
 @dataclass(frozen=True)
 class Rule:
     """A key, the test its value must pass, and the requirement in words for the message."""
@@ -85,16 +98,47 @@ GRPO_RULES = (
     Rule("grpo.module.kl.beta", non_negative, "a number >= 0 (0 = no KL term, no reference)"),
     Rule(
         "grpo.module.clip.eps_low",
-        lambda value: is_number(value) and 0 < value < 1,
-        "in (0, 1): the ratio is clipped below at 1 - eps_low, which must stay positive",
+        lower_clip,
+        "in (0, 1]: the ratio is clipped below at 1 - eps_low >= 0 (1 = no lower bound)",
     ),
     Rule("grpo.module.clip.eps_high", positive, "> 0: the ratio is clipped above at 1 + eps_high"),
+    Rule(
+        "grpo.module.sequence_clip.eps_low",
+        lower_clip,
+        "in (0, 1]: the sequence ratio is clipped below at 1 - eps_low >= 0",
+    ),
+    Rule(
+        "grpo.module.sequence_clip.eps_high",
+        positive,
+        "> 0: the sequence ratio is clipped above at 1 + eps_high",
+    ),
+    Rule(
+        "grpo.module.advantage.eps",
+        non_negative,
+        "a number >= 0 (added to the std; 0 = the GRPO paper's formula)",
+    ),
+    Rule(
+        "grpo.module.advantage.batch_renormalize",
+        lambda value: isinstance(value, bool),
+        "true or false",
+    ),
+    Rule("grpo.module.entropy.coef", non_negative, "a number >= 0 (entropy bonus; 0 = off)"),
+    Rule(
+        "grpo.module.entropy.top_quantile",
+        lambda value: value is None or (is_number(value) and 0 < value <= 1),
+        "null (off) or in (0, 1] (the fraction of the rollout's tokens, by entropy, that get "
+        "policy gradient)",
+    ),
     Rule("grpo.module.lr", positive, "a number > 0"),
     Rule("grpo.max_steps", count(1), "an integer >= 1 (rollout steps)"),
 )
 GRPO_CHOICES = (
     ("grpo.module.advantage.std_scope", STD_SCOPES),
     ("grpo.module.advantage.std_estimator", STD_ESTIMATORS),
+    ("grpo.module.advantage.estimator", ADVANTAGE_ESTIMATORS),
+    ("grpo.module.advantage.aggregation", REWARD_AGGREGATIONS),
+    ("grpo.module.importance_sampling", IMPORTANCE_SAMPLING_LEVELS),
+    ("grpo.module.policy_loss", POLICY_LOSSES),
     ("grpo.module.kl.estimator", KL_ESTIMATORS),
     ("grpo.module.loss_aggregation", AGGREGATIONS),
     ("grpo.module.engine.sampler", SAMPLERS),
@@ -144,6 +188,7 @@ def grpo_checks(cfg: DictConfig) -> list[CheckResult]:
     results = apply(GRPO_RULES, cfg, "grpo")
     results += [check_choice(cfg, key, valid) for key, valid in GRPO_CHOICES]
     results.append(check_group_size(cfg))
+    results.append(check_dual_clip_loss(cfg))
     results.append(check_micro_batches(cfg))
     results.append(check_sampling_block(cfg, "grpo.module.sampling", "grpo"))
     results.append(check_split_over_processes(cfg, "grpo.module.prompts_per_step", "grpo"))
@@ -220,6 +265,20 @@ def check_group_size(cfg: DictConfig) -> CheckResult:
             key,
         )
     return passed("grpo", f"{key}={size} (advantage.std_scope={scope})", key)
+
+
+def check_dual_clip_loss(cfg: DictConfig) -> CheckResult:
+    """The dual clip bounds the clipped surrogate; CISPO's loss has no such term."""
+    key = "grpo.module.clip.dual_clip"
+    dual, loss = select(cfg, key), select(cfg, "grpo.module.policy_loss")
+    if dual is None or loss != "cispo":
+        return passed("grpo", f"{key}={show(dual)} (policy_loss={show(loss)})", key)
+    return failed(
+        "grpo",
+        f"{key}={show(dual)} applies to grpo.module.policy_loss=clip only (CISPO bounds its "
+        "weight with clip.eps_low / eps_high); set it to null",
+        key,
+    )
 
 
 def check_micro_batches(cfg: DictConfig) -> CheckResult:

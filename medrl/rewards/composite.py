@@ -31,8 +31,15 @@ class RewardComponent:
     params: Mapping[str, Any] = field(default_factory=dict)
 
     def __call__(self, completion: str, sample: RewardSample) -> float:
-        """The unweighted reward."""
-        return float(self.fn(completion, sample, **self.params))
+        """The unweighted reward; a non-finite value raises, naming the component (advantages
+        of a nan or inf reward are meaningless, and one would poison its whole group)."""
+        value = float(self.fn(completion, sample, **self.params))
+        if not math.isfinite(value):
+            raise ValueError(
+                f"reward {self.name!r} returned {value} for record {sample.record.id!r}; reward "
+                "functions must return finite numbers"
+            )
+        return value
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ memory peaks (the start of the backward, with every activation still held).
 `head_logprobs` computes the same values a chunk of rows at a time and keeps only the hidden
 states [K, H] and one log-sum-exp per row; its backward recomputes each chunk's logits (one
 more [chunk, H] x [H, V] product per chunk, about 20 ms for the bench's micro-batch) and
-never holds more than one chunk's [chunk, V] temporaries. The entropies (detached, for
-logging) come from the same chunks.
+never holds more than one chunk's [chunk, V] temporaries. The entropies come from the same
+chunks, with their own gradient (an entropy bonus trains through them) computed in the same
+backward loop only when the loss used them.
 
 `hidden_states_at(model, ...)` runs the model with its output layer replaced by the identity
 for one call, so the model's own forward (masks, positions, logits_to_keep) yields the final
@@ -84,10 +85,12 @@ def _product(onednn: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tenso
 
 
 class _HeadLogProbs(torch.autograd.Function):
-    """logp [K] = log_softmax(hidden W^T / T)[targets], entropy [K] (no gradient), by chunks.
+    """logp [K] = log_softmax(hidden W^T / T)[targets] and entropy [K], by chunks.
 
-    Backward, per chunk with p = softmax(logits / T): d logits = g (onehot(target) - p) / T,
-    d hidden = d logits @ W, d W += d logits^T @ hidden (when W trains)."""
+    Backward, per chunk with s = logits / T, p = softmax(s): d s = g_logp (onehot(target) - p)
+    - g_H p (s - E_p[s]) (the entropy's gradient, since H = lse - E_p[s]; its term is skipped
+    when nothing used the entropy), d logits = d s / T, d hidden = d logits @ W,
+    d W += d logits^T @ hidden (when W trains)."""
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, temperature, rows, onednn):
@@ -104,24 +107,35 @@ class _HeadLogProbs(torch.autograd.Function):
             logp[start:stop] = scaled.gather(-1, targets[start:stop, None])[:, 0] - chunk_lse
             probs = torch.exp(scaled - chunk_lse[:, None])  # [k, V]
             entropy[start:stop] = chunk_lse - (probs * scaled).sum(dim=-1)
-        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.save_for_backward(hidden, weight, targets, lse, entropy)
         ctx.temperature, ctx.rows, ctx.onednn = temperature, rows, onednn
-        ctx.mark_non_differentiable(entropy)
+        # An output nobody used arrives as None in the backward, not as zeros: the entropy's
+        # gradient term then costs nothing.
+        ctx.set_materialize_grads(False)
         return logp, entropy
 
     @staticmethod
-    def backward(ctx, grad_logp, _grad_entropy):
-        hidden, weight, targets, lse = ctx.saved_tensors
+    def backward(ctx, grad_logp, grad_entropy):
+        hidden, weight, targets, lse, entropy = ctx.saved_tensors
         product = _product(ctx.onednn)
         grad_hidden = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        if grad_logp is None and grad_entropy is None:
+            return grad_hidden, grad_weight, None, None, None, None
         for start in range(0, len(targets), ctx.rows):
             stop = start + ctx.rows
             scaled = product(hidden[start:stop], weight).to(lse.dtype) / ctx.temperature
-            grad = torch.exp(scaled - lse[start:stop, None])  # p [k, V]
-            grad.mul_(-grad_logp[start:stop, None])
-            chunk_targets = targets[start:stop]  # [k]
-            grad[torch.arange(len(chunk_targets)), chunk_targets] += grad_logp[start:stop]
+            probs = torch.exp(scaled - lse[start:stop, None])  # p [k, V]
+            if grad_entropy is None:  # d s = g_logp (onehot - p), built in p's storage
+                grad = probs.mul_(-grad_logp[start:stop, None])  # [k, V]
+            else:  # -g_H p (s - E_p[s]), E_p[s] = lse - H; then the log-prob's term
+                expected = (lse - entropy)[start:stop, None]  # [k, 1]
+                grad = scaled.sub_(expected).mul_(probs).mul_(-grad_entropy[start:stop, None])
+                if grad_logp is not None:
+                    grad.sub_(probs.mul_(grad_logp[start:stop, None]))
+            if grad_logp is not None:
+                chunk_targets = targets[start:stop]  # [k]
+                grad[torch.arange(len(chunk_targets)), chunk_targets] += grad_logp[start:stop]
             grad = grad.div_(ctx.temperature).to(hidden.dtype)  # d logits [k, V]
             if grad_hidden is not None:
                 grad_hidden[start:stop] = product(grad, weight.t())
@@ -137,9 +151,9 @@ def head_logprobs(
     temperature: float = 1.0,
     onednn: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log pi(target) [K] with gradients to hidden and the head's weight, entropy [K] detached;
-    float32, or float64 for float64 inputs) of hidden [K, H] through the bias-free `head`, at
-    `temperature`; `onednn`: the products in oneDNN (medrl.rollout.onednn_linear) where they
-    can run there."""
+    """(log pi(target) [K], entropy of each next-token distribution [K]; both with gradients to
+    hidden and the head's weight; float32, or float64 for float64 inputs) of hidden [K, H]
+    through the bias-free `head`, at `temperature`; `onednn`: the products in oneDNN
+    (medrl.rollout.onednn_linear) where they can run there."""
     rows = max(1, HEAD_CHUNK_ELEMENTS // max(1, head.weight.shape[0]))
     return _HeadLogProbs.apply(hidden, head.weight, targets, float(temperature), rows, onednn)

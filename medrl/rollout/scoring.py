@@ -57,11 +57,14 @@ def completion_logprobs(
     prompt_groups: Sequence[int] | torch.Tensor | None = None,
     pack: bool = False,
     fused_head: bool = False,
+    entropy_grad: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """log pi(y_t | x, y_<t) of every completion token, [N, C] float32; 0 where masked.
 
-    With `return_entropy`, also the entropy of each next-token distribution [N, C] (detached,
-    0 where masked), computed from the same logits chunk by chunk, for observability.
+    With `return_entropy`, also the entropy of each next-token distribution [N, C] (0 where
+    masked), computed from the same logits chunk by chunk: detached for observability, or with
+    gradients when `entropy_grad` (an entropy bonus in the loss; the full and shared paths then
+    keep each chunk's softmax for the backward).
 
     Attention masks and position ids count only real tokens, so a left-padded row scores
     exactly as it would unpadded. Logits are divided by `temperature` (pass the sampling
@@ -111,12 +114,20 @@ def completion_logprobs(
                 width,
                 temperature,
                 return_entropy,
+                entropy_grad,
             )
         logits = _packed_logits(
             model, prompt_ids, prompt_mask, completion_ids, completion_mask, groups
         )  # [K, V]
         return _packed_results(
-            logits, completion_ids, completion_mask, width, chunk_size, temperature, return_entropy
+            logits,
+            completion_ids,
+            completion_mask,
+            width,
+            chunk_size,
+            temperature,
+            return_entropy,
+            entropy_grad,
         )
     if groups is None:
         parts = _full_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
@@ -131,8 +142,14 @@ def completion_logprobs(
     logp = _masked_to_width(logp, completion_mask, width)  # [N, C]
     if not return_entropy:
         return logp
-    with torch.no_grad():  # one row at a time: three [c, V] temporaries, whatever the batch
-        entropy = _per_part(parts, completion_ids, 1, lambda x, _: token_entropy(x / temperature))
+    # Without gradients one row at a time: three [c, V] temporaries, whatever the batch.
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+        entropy = _per_part(
+            parts,
+            completion_ids,
+            rows if entropy_grad else 1,
+            lambda x, _: token_entropy(x / temperature),
+        )
     return logp, _masked_to_width(entropy, completion_mask, width)
 
 
@@ -351,6 +368,7 @@ def _packed_fused_results(
     width: int,
     temperature: float,
     return_entropy: bool,
+    entropy_grad: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """_packed_results' values from the final hidden states through head_logprobs: no [K, V]
     logits are kept for the backward (medrl.rollout.fused_head)."""
@@ -359,7 +377,9 @@ def _packed_fused_results(
     real = completion_mask.bool()  # [N, c]
     logp, entropy = head_logprobs(hidden[0], head, completion_ids[real], temperature, onednn)
     spread = _spread(logp, real, width)
-    return (spread, _spread(entropy, real, width)) if return_entropy else spread
+    if not return_entropy:
+        return spread
+    return spread, _spread(entropy if entropy_grad else entropy.detach(), real, width)
 
 
 def _spread(values: torch.Tensor, real: torch.Tensor, width: int) -> torch.Tensor:
@@ -375,6 +395,7 @@ def _packed_results(
     chunk_size: int | None,
     temperature: float,
     return_entropy: bool,
+    entropy_grad: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs (and entropies) [N, width] from packed logits [K, V]."""
     real = completion_mask.bool()  # [N, c]
@@ -393,7 +414,7 @@ def _packed_results(
     # Entropies while the forward's activations are alive: as few positions at a time as
     # the other paths (one completion's width), so its [n, V] temporaries stay small.
     step = max(1, real.shape[1])
-    with torch.no_grad():
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
         entropy = torch.cat(
             [
                 token_entropy(logits[k : k + step] / temperature)

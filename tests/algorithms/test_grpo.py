@@ -308,3 +308,88 @@ def test_release_heap_trims_before_every_update_micro_batch_and_only_when_asked(
     engine = EngineSettings(release_heap=release)
     fit(module_for(policy, micro_batch_size=2, engine=engine), steps=1)
     assert len(calls) == (3 if release else 0)  # 2 prompts x 3 samples, 2 per micro-batch
+
+
+def test_the_conventions_record_names_every_variant_key(tiny_spec):
+    from medrl.algorithms.grpo import EntropySettings
+
+    policy = load_policy(tiny_spec, LoraAdapter(r=4, alpha=8))
+    module = module_for(
+        policy,
+        importance_sampling="sequence",
+        policy_loss="cispo",
+        entropy=EntropySettings(coef=0.01, top_quantile=0.2),
+    )
+    record = module.conventions()
+    assert record["importance_sampling"] == "sequence" and record["policy_loss"] == "cispo"
+    assert record["sequence_clip"] == {"eps_low": 3e-4, "eps_high": 4e-4}
+    assert record["entropy"] == {"coef": 0.01, "top_quantile": 0.2}
+    assert record["reward_weights"] == {"distinct": 1.0}
+    assert {"estimator", "aggregation", "batch_renormalize"} <= record["advantage"].keys()
+
+
+def test_normalize_then_sum_finds_signal_where_the_weighted_totals_are_equal():
+    from medrl.algorithms.grpo import AdvantageSettings, rollout_advantages
+
+    # Group 0: (correctness, format) = (1, 0) and (0, 1): equal totals under weights (1, 1),
+    # but each component varies. Group 1: every component equal: no signal either way.
+    components = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[1.0, 1.0], [1.0, 1.0]]])  # [2, 2, 2]
+    totals = components.sum(dim=2)  # [2, 2]
+    summed = rollout_advantages(totals, components, [1.0, 1.0], AdvantageSettings())
+    assert torch.equal(summed, torch.zeros(2, 2))
+    gdpo = AdvantageSettings(aggregation="normalize_then_sum")
+    decoupled = rollout_advantages(totals, components, [2.0, 1.0], gdpo)
+    # Each component of group 0 is +-0.5 around its mean, std 0.5: normalized to
+    # +-0.5 / (0.5 + 1e-4); weighted and summed: (2 - 1) times that.
+    torch.testing.assert_close(decoupled[0], torch.tensor([0.5, -0.5]) / (0.5 + 1e-4))
+    assert torch.equal(decoupled[1], torch.zeros(2))
+
+
+def _rollout_loss_and_grads(module, step, micro_batch_size):
+    """The whole rollout's loss (sum of its micro-batches' shares) and LoRA gradients."""
+    module.micro_batch_size = micro_batch_size
+    module.model.zero_grad()
+    mask = module._loss_mask(step.rollout)
+    _, entropy = module._sampling_policy_pass(step.rollout, {})
+    pg_mask = module._high_entropy_tokens(entropy, mask)
+    totals = dict(total_sequences=len(step.rollout), total_tokens=int(mask.sum()))
+    loss = 0.0
+    for rows in module._micro_batches(len(step.rollout)):
+        part, metrics, _ = module._micro_batch_loss(step, rows, None, None, mask, totals, pg_mask)
+        part.backward()
+        loss += part.item()
+    grads = {n: p.grad.clone() for n, p in module.model.named_parameters() if p.grad is not None}
+    return loss, grads, pg_mask
+
+
+def test_the_high_entropy_tokens_are_chosen_over_the_whole_rollout_not_per_micro_batch(tiny_spec):
+    from medrl.algorithms.grpo import EntropySettings
+
+    pl.seed_everything(0)
+    policy = load_policy(tiny_spec, LoraAdapter(r=4, alpha=8, dropout=0.0))
+    module = module_for(
+        policy, kl=KLSettings(beta=0.0), entropy=EntropySettings(coef=0.01, top_quantile=0.25)
+    )
+    step = module._collect_rollout({})
+    whole, whole_grads, mask = _rollout_loss_and_grads(module, step, micro_batch_size=6)
+    split, split_grads, _ = _rollout_loss_and_grads(module, step, micro_batch_size=2)
+    kept = int(mask.sum())
+    tokens = int(module._loss_mask(step.rollout).sum())
+    assert 0 < kept < tokens and kept >= 0.25 * tokens  # ties at the threshold are kept
+    assert split == pytest.approx(whole, rel=1e-5, abs=1e-7)
+    assert whole_grads.keys() == split_grads.keys() and whole_grads
+    for name, grad in whole_grads.items():
+        torch.testing.assert_close(split_grads[name], grad, rtol=1e-4, atol=1e-7)
+
+
+def test_entropy_controls_train_through_the_default_engine(tiny_spec):
+    from medrl.algorithms.grpo import EntropySettings
+
+    pl.seed_everything(0)
+    policy = load_policy(tiny_spec, LoraAdapter(r=4, alpha=8, dropout=0.0))
+    before = {n: p.detach().clone() for n, p in policy.model.named_parameters()}
+    entropy = EntropySettings(coef=0.05, top_quantile=0.5)
+    trainer = fit(module_for(policy, mu=2, entropy=entropy), steps=1)
+    metrics = trainer.callback_metrics
+    assert metrics["loss/entropy_loss"] > 0 and 0 < metrics["loss/pg_token_frac"] < 1
+    assert any(not torch.equal(p, before[n]) for n, p in policy.model.named_parameters())

@@ -109,11 +109,46 @@ def test_precision_maps_to_trl_autocast_and_an_unknown_one_is_refused(compose):
         ("grpo.module.clip.dual_clip=3.0", "clip.dual_clip"),
         ("grpo.module.dynamic_sampling.enabled=true", "dynamic_sampling.enabled"),
         ("micro_batch_size=3", "micro_batch_size"),
+        ("grpo=rloo", "advantage.estimator"),
+        ("grpo.module.advantage.batch_renormalize=true", "advantage.batch_renormalize"),
+        ("grpo=gdpo grpo.module.advantage.std_scope=batch", "advantage.std_scope=batch"),
+        ("grpo=cispo grpo.module.clip.eps_low=0.2", "clip.eps_low=0.2"),
+        ("grpo=cispo grpo.module.loss_aggregation=seq_mean_token_mean", "loss_aggregation"),
+        ("grpo.module.entropy.coef=0.01", "entropy.coef"),
+        ("grpo.module.entropy.top_quantile=0.2", "entropy.top_quantile"),
     ],
 )
 def test_a_convention_trl_cannot_run_is_refused_by_its_medrl_key(compose, override, key):
     with pytest.raises(UnmappableSetting, match=key):
-        mapped(defaults(compose, override))
+        mapped(defaults(compose, *override.split()))
+
+
+def test_gspo_maps_to_the_sequence_level_with_the_sequence_clip_range(compose):
+    args = mapped(defaults(compose, "grpo=gspo"))
+    assert args["importance_sampling_level"] == "sequence"
+    assert (args["epsilon"], args["epsilon_high"]) == (3e-4, 4e-4)
+    assert args["loss_type"] == "grpo"  # the per-sequence objective, as the paper's
+
+
+def test_cispo_maps_to_trls_cispo_with_its_cap_as_epsilon_high(compose):
+    args = mapped(defaults(compose, "grpo=cispo"))
+    # medrl clips the weight to [1 - 1.0, 1 + 4.0]; TRL caps it at epsilon_high itself.
+    assert (args["loss_type"], args["epsilon_high"]) == ("cispo", 5.0)
+
+
+def test_gdpo_maps_to_normalize_then_sum_with_one_weight_per_component(compose):
+    args = mapped(defaults(compose, "grpo=gdpo"), reward_weights=[1.0, 0.3])
+    assert args["multi_objective_aggregation"] == "normalize_then_sum"
+    assert args["reward_weights"] == [1.0, 0.3]
+    assert mapped(defaults(compose))["multi_objective_aggregation"] == "sum_then_normalize"
+
+
+def test_entropy_controls_map_with_one_micro_batch(compose):
+    whole = ("grpo.module.micro_batch_size=16", "grpo.module.loss_aggregation=token_mean")
+    args = mapped(defaults(compose, *whole, "grpo.module.entropy.coef=0.01"))
+    assert (args["entropy_coef"], args["top_entropy_quantile"]) == (0.01, 1.0)
+    args = mapped(defaults(compose, *whole, "grpo.module.entropy.top_quantile=0.2"))
+    assert (args["entropy_coef"], args["top_entropy_quantile"]) == (0.0, 0.2)
 
 
 def test_lora_maps_to_the_same_peft_fields_and_qlora_is_refused():
@@ -160,3 +195,28 @@ def test_trl_accepts_the_kwargs_and_generates_once_per_optimizer_step(compose, t
     assert config.generation_batch_size == rows  # B*G completions per generation
     assert config.steps_per_generation == config.gradient_accumulation_steps  # one per step
     assert dataclasses.is_dataclass(config) and config.loss_type == "grpo"
+
+
+@pytest.mark.parametrize("preset", ["gspo", "cispo"])
+def test_trl_accepts_the_mapped_presets(compose, tmp_path, preset):
+    pytest.importorskip("trl", reason="trl is not installed (pip install -e '.[bench]')")
+    from trl import GRPOConfig
+
+    config = GRPOConfig(**mapped(defaults(compose, f"grpo={preset}"), output_dir=str(tmp_path)))
+    assert config.importance_sampling_level == ("sequence" if preset == "gspo" else "token")
+
+
+def test_trl_gets_one_reward_function_per_medrl_component_with_its_weight_apart():
+    from medrl.bench.trl_side import medrl_reward_functions
+    from medrl.data.records import QARecord
+    from medrl.prompts import LetterFormat
+    from medrl.rewards import build_reward_set
+
+    rewards = build_reward_set({"correctness": {"weight": 1.0}, "format": {"weight": 0.3}})
+    record = QARecord(id="q", question="Q?", options={"A": "a", "B": "b"}, answer="B")
+    functions = medrl_reward_functions([record], rewards, LetterFormat())
+    assert [f.__name__ for f in functions] == ["medrl_correctness", "medrl_format"]
+    batch = dict(prompts=["p", "p"], completions=["B", "A is it"], completion_ids=[[1], [2, 3]])
+    scores = [f(**batch, record_index=[0, 0]) for f in functions]
+    # Unweighted components: TRL applies reward_weights (1.0, 0.3) itself.
+    assert scores == [[1.0, 0.0], [1.0, 0.0]]

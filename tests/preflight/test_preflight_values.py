@@ -58,13 +58,24 @@ def test_a_micro_batch_holding_the_whole_step_passes(compose):
         ("grpo.module.mu=0", "grpo.module.mu"),
         ("grpo.module.kl.beta=-0.1", "grpo.module.kl.beta"),
         ("grpo.module.clip.eps_low=0", "grpo.module.clip.eps_low"),
-        ("grpo.module.clip.eps_low=1.0", "grpo.module.clip.eps_low"),
+        ("grpo.module.clip.eps_low=1.5", "grpo.module.clip.eps_low"),
         ("grpo.module.clip.eps_high=0", "grpo.module.clip.eps_high"),
         ("grpo.module.lr=0", "grpo.module.lr"),
         ("grpo.max_steps=0", "grpo.max_steps"),
         ("grpo.module.loss_aggregation=sum", "grpo.module.loss_aggregation"),
         ("grpo.module.advantage.std_scope=global", "grpo.module.advantage.std_scope"),
         ("grpo.module.sampling.temperature=0", "grpo.module.sampling"),
+        ("grpo.module.advantage.eps=-0.5", "grpo.module.advantage.eps"),
+        ("grpo.module.advantage.estimator=loo", "grpo.module.advantage.estimator"),
+        ("grpo.module.advantage.aggregation=gdpo", "grpo.module.advantage.aggregation"),
+        ("grpo.module.advantage.batch_renormalize=1", "grpo.module.advantage.batch_renormalize"),
+        ("grpo.module.importance_sampling=seq", "grpo.module.importance_sampling"),
+        ("grpo.module.sequence_clip.eps_low=0", "grpo.module.sequence_clip.eps_low"),
+        ("grpo.module.sequence_clip.eps_high=-1", "grpo.module.sequence_clip.eps_high"),
+        ("grpo.module.policy_loss=ppo", "grpo.module.policy_loss"),
+        ("grpo.module.entropy.coef=-0.01", "grpo.module.entropy.coef"),
+        ("grpo.module.entropy.top_quantile=0", "grpo.module.entropy.top_quantile"),
+        ("grpo.module.entropy.top_quantile=1.5", "grpo.module.entropy.top_quantile"),
     ],
 )
 def test_each_bad_grpo_value_fails_naming_its_key(compose, override, key):
@@ -72,6 +83,24 @@ def test_each_bad_grpo_value_fails_naming_its_key(compose, override, key):
     assert key in [failure.key for failure in error.failures]
     value = override.split("=", 1)[1]
     assert f"{key}={value}" in str(error) or f"{key}:" in str(error)
+
+
+@pytest.mark.parametrize("preset", ["standard", "dr_grpo", "dapo", "gspo", "cispo", "rloo", "gdpo"])
+def test_every_grpo_preset_passes_the_config_checks(compose, preset):
+    results = preflight_config(compose("train", ["debug=smoke", f"grpo={preset}"]))
+    assert all(result.status == "pass" for result in results if result.name == "grpo")
+
+
+def test_eps_zero_is_the_papers_formula_and_passes(compose):
+    results = preflight_config(compose("train", ["debug=smoke", "grpo.module.advantage.eps=0"]))
+    (eps,) = [r for r in results if r.key == "grpo.module.advantage.eps"]
+    assert eps.status == "pass"
+
+
+def test_dual_clip_with_cispo_fails_naming_the_key_and_the_way_out(compose):
+    error = config_error(compose, "grpo=cispo", "grpo.module.clip.dual_clip=3.0")
+    assert [failure.key for failure in error.failures] == ["grpo.module.clip.dual_clip"]
+    assert "applies to grpo.module.policy_loss=clip only" in str(error)
 
 
 @pytest.mark.parametrize(

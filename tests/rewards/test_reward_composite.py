@@ -196,3 +196,12 @@ def test_reward_yaml_weights_are_overridable_from_the_command_line():
         GlobalHydra.instance().clear()
     weights = {c.name: c.weight for c in instantiate(cfg.reward).components}
     assert weights == {"json_valid": 1.0, "json_schema": 1.0, "correctness": 2.0}
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_component_value_is_refused_naming_the_component(make_sample, value):
+    from medrl.rewards.composite import RewardComponent
+
+    broken = RewardSet((RewardComponent("broken", lambda completion, sample: value, 1.0),))
+    with pytest.raises(ValueError, match=r"reward 'broken' returned (nan|inf|-inf) for record"):
+        broken.score("B", make_sample(XmlFormat()))

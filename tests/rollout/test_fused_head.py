@@ -1,4 +1,5 @@
-"""Log-probs from hidden states by chunks equal those from the full logits, and keep less."""
+"""Log-probs from hidden states by chunks equal those from the full logits, and keep less;
+their entropies' gradients equal plain autograd's, and agree across the scoring paths."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def test_head_logprobs_equal_the_gathered_log_softmax(temperature, small_chunks)
     torch.testing.assert_close(logp, expected)
     probs = torch.softmax(logits, -1)
     torch.testing.assert_close(entropy, -(probs * probs.log()).sum(-1))
-    assert not entropy.requires_grad
+    assert entropy.requires_grad  # to the head's weight: an entropy bonus trains through it
 
 
 def test_head_logprobs_gradients_to_hidden_and_weight(small_chunks):
@@ -125,3 +126,191 @@ def test_full_finetuning_gets_the_tied_head_weights_gradient(tiny_policy):
         return model.get_output_embeddings().weight.grad.clone()
 
     torch.testing.assert_close(head_grad(True), head_grad(False), atol=1e-5, rtol=1e-4)
+
+
+# --- the entropy's gradient -------------------------------------------------------------------
+
+
+def plain_head(hidden, weight, targets, temperature):
+    """The straightforward computation: full logits, log_softmax, entropy -sum p log p."""
+    logp = torch.log_softmax(hidden @ weight.T / temperature, dim=-1)  # [K, V]
+    return logp.gather(-1, targets[:, None])[:, 0], -(logp.exp() * logp).sum(-1)
+
+
+def head_gradients(head_fn, used, hidden, weight, targets, temperature, trains=(True, True)):
+    """Gradients to (hidden, weight) of sum(a * logp) + sum(b * entropy), with the terms `used`."""
+    torch.manual_seed(5)
+    a, b = (
+        torch.randn(len(targets), dtype=hidden.dtype),
+        torch.randn(len(targets), dtype=hidden.dtype),
+    )
+    hidden = hidden.detach().clone().requires_grad_(trains[0])
+    weight = weight.detach().clone().requires_grad_(trains[1])
+    logp, entropy = head_fn(hidden, weight, targets, temperature)
+    loss = 0.0
+    if used in ("both", "logp"):
+        loss = loss + (a * logp).sum()
+    if used in ("both", "entropy"):
+        loss = loss + (b * entropy).sum()
+    inputs = [x for x in (hidden, weight) if x.requires_grad]
+    return torch.autograd.grad(loss, inputs)
+
+
+def fused(onednn: bool = False):
+    def run(hidden, weight, targets, temperature):
+        head = SimpleNamespace(weight=weight)  # what head_logprobs reads of the layer
+        return head_logprobs(hidden, head, targets, temperature, onednn)
+
+    return run
+
+
+@pytest.mark.parametrize("used", ["both", "entropy", "logp"])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_head_entropy_gradients_equal_plain_autograds(used, temperature, small_chunks):
+    torch.manual_seed(0)
+    hidden = torch.randn(8, 4, dtype=torch.float64)  # 8 rows: chunks of 3, 3 and 2
+    weight = torch.randn(10, 4, dtype=torch.float64)
+    targets = torch.randint(0, 10, (8,))
+    ours = head_gradients(fused(), used, hidden, weight, targets, temperature)
+    plain = head_gradients(plain_head, used, hidden, weight, targets, temperature)
+    assert len(ours) == 2
+    for mine, reference in zip(ours, plain, strict=True):
+        assert mine.abs().max() > 0
+        torch.testing.assert_close(mine, reference, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("trains", [(True, False), (False, True)], ids=["hidden", "weight"])
+def test_head_entropy_gradients_with_one_input_training(trains, small_chunks):
+    torch.manual_seed(1)
+    hidden = torch.randn(7, 4, dtype=torch.float64)
+    weight = torch.randn(10, 4, dtype=torch.float64)
+    targets = torch.randint(0, 10, (7,))
+    args = (hidden, weight, targets, 0.8, trains)
+    (ours,) = head_gradients(fused(), "both", *args)
+    (plain,) = head_gradients(plain_head, "both", *args)
+    torch.testing.assert_close(ours, plain, rtol=1e-10, atol=1e-12)
+
+
+def test_head_logprobs_and_entropy_pass_gradcheck(small_chunks):
+    torch.manual_seed(2)
+    weight = torch.randn(10, 4, dtype=torch.float64, requires_grad=True)
+    hidden = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 10, (7,))
+    a, b = torch.randn(7, dtype=torch.float64), torch.randn(7, dtype=torch.float64)
+
+    def both(h, w):  # each output alone: the other's gradient arrives as None
+        return fused()(h, w, targets, 0.8)
+
+    def combined(h, w):  # both gradient terms in one backward
+        logp, entropy = fused()(h, w, targets, 0.8)
+        return (a * logp + b * entropy).sum()
+
+    assert torch.autograd.gradcheck(both, (hidden, weight))
+    assert torch.autograd.gradcheck(combined, (hidden, weight))
+
+
+@pytest.mark.parametrize("onednn", [False, True], ids=["f-linear", "onednn"])
+def test_float32_head_entropy_gradients_match_float64_autograd(onednn, small_chunks):
+    torch.manual_seed(3)
+    hidden = torch.randn(8, 4, dtype=torch.float64)
+    weight = torch.randn(10, 4, dtype=torch.float64)
+    targets = torch.randint(0, 10, (8,))
+    ours = head_gradients(fused(onednn), "both", hidden.float(), weight.float(), targets, 0.9)
+    plain = head_gradients(plain_head, "both", hidden, weight, targets, 0.9)
+    for mine, reference in zip(ours, plain, strict=True):
+        assert mine.dtype == torch.float32
+        torch.testing.assert_close(mine.double(), reference, atol=1e-5, rtol=1e-4)
+
+
+SCORING_PATHS = {
+    "full": dict(prompt_groups=None),
+    "shared": dict(pack=False),
+    "packed": dict(pack=True),
+    "packed+fused": dict(pack=True, fused_head=True),
+}
+
+
+@pytest.fixture
+def scoring_path_calls(monkeypatch):
+    """Which of scoring's passes ran (a quiet fallback to another path would pass unseen)."""
+    calls = []
+    for name in ("_full_logits", "_shared_prompt_logits", "_packed_logits", "head_logprobs"):
+        original = getattr(scoring, name)
+
+        def spy(*args, _name=name, _original=original, **kwargs):
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(scoring, name, spy)
+    return calls
+
+
+RAN = {
+    "full": ["_full_logits"],
+    "shared": ["_shared_prompt_logits"],
+    "packed": ["_packed_logits"],
+    "packed+fused": ["head_logprobs"],
+}
+
+
+def scored(lora_rollout, path, entropy_grad=True):
+    """completion_logprobs over the LoRA rollout, row 1 cut to 2 tokens (as an eos would)."""
+    rollout = lora_rollout.rollout
+    completion_mask = rollout.completion_mask.clone()
+    assert completion_mask[1].sum() > 2
+    completion_mask[1, 2:] = 0
+    kwargs = dict(prompt_groups=rollout.group_index) | SCORING_PATHS[path]
+    return completion_logprobs(
+        lora_rollout.model,
+        rollout.prompt_ids,
+        rollout.prompt_mask,
+        rollout.completion_ids,
+        completion_mask,
+        temperature=0.9,
+        return_entropy=True,
+        entropy_grad=entropy_grad,
+        **kwargs,
+    ), completion_mask
+
+
+def test_entropy_gradients_agree_across_the_scoring_paths(lora_rollout, scoring_path_calls):
+    model = lora_rollout.model
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    entropies, entropy_grads, both_grads = {}, {}, {}
+    for path in SCORING_PATHS:
+        scoring_path_calls.clear()
+        (logp, entropy), mask = scored(lora_rollout, path)
+        assert scoring_path_calls == RAN[path]
+        assert entropy.requires_grad and entropy.dtype == torch.float32
+        assert entropy[mask == 0].eq(0).all()
+        entropies[path] = entropy.detach()
+        packed = path.startswith("packed")  # both gradient terms of the fused head's backward
+        grads = torch.autograd.grad(entropy.sum(), list(params.values()), retain_graph=packed)
+        entropy_grads[path] = dict(zip(params, grads, strict=True))
+        if packed:
+            objective = entropy.sum() + (logp * lora_rollout.weights).sum()
+            grads = torch.autograd.grad(objective, list(params.values()))
+            both_grads[path] = dict(zip(params, grads, strict=True))
+    assert params and all(g.abs().max() > 0 for g in entropy_grads["full"].values())
+    for path in SCORING_PATHS:
+        torch.testing.assert_close(entropies[path], entropies["full"], atol=1e-4, rtol=0)
+        for name in params:
+            torch.testing.assert_close(
+                entropy_grads[path][name],
+                entropy_grads["full"][name],
+                atol=1e-5,
+                rtol=1e-4,
+                msg=lambda m, path=path, name=name: f"{path}, {name}: {m}",
+            )
+    for name in params:
+        torch.testing.assert_close(
+            both_grads["packed+fused"][name], both_grads["packed"][name], atol=1e-5, rtol=1e-4
+        )
+
+
+def test_without_entropy_grad_the_entropy_is_detached(lora_rollout, scoring_path_calls):
+    for path in SCORING_PATHS:
+        scoring_path_calls.clear()
+        (logp, entropy), _ = scored(lora_rollout, path, entropy_grad=False)
+        assert scoring_path_calls == RAN[path]
+        assert logp.requires_grad and not entropy.requires_grad, path

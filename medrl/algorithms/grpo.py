@@ -636,7 +636,9 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
                     self.manual_backward(loss * distributed.world_size())
                 local.update(metric_sums(metrics, tokens=float(mask[rows].sum())))
                 local["loss"] += loss.item()
-                local["entropy"] += entropy.detach().sum().item() / max(totals["total_tokens"], 1)
+                # Over the loss tokens, as the denominator (mask_truncated drops some tokens).
+                token_entropy = (entropy.detach() * mask[rows].to(entropy.device)).sum().item()
+                local["entropy"] += token_entropy / max(totals["total_tokens"], 1)
             batch = batch_metrics(local, totals["total_tokens"])
             with timed(timings, "optimizer"):
                 grad_norm = self._optimizer_step(optimizer, scheduler, batch["loss"], update)

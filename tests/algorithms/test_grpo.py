@@ -393,3 +393,16 @@ def test_entropy_controls_train_through_the_default_engine(tiny_spec):
     metrics = trainer.callback_metrics
     assert metrics["loss/entropy_loss"] > 0 and 0 < metrics["loss/pg_token_frac"] < 1
     assert any(not torch.equal(p, before[n]) for n, p in policy.model.named_parameters())
+
+
+def test_logged_entropy_is_over_the_loss_tokens_when_truncated_completions_are_masked(tiny_spec):
+    # A random model over a 151k vocabulary almost never samples eos in 6 tokens: every
+    # completion is truncated, so mask_truncated leaves no loss token and no entropy to average.
+    pl.seed_everything(0)
+    policy = load_policy(tiny_spec, LoraAdapter(r=4, alpha=8, dropout=0.0))
+    trainer = fit(module_for(policy, mask_truncated=True), steps=1)
+    metrics = trainer.callback_metrics
+    assert metrics["rollout/frac_truncated"] == 1.0
+    assert metrics["train/entropy"] == 0.0
+    unmasked = fit(module_for(policy), steps=1).callback_metrics
+    assert unmasked["train/entropy"] > 10  # near log(151k) = 11.9 for the random model

@@ -783,9 +783,8 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
             values = torch.tensor([c[name] for c in facts.components])  # [N]
             metrics[f"reward/{name}"] = values.mean().item()
             metrics[f"reward/{name}_std"] = values.std(correction=0).item()
-        for name in self.rewards.names:  # groups where this component carries no signal
-            values = torch.tensor([c[name] for c in facts.components]).view(-1, self.G)  # [B, G]
-            equal = values.max(1).values == values.min(1).values  # [B]
+            groups = values.view(-1, self.G)  # [B, G]
+            equal = groups.max(1).values == groups.min(1).values  # [B] no signal from this one
             metrics[f"reward/{name}_frac_zero_std"] = equal.float().mean().item()
         correct = torch.tensor(facts.correct).view(-1, self.G)  # [B, G]
         zero_std = facts.rewards.max(1).values == facts.rewards.min(1).values  # [B]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import pytest
 from hydra.utils import instantiate
-from torch.utils.data import DataLoader
+from test_grpo import fit  # this folder's GRPO trainer helper
 
 from medrl.data.records import QARecord
 from medrl.models import LoraAdapter, load_policy
@@ -69,16 +69,7 @@ def rewards_per_step(module, steps: int) -> list[float]:
         return log(name, value, *args, **kwargs)
 
     module.log = recording_log
-    trainer = pl.Trainer(
-        max_steps=steps * module.mu,
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(module, DataLoader(range(steps), batch_size=1))
+    fit(module, steps)
     return seen
 
 

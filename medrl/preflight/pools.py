@@ -70,3 +70,26 @@ def check_disjoint(pools: Mapping[str, Sequence[QARecord]], name: str, other: st
         "pools disjoint rows: their split, size, range or ids_file)",
         key,
     )
+
+
+def check_references(
+    pools: Mapping[str, Sequence[QARecord]], stages: Sequence[str], format_name: str
+) -> list[CheckResult]:
+    """Open-ended formats: every record of every pool in use has a reference answer (its
+    explanation) to train towards and score against; one result per pool."""
+    results = []
+    for name in dict.fromkeys(STAGE_POOLS[stage] for stage in stages if STAGE_POOLS[stage]):
+        records = pools.get(name, ())
+        missing = [r.id for r in records if not (r.explanation or "").strip()]
+        if not missing:
+            message = f"{pool_key(name)}: all {len(records)} records have a reference answer"
+            results.append(passed("references", message, "format"))
+            continue
+        message = (
+            f"format={format_name} needs a reference answer per record, and {len(missing)} of "
+            f"the {len(records)} records of {pool_key(name)} have none (first: {missing[0]!r}). "
+            "Use a dataset with references (dataset=pubmedqa: long_answer; MedMCQA's `exp` "
+            "from the hub: dataset.source=hub) or a closed format (format=xml)"
+        )
+        results.append(failed("references", message, "format"))
+    return results

@@ -36,6 +36,8 @@ DOCUMENTED_RANGES: dict[str, tuple[float, float]] = {
         "reasoning_tags",
         "brevity",
         "token_efficiency",
+        "token_f1",
+        "rouge_l",
     )
 }
 TOLERANCE = 1e-9
@@ -118,9 +120,11 @@ def check_gold_scores_best(
     output_format: OutputFormat,
     record: QARecord,
     count_tokens: Callable[[str], int] | None,
+    other: QARecord | None = None,
 ) -> CheckResult:
     """Check 6: the SFT target of a real row (render_target) must reach the reward set's
-    maximum, and the same answer with a wrong label must score strictly less.
+    maximum, and the same answer with a wrong label must score strictly less. Open-ended
+    formats have no label to get wrong: there the wrong answer is `other`'s reference text.
 
     A reward set made for another format (reward=json with format=xml) fails here: the model
     would be trained towards one format and rewarded for another. A set with a reward whose
@@ -128,11 +132,18 @@ def check_gold_scores_best(
     warning: preflight cannot know what that reward should give. Length rewards see the
     target's token count; without a tokenizer they are scored as if it were 1 token.
     """
-    wrong_labels = [label for label in record.labels if label != record.answer]
-    if not wrong_labels:
-        return skipped("reward_gold", f"record {record.id} has a single option", "reward")
+    if output_format.open_ended:
+        if other is None:
+            return skipped("reward_gold", "a single record: no other answer to compare", "reward")
+        wrong_name, wrong_record = f"record {other.id}'s reference answer", other
+    else:
+        wrong_labels = [label for label in record.labels if label != record.answer]
+        if not wrong_labels:
+            return skipped("reward_gold", f"record {record.id} has a single option", "reward")
+        wrong_name = f"with the wrong label {wrong_labels[0]}"
+        wrong_record = replace(record, answer=wrong_labels[0])
     gold_text = output_format.render_target(record)
-    wrong_text = output_format.render_target(replace(record, answer=wrong_labels[0]))
+    wrong_text = output_format.render_target(wrong_record)
 
     def score(text: str):
         tokens = count_tokens(text) if count_tokens else 1
@@ -144,12 +155,13 @@ def check_gold_scores_best(
     if best is not None and gold.total < best - TOLERANCE:
         problems.append("the gold answer must reach the maximum")
     if not wrong.total < gold.total:
-        problems.append("a wrong label must score less than the gold answer")
+        wrong_kind = "another record's answer" if output_format.open_ended else "a wrong label"
+        problems.append(f"{wrong_kind} must score less than the gold answer")
     where = f"reward ({', '.join(rewards.names)}) with format={output_format.name}"
     top = "unknown" if best is None else f"{best:g}"
     scores = (
-        f"record {record.id}'s gold answer scores {gold.total:g}, with the wrong label "
-        f"{wrong_labels[0]} {wrong.total:g}, maximum {top}"
+        f"record {record.id}'s gold answer scores {gold.total:g}, {wrong_name} "
+        f"{wrong.total:g}, maximum {top}"
     )
     if not problems:
         return passed("reward_gold", f"{where}: {scores}", "reward")

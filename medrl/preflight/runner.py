@@ -28,7 +28,14 @@ from medrl.preflight.context import (
     sample_records,
 )
 from medrl.preflight.model import probe_model
-from medrl.preflight.pools import EVAL_POOL, GRPO_POOL, SFT_POOL, STAGE_POOLS, pool_checks
+from medrl.preflight.pools import (
+    EVAL_POOL,
+    GRPO_POOL,
+    SFT_POOL,
+    STAGE_POOLS,
+    check_references,
+    pool_checks,
+)
 from medrl.preflight.report import (
     CheckResult,
     PreflightReport,
@@ -131,9 +138,18 @@ def run_preflight(
     probe = probe_model(spec, tokenizer)
     renderer = Renderer(specs.output_format, probe.tokenizer, spec.chat_template_kwargs)
     results = config_checks(cfg, stages) + pool_checks(pools, stages)
-    results += [skipped("model", note) for note in probe.notes]
-    results += gold_checks(specs, pools, stages, renderer)
-    results += context_checks(cfg, stages, pools, renderer, probe.context)
+    references = (
+        check_references(pools, stages, specs.output_format.name)
+        if specs.output_format.open_ended
+        else []
+    )
+    results += references + [skipped("model", note) for note in probe.notes]
+    if any(r.status == "fail" for r in references):  # the checks below render the references
+        results.append(skipped("reward_gold", "needs reference answers (see references)"))
+        results.append(skipped("context", "needs reference answers (see references)"))
+    else:
+        results += gold_checks(specs, pools, stages, renderer)
+        results += context_checks(cfg, stages, pools, renderer, probe.context)
     in_use = list(dict.fromkeys(STAGE_POOLS[stage] for stage in stages))
     shown = sample_records(pools, in_use, settings.show_prompts)
     report = PreflightReport(results, [renderer.show(pool, record) for pool, record in shown])
@@ -165,7 +181,8 @@ def gold_checks(
         if tokenizer is None
         else (lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]))
     )
-    return [check_gold_scores_best(specs.rewards, specs.output_format, records[0], count)]
+    other = records[1] if len(records) > 1 else None
+    return [check_gold_scores_best(specs.rewards, specs.output_format, records[0], count, other)]
 
 
 def context_checks(

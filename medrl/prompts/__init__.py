@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from medrl.prompts.base import OutputFormat, ParsedCompletion
+from medrl.prompts.free_text import FreeTextFormat, MissingReferenceError, reference_text
 from medrl.prompts.json_format import JsonFormat
 from medrl.prompts.letter import LetterFormat
 from medrl.prompts.messages import build_messages, render_prompt, render_user_message
@@ -20,6 +21,7 @@ FORMATS: dict[str, type[OutputFormat]] = {
     JsonFormat.name: JsonFormat,
     TagsFormat.name: TagsFormat,
     LetterFormat.name: LetterFormat,
+    FreeTextFormat.name: FreeTextFormat,
 }
 
 
@@ -36,8 +38,10 @@ def get_format(name: str, **kwargs: Any) -> OutputFormat:
 
 __all__ = [
     "FORMATS",
+    "FreeTextFormat",
     "JsonFormat",
     "LetterFormat",
+    "MissingReferenceError",
     "OutputFormat",
     "ParsedCompletion",
     "TagsFormat",
@@ -45,5 +49,6 @@ __all__ = [
     "build_messages",
     "get_format",
     "render_prompt",
+    "reference_text",
     "render_user_message",
 ]

@@ -38,6 +38,9 @@ class OutputFormat(ABC):
     """One output format. Subclasses are small frozen dataclasses configured from conf/format/."""
 
     name: str
+    # Open-ended formats (free_text) have no answer label: the prompt shows no options, and the
+    # completion is scored against the record's reference text instead of by accuracy.
+    open_ended: bool = False
 
     @abstractmethod
     def system_prompt(self, labels: Sequence[str]) -> str:

@@ -40,29 +40,34 @@ def _is_label_only(record: QARecord) -> bool:
     )
 
 
-def render_user_message(record: QARecord) -> str:
+def render_user_message(record: QARecord, open_ended: bool = False) -> str:
     """The user turn: optional context, the question, then the options or the allowed answers.
 
     ``Context:\\n<context>`` comes first when the record has one (PubMedQA abstracts), so the
     question is read with its evidence; multiple choice options follow one per line as
     ``A. text``; records whose options are just their labels get ``Answer with yes, no or maybe.``
+    `open_ended` (a free-text format) shows neither: the question is asked as an open one.
     """
     parts = []
     if record.context and record.context.strip():
         parts.append(f"Context:\n{record.context.strip()}")
     parts.append(f"Question: {record.question.strip()}")
-    if _is_label_only(record):
-        parts.append(f"Answer with {join_labels(record.labels)}.")
-    else:
-        parts.append("\n".join(f"{label}. {text}" for label, text in record.options.items()))
+    if not open_ended:
+        parts.append(_answer_choices(record))
     return "\n\n".join(parts)
+
+
+def _answer_choices(record: QARecord) -> str:
+    if _is_label_only(record):
+        return f"Answer with {join_labels(record.labels)}."
+    return "\n".join(f"{label}. {text}" for label, text in record.options.items())
 
 
 def build_messages(record: QARecord, fmt: OutputFormat) -> list[Message]:
     """``[system, user]`` messages asking for `record`'s answer in `fmt`."""
     return [
         {"role": "system", "content": fmt.system_prompt(record.labels)},
-        {"role": "user", "content": render_user_message(record)},
+        {"role": "user", "content": render_user_message(record, fmt.open_ended)},
     ]
 
 

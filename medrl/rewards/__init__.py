@@ -15,7 +15,9 @@ from medrl.rewards.functions import (
     json_schema,
     json_valid,
     reasoning_tags,
+    rouge_l,
     token_efficiency,
+    token_f1,
 )
 from medrl.rewards.registry import REWARDS, get_reward
 
@@ -35,5 +37,7 @@ __all__ = [
     "json_schema",
     "json_valid",
     "reasoning_tags",
+    "rouge_l",
     "token_efficiency",
+    "token_f1",
 ]

@@ -8,7 +8,9 @@ did not count tokens raises, because those are bugs in the caller, not in the mo
 from __future__ import annotations
 
 from medrl.prompts._tags import count_errors, open_tag, tag_strings
+from medrl.prompts.free_text import reference_text
 from medrl.prompts.json_format import JsonFormat, decode_json
+from medrl.rewards import overlap
 from medrl.rewards.base import RewardSample
 
 _REASONING_TAGS = ("reasoning", "answer")
@@ -142,3 +144,31 @@ def token_efficiency(
     return correctness(completion, sample) * brevity(
         completion, sample, target_tokens=target_tokens, max_tokens=max_tokens
     )
+
+
+def _answer_and_reference(completion: str, sample: RewardSample) -> tuple[str | None, str]:
+    """(the parsed free text, the record's reference); the reference is checked first, so a
+    dataset without references fails on its first completion whatever the model wrote."""
+    reference = reference_text(sample.record)
+    return sample.parse(completion).explanation, reference
+
+
+def token_f1(completion: str, sample: RewardSample) -> float:
+    """SQuAD token F1 of the parsed free text against the record's reference. In [0, 1].
+
+    The free text is what the format parses as prose: the whole answer with format=free_text,
+    the explanation with xml / tags / json. An unparsed completion scores 0 (and is counted in
+    reward/parse_fail); a record without a reference raises MissingReferenceError. Seed 003's
+    open-ended metric, as a reward (medrl/rewards/overlap.py gives the definition).
+    """
+    answer, reference = _answer_and_reference(completion, sample)
+    return overlap.token_f1(answer, reference) if answer else 0.0
+
+
+def rouge_l(completion: str, sample: RewardSample, use_stemmer: bool = True) -> float:
+    """ROUGE-L F-measure of the parsed free text against the record's reference. In [0, 1].
+
+    Parsing, unparsed completions and missing references as in `token_f1`.
+    """
+    answer, reference = _answer_and_reference(completion, sample)
+    return overlap.rouge_l(answer, reference, use_stemmer) if answer else 0.0

@@ -16,6 +16,8 @@ REWARDS: dict[str, RewardFn] = {
     "reasoning_tags": fn.reasoning_tags,
     "brevity": fn.brevity,
     "token_efficiency": fn.token_efficiency,
+    "token_f1": fn.token_f1,
+    "rouge_l": fn.rouge_l,
 }
 
 # Parameter checks run once when a reward set is built, so a bad yaml value fails before any

@@ -18,13 +18,17 @@ from omegaconf import DictConfig
 
 from medrl import distributed
 from medrl.checkpoints import load_checkpoint
+from medrl.data.records import QARecord
 from medrl.evaluation import (
     Prediction,
+    TextMetricSettings,
     bar_chart,
+    chart_metrics,
     compute_metrics,
     flat_metrics,
     majority_vote,
     merge_shards,
+    open_ended_metrics,
     paired_comparison,
     per_sample_rates,
     predict,
@@ -33,6 +37,7 @@ from medrl.evaluation import (
     write_predictions,
 )
 from medrl.models import FullFinetune, load_policy, resolve_dtype
+from medrl.prompts import OutputFormat, reference_text
 from medrl.rollout import SamplingSettings
 from medrl.stages.context import RunContext, StageOutcome, StagePoint
 
@@ -76,13 +81,34 @@ def eval_sampling(settings: DictConfig) -> tuple[SamplingSettings, int]:
     return sampling, num_samples
 
 
+def check_open_ended(output_format: OutputFormat, records: Sequence[QARecord], num_samples: int):
+    """Open-ended formats: every record needs a reference, and answers cannot be voted on
+    (there is no label); raised before any model loads."""
+    if not output_format.open_ended:
+        return
+    if num_samples > 1:
+        raise ValueError(
+            f"evaluation.num_samples={num_samples} with format={output_format.name}: sampled "
+            "evaluation votes over answer labels and open-ended answers have none; set "
+            "evaluation.num_samples=1"
+        )
+    for record in records:
+        reference_text(record)  # MissingReferenceError names the record and the fix
+
+
 def run_eval(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
     """Predictions for each point on the same items (greedy, or k samples reduced to their
     majority vote), saved per item; metrics with 95% intervals, paired comparisons of
-    consecutive points, eval/report.md and a bar chart, also sent to the loggers."""
+    consecutive points, eval/report.md and a bar chart, also sent to the loggers.
+
+    Open-ended formats (free_text) get text metrics against each record's reference
+    (`open_ended_metrics`) instead of accuracy, and no paired tests yet."""
     settings = ctx.cfg.evaluation
     sampling, num_samples = eval_sampling(settings)
     records = list(ctx.pools[POOL])[: settings.limit]
+    output_format = ctx.specs.output_format
+    check_open_ended(output_format, records, num_samples)
+    text_settings: TextMetricSettings = instantiate(settings.text_metrics)
     out_dir = ctx.output_dir / "eval"
     predictions: dict[str, list[Prediction]] = {}
     shard = (distributed.rank(), distributed.world_size())
@@ -92,7 +118,7 @@ def run_eval(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
             model,
             tokenizer,
             records,
-            ctx.specs.output_format,
+            output_format,
             point.model_spec.chat_template_kwargs,
             sampling,
             batch_size=settings.batch_size,
@@ -106,20 +132,14 @@ def run_eval(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
             write_predictions(out_dir / point.name / "predictions.jsonl", predictions[point.name])
     # One answer per item for accuracy and the paired tests: the majority vote when sampled;
     # the output-describing rates then average all k samples (medrl.evaluation.sampling).
-    answers = {name: majority_vote(preds) for name, preds in predictions.items()}
-    results = {
-        name: compute_metrics(answers[name], labels=records[0].labels, seed=ctx.seed)
-        | (
-            per_sample_rates(preds, seed=ctx.seed) | sampling_metrics(preds, seed=ctx.seed)
-            if num_samples > 1
-            else {}
-        )
-        for name, preds in predictions.items()
-    }
-    pairs = {
-        f"{a} -> {b}": paired_comparison(answers[a], answers[b], seed=ctx.seed)
-        for a, b in consecutive_pairs(list(predictions))
-    }
+    if output_format.open_ended:
+        results = {
+            name: open_ended_metrics(preds, text_settings, seed=ctx.seed)
+            for name, preds in predictions.items()
+        }
+        pairs = {}
+    else:
+        results, pairs = closed_metrics(predictions, records[0].labels, num_samples, ctx.seed)
     with distributed.rank_zero_writes() as writer:
         if writer:
             write_outputs(out_dir, results, pairs)
@@ -133,6 +153,27 @@ def run_eval(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
     if distributed.is_rank_zero():
         _log(ctx, metrics, results, out_dir)
     return StageOutcome(None, metrics)
+
+
+def closed_metrics(
+    predictions: dict[str, list[Prediction]], labels: Sequence[str], num_samples: int, seed: int
+) -> tuple[dict, dict]:
+    """(metrics per point, paired comparisons of consecutive points) of labelled answers."""
+    answers = {name: majority_vote(preds) for name, preds in predictions.items()}
+    results = {
+        name: compute_metrics(answers[name], labels=labels, seed=seed)
+        | (
+            per_sample_rates(preds, seed=seed) | sampling_metrics(preds, seed=seed)
+            if num_samples > 1
+            else {}
+        )
+        for name, preds in predictions.items()
+    }
+    pairs = {
+        f"{a} -> {b}": paired_comparison(answers[a], answers[b], seed=seed)
+        for a, b in consecutive_pairs(list(predictions))
+    }
+    return results, pairs
 
 
 def consecutive_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
@@ -149,7 +190,7 @@ def write_outputs(out_dir: Path, results: dict, pairs: dict) -> None:
     flat = {name: flat_metrics(result) for name, result in results.items()}
     (out_dir / "summary.json").write_text(json.dumps(flat, indent=2))
     write_markdown_report(out_dir / "report.md", results, pairs or None)
-    bar_chart(results, out_dir / "comparison.png")
+    bar_chart(results, out_dir / "comparison.png", chart_metrics(results))
 
 
 def _log(ctx: RunContext, metrics: dict[str, float], results: dict, out_dir: Path) -> None:

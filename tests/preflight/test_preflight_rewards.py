@@ -157,3 +157,39 @@ def test_the_gold_check_uses_the_grpo_pool_and_only_runs_when_grpo_reads_rewards
     # SFT learns from targets and evaluation from the parser: neither reads the reward set.
     sft_only = preflight("algorithm=sft", "format=letter")
     assert not [r for r in sft_only.results if r.key == "reward"]
+
+
+# --- open-ended answers (format=free_text) ----------------------------------------------------
+
+
+def test_free_text_on_pubmedqa_passes_with_another_records_reference_as_the_wrong_answer(
+    preflight,
+):
+    report = preflight("dataset=pubmedqa", "format=free_text", "reward=free_text")
+    gold = next(r for r in report.results if r.name == "reward_gold")
+    assert gold.status == "pass", gold.message
+    assert "gold answer scores 2," in gold.message and "reference answer" in gold.message
+    references = [r for r in report.results if r.name == "references"]
+    assert references and all(r.status == "pass" for r in references)
+
+
+def test_free_text_on_a_dataset_without_references_fails_naming_the_format(preflight_error):
+    error = preflight_error("dataset=medmcqa", "format=free_text", "reward=free_text")
+    failures = [f for f in error.failures if f.name == "references"]
+    assert failures and all(f.key == "format" for f in failures)
+    assert "format=free_text needs a reference answer per record" in failures[0].message
+    assert "dataset=pubmedqa" in failures[0].message
+
+
+def test_open_ended_gold_check_compares_with_another_records_reference():
+    fmt, rewards = get_format("free_text"), build_reward_set({"token_f1": {"weight": 1.0}})
+    other = replace(MCQ, id="other", explanation="A different text entirely.")
+    passing = check_gold_scores_best(rewards, fmt, MCQ, None, other)
+    assert passing.status == "pass" and "record other's reference answer 0" in passing.message
+    same = check_gold_scores_best(
+        rewards, fmt, MCQ, None, replace(other, explanation=MCQ.explanation)
+    )
+    assert same.status == "fail"
+    assert "another record's answer must score less than the gold answer" in same.message
+    alone = check_gold_scores_best(rewards, fmt, MCQ, None)
+    assert alone.status == "skip"

@@ -15,7 +15,9 @@ from medrl.data.records import MCQ_LABELS, YES_NO_MAYBE_LABELS
 from medrl.prompts import FORMATS, JsonFormat, OutputFormat, XmlFormat, get_format
 from medrl.utils.config import CONFIG_DIR
 
-ALL_FORMATS = [cls() for cls in FORMATS.values()]
+# The labelled (closed) formats; the open-ended free_text format answers in prose without a
+# label and has its own contract (tests/prompts/test_free_text_format.py).
+ALL_FORMATS = [cls() for cls in FORMATS.values() if not cls.open_ended]
 EXPLAINED_FORMATS = [fmt for fmt in ALL_FORMATS if fmt.name != "letter"]
 LABEL_SETS = [MCQ_LABELS, YES_NO_MAYBE_LABELS]
 PROPERTY_SETTINGS = settings(max_examples=200, deadline=None)
@@ -226,7 +228,7 @@ def test_system_prompt_example_is_itself_well_formed(fmt, labels):
 
 
 def test_registry_maps_each_name_to_its_format_class():
-    assert set(FORMATS) == {"xml", "json", "tags", "letter"}
+    assert set(FORMATS) == {"xml", "json", "tags", "letter", "free_text"}
     for name, cls in FORMATS.items():
         assert cls.name == name and issubclass(cls, OutputFormat)
 
@@ -237,7 +239,9 @@ def test_get_format_builds_the_named_format_with_fields():
 
 
 def test_get_format_with_an_unknown_name_lists_the_valid_names():
-    with pytest.raises(ValueError, match=r"'yaml'.*\['json', 'letter', 'tags', 'xml'\]"):
+    with pytest.raises(
+        ValueError, match=r"'yaml'.*\['free_text', 'json', 'letter', 'tags', 'xml'\]"
+    ):
         get_format("yaml")
 
 

@@ -111,7 +111,13 @@ def test_malformed_output_scores_zero_instead_of_raising(make_sample):
 
 def test_registry_holds_every_documented_reward():
     documented = "correctness format json_valid json_schema explanation_length reasoning_tags"
-    assert set(REWARDS) == {*documented.split(), "brevity", "token_efficiency"}
+    assert set(REWARDS) == {
+        *documented.split(),
+        "brevity",
+        "token_efficiency",
+        "token_f1",
+        "rouge_l",
+    }
 
 
 def test_get_reward_returns_the_registered_function():

@@ -10,9 +10,22 @@ from medrl.data.records import YES_NO_MAYBE_LABELS, QARecord
 from medrl.prompts import FORMATS
 from medrl.rewards import REWARDS, RewardSample, build_reward_set
 
+# The explanations are the references the text rewards (token_f1, rouge_l) score against.
 RECORDS = [
-    QARecord(id="mcq", question="q", options={"A": "a", "B": "b", "C": "c", "D": "d"}, answer="B"),
-    QARecord(id="pqa", question="q", options={x: x for x in YES_NO_MAYBE_LABELS}, answer="maybe"),
+    QARecord(
+        id="mcq",
+        question="q",
+        options={"A": "a", "B": "b", "C": "c", "D": "d"},
+        answer="B",
+        explanation="B, because the reason is b.",
+    ),
+    QARecord(
+        id="pqa",
+        question="q",
+        options={x: x for x in YES_NO_MAYBE_LABELS},
+        answer="maybe",
+        explanation="Maybe: the trial was small.",
+    ),
 ]
 # Every reward is documented to lie in [0, 1]; some only take a few values.
 DISCRETE = {

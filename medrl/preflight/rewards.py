@@ -19,6 +19,8 @@ from medrl.data.records import QARecord
 from medrl.preflight.report import CheckResult, failed, passed, skipped, warned
 from medrl.prompts.base import OutputFormat
 from medrl.rewards import RewardSample, RewardSet, build_reward_set, get_reward
+from medrl.rewards.composite import reward_weight
+from medrl.rewards.judge import JUDGE_REWARDS
 from medrl.utils.config import CONFIG_DIR
 
 KEY = "reward.components"
@@ -43,14 +45,19 @@ DOCUMENTED_RANGES: dict[str, tuple[float, float]] = {
 TOLERANCE = 1e-9
 
 
-def reward_config_checks(components: Any) -> list[CheckResult]:
+def reward_config_checks(components: Any, judge_configured: bool = False) -> list[CheckResult]:
     """Check 4: names in the registry, finite weights, parameters the functions accept, and at
-    least one positive weight."""
+    least one positive weight; judge_* components need the judge group (`judge_configured`)."""
     if isinstance(components, DictConfig):
         components = OmegaConf.to_container(components, resolve=True)
     if not isinstance(components, Mapping) or not components:  # the builder's error lists names
         return [failed("rewards", f"{KEY}: {_build_error(components)}", KEY)]
-    results = [check_component(str(name), spec) for name, spec in components.items()]
+    results = [
+        check_judge_component(str(name), spec, judge_configured)
+        if str(name) in JUDGE_REWARDS
+        else check_component(str(name), spec)
+        for name, spec in components.items()
+    ]
     results.append(check_some_weight_positive(components))
     return results
 
@@ -71,6 +78,27 @@ def check_component(name: str, spec: Any) -> CheckResult:
     if error:
         return failed("rewards", f"{key}: {error}", key)
     return passed("rewards", f"{key}: weight {spec['weight']}", key)
+
+
+def check_judge_component(name: str, spec: Any, judge_configured: bool) -> CheckResult:
+    """A judge_* component: the judge group is set, the weight is a finite number, and the only
+    parameter is `rubric` (the endpoint itself is checked by preflight/judge.py)."""
+    key = f"{KEY}.{name}"
+    if not judge_configured:
+        message = f"{key}: reward {name!r} needs a judge endpoint: add judge=local or judge=hosted"
+        return failed("rewards", message, "judge")
+    if not isinstance(spec, Mapping):
+        return failed("rewards", f"{key}: expected a mapping like {{weight: 1.0}}", key)
+    try:
+        weight = reward_weight(name, spec)
+    except ValueError as error:
+        return failed("rewards", f"{key}.weight={spec.get('weight')}: {error}", f"{key}.weight")
+    unknown = sorted(set(spec) - {"weight", "rubric"})
+    if unknown:
+        return failed(
+            "rewards", f"{key}: unknown parameter(s) {unknown}; it accepts ['rubric']", key
+        )
+    return passed("rewards", f"{key}: weight {weight}", key)
 
 
 def _build_error(components: Any) -> str | None:
@@ -132,16 +160,14 @@ def check_gold_scores_best(
     warning: preflight cannot know what that reward should give. Length rewards see the
     target's token count; without a tokenizer they are scored as if it were 1 token.
     """
-    if output_format.open_ended:
-        if other is None:
-            return skipped("reward_gold", "a single record: no other answer to compare", "reward")
-        wrong_name, wrong_record = f"record {other.id}'s reference answer", other
-    else:
-        wrong_labels = [label for label in record.labels if label != record.answer]
-        if not wrong_labels:
-            return skipped("reward_gold", f"record {record.id} has a single option", "reward")
-        wrong_name = f"with the wrong label {wrong_labels[0]}"
-        wrong_record = replace(record, answer=wrong_labels[0])
+    judged = rewards.judges
+    rewards = rewards.without_judges()  # the judges have their own check (preflight/judge.py)
+    if rewards is None:
+        return skipped("reward_gold", "every reward is a judge (see the judge check)", "reward")
+    wrong = wrong_answer(output_format, record, other)
+    if wrong is None:
+        return skipped("reward_gold", f"record {record.id}: no wrong answer to compare", "reward")
+    wrong_name, wrong_record = wrong
     gold_text = output_format.render_target(record)
     wrong_text = output_format.render_target(wrong_record)
 
@@ -163,6 +189,8 @@ def check_gold_scores_best(
         f"record {record.id}'s gold answer scores {gold.total:g}, {wrong_name} "
         f"{wrong.total:g}, maximum {top}"
     )
+    if judged:
+        where += f" (judges left out: {', '.join(c.name for c in judged)})"
     if not problems:
         return passed("reward_gold", f"{where}: {scores}", "reward")
     components = ", ".join(f"{name}={value:g}" for name, value in gold.components.items())
@@ -175,6 +203,20 @@ def check_gold_scores_best(
         note = f" Only a warning: preflight does not know the range of {undocumented}."
         return warned("reward_gold", message + note, "reward")
     return failed("reward_gold", message, "reward")
+
+
+def wrong_answer(
+    output_format: OutputFormat, record: QARecord, other: QARecord | None
+) -> tuple[str, QARecord] | None:
+    """(a description, the record whose SFT target is a wrong answer to `record`): the same
+    record with another label, or for open-ended formats `other` (its reference answer).
+    None when there is none (a single option; no other record)."""
+    if output_format.open_ended:
+        return None if other is None else (f"record {other.id}'s reference answer", other)
+    wrong_labels = [label for label in record.labels if label != record.answer]
+    if not wrong_labels:
+        return None
+    return f"with the wrong label {wrong_labels[0]}", replace(record, answer=wrong_labels[0])
 
 
 def _advice(output_format: OutputFormat) -> str:

@@ -27,6 +27,7 @@ from medrl.preflight.context import (
     check_sft_lengths,
     sample_records,
 )
+from medrl.preflight.judge import judge_checks
 from medrl.preflight.model import probe_model
 from medrl.preflight.pools import (
     EVAL_POOL,
@@ -101,7 +102,8 @@ def config_checks(cfg: DictConfig, stages: Sequence[str]) -> list[CheckResult]:
     if "eval" in stages:
         results += evaluation_checks(cfg)
     if any(stage in REWARD_STAGES for stage in stages):
-        results += reward_config_checks(select(cfg, "reward.components"))
+        judge_configured = select(cfg, "judge") is not None
+        results += reward_config_checks(select(cfg, "reward.components"), judge_configured)
     return results
 
 
@@ -149,6 +151,7 @@ def run_preflight(
         results.append(skipped("context", "needs reference answers (see references)"))
     else:
         results += gold_checks(specs, pools, stages, renderer)
+        results += judge_preflight(cfg, specs, pools, stages)
         results += context_checks(cfg, stages, pools, renderer, probe.context)
     in_use = list(dict.fromkeys(STAGE_POOLS[stage] for stage in stages))
     shown = sample_records(pools, in_use, settings.show_prompts)
@@ -183,6 +186,18 @@ def gold_checks(
     )
     other = records[1] if len(records) > 1 else None
     return [check_gold_scores_best(specs.rewards, specs.output_format, records[0], count, other)]
+
+
+def judge_preflight(
+    cfg: DictConfig, specs: RunSpecs, pools: Pools, stages: Sequence[str]
+) -> list[CheckResult]:
+    """The judge check (preflight/judge.py) on the first records of the GRPO pool (else the
+    eval pool), when a stage uses the rewards."""
+    if not any(stage in REWARD_STAGES for stage in stages):
+        return []
+    records = next((pools[name] for name in (GRPO_POOL, EVAL_POOL) if pools.get(name)), [])
+    mode = select(cfg, "judge.preflight") or "fail"
+    return judge_checks(specs.rewards, specs.output_format, list(records), mode)
 
 
 def context_checks(

@@ -6,6 +6,7 @@ from medrl.rewards.composite import (
     RewardComponent,
     RewardSet,
     build_reward_set,
+    judge_failure_metrics,
 )
 from medrl.rewards.functions import (
     brevity,
@@ -34,6 +35,7 @@ __all__ = [
     "explanation_length",
     "format_reward",
     "get_reward",
+    "judge_failure_metrics",
     "json_schema",
     "json_valid",
     "reasoning_tags",

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from medrl.rewards import functions as fn
 from medrl.rewards.base import RewardFn
+from medrl.rewards.judge.setup import JUDGE_REWARDS
 
 REWARDS: dict[str, RewardFn] = {
     "correctness": fn.correctness,
@@ -34,4 +35,5 @@ def get_reward(name: str) -> RewardFn:
     try:
         return REWARDS[name]
     except KeyError:
-        raise ValueError(f"unknown reward {name!r}; valid names: {sorted(REWARDS)}") from None
+        valid = sorted([*REWARDS, *JUDGE_REWARDS])
+        raise ValueError(f"unknown reward {name!r}; valid names: {valid}") from None

@@ -187,10 +187,20 @@ def test_the_documented_reward_sets_exist():
     assert {"xml", "json", "tags", "letter", "efficiency"} <= set(REWARD_YAMLS)
 
 
-@pytest.mark.parametrize("name", REWARD_YAMLS)
+# Sets with judge_* components build only with a judge endpoint (tests/rewards/test_judge.py).
+JUDGED_YAMLS = ["judge"]
+
+
+@pytest.mark.parametrize("name", [n for n in REWARD_YAMLS if n not in JUDGED_YAMLS])
 def test_each_reward_yaml_builds_a_reward_set(name):
     built = instantiate(OmegaConf.load(CONFIG_DIR / "reward" / f"{name}.yaml"))
     assert isinstance(built, RewardSet) and built.names
+
+
+@pytest.mark.parametrize("name", JUDGED_YAMLS)
+def test_a_judged_reward_yaml_without_a_judge_names_the_group_to_add(name):
+    with pytest.raises(Exception, match="needs a judge endpoint: add judge=local"):
+        instantiate(OmegaConf.load(CONFIG_DIR / "reward" / f"{name}.yaml"))
 
 
 def test_reward_yaml_weights_are_overridable_from_the_command_line():

@@ -1,0 +1,49 @@
+"""The `judge` config group as one object: the endpoint settings plus how a run uses them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from medrl.rewards.judge.cache import JudgeCache
+from medrl.rewards.judge.client import JudgeClient, JudgeSettings
+from medrl.rewards.judge.reward import ON_FAILURE, JudgeReward
+from medrl.rewards.judge.rubrics import load_rubric
+from medrl.utils.config import CONFIG_DIR
+
+PREFLIGHT = ("fail", "warn", "off")
+# reward name -> its default rubric file under conf/rubrics/
+JUDGE_REWARDS = {
+    "judge_correctness": "correctness",
+    "judge_faithfulness": "faithfulness",
+    "judge_relevancy": "relevancy",
+}
+
+
+@dataclass(frozen=True)
+class JudgeSetup:
+    """settings: the endpoint (`JudgeSettings`). on_failure: batch_mean | zero | raise (see
+    medrl/rewards/judge/reward.py). cache_file: the run folder's verdict cache (null: memory
+    only). preflight: what preflight's judge check does when the gold reference does not score
+    above a wrong answer on the pool's first records: fail | warn | off."""
+
+    settings: JudgeSettings
+    on_failure: str = "batch_mean"
+    cache_file: str | None = None
+    preflight: str = "fail"
+
+    def __post_init__(self) -> None:
+        if self.on_failure not in ON_FAILURE:
+            raise ValueError(
+                f"judge.on_failure must be one of {ON_FAILURE}, got {self.on_failure!r}"
+            )
+        if self.preflight not in PREFLIGHT:
+            raise ValueError(f"judge.preflight must be one of {PREFLIGHT}, got {self.preflight!r}")
+
+    def client(self) -> JudgeClient:
+        return JudgeClient(self.settings, JudgeCache(self.cache_file))
+
+    def reward(self, name: str, client: JudgeClient, rubric: str | None = None) -> JudgeReward:
+        """The judge reward `name` (JUDGE_REWARDS) with its rubric file (default
+        conf/rubrics/<rubric>.yaml)."""
+        path = rubric or CONFIG_DIR / "rubrics" / f"{JUDGE_REWARDS[name]}.yaml"
+        return JudgeReward(load_rubric(path), client, self.on_failure)

@@ -171,13 +171,15 @@ def test_cfg_job_prints_the_composition_for_a_combination(tmp_path):
     "overrides",
     [
         ["judge=local"],
-        ["judge=hosted", "judge.settings.base_url=https://judge.example/v1", "judge.settings.model=m"],
+        [
+            "judge=hosted",
+            "judge.settings.base_url=https://judge.example/v1",
+            "judge.settings.model=m",
+        ],
     ],
     ids=["local", "hosted"],
 )
-def test_the_judge_group_composes_resolves_binds_and_builds_a_judged_reward_set(
-    compose, overrides
-):
+def test_the_judge_group_composes_resolves_binds_and_builds_a_judged_reward_set(compose, overrides):
     cfg = compose("train", ["reward=judge", *overrides])
     OmegaConf.resolve(cfg)
     assert_targets_bind(cfg)

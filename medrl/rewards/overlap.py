@@ -13,6 +13,10 @@ The scores come from well-kept libraries rather than hand-written code:
   subsequence of the two token sequences, precision = LCS / answer tokens, recall = LCS /
   reference tokens; tokens are the lower-cased alphanumeric runs, Porter-stemmed when
   `use_stemmer` (the usual setting of summarization papers).
+
+An answer longer than MAX_ANSWER_CHARS is scored on its first MAX_ANSWER_CHARS characters: the
+longest common subsequence takes time proportional to the product of the two lengths, and no
+completion of a realistic max_new_tokens comes near that length (it bounds adversarial input).
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ from functools import lru_cache
 from rouge_score import rouge_scorer
 from torchmetrics.functional.text import squad
 
+MAX_ANSWER_CHARS = 20_000
+
 
 def _squad(answer: str, reference: str) -> dict[str, float]:
     scores = squad(
-        preds={"prediction_text": answer, "id": "0"},
+        preds={"prediction_text": answer[:MAX_ANSWER_CHARS], "id": "0"},
         target={"answers": {"text": [reference]}, "id": "0"},
     )
     return {name: float(value) / 100.0 for name, value in scores.items()}  # percent -> [0, 1]
@@ -48,4 +54,5 @@ def _rouge_l_scorer(use_stemmer: bool) -> rouge_scorer.RougeScorer:
 
 def rouge_l(answer: str, reference: str, use_stemmer: bool = True) -> float:
     """ROUGE-L F-measure = 2 P R / (P + R), P = LCS / |answer|, R = LCS / |reference|."""
-    return float(_rouge_l_scorer(use_stemmer).score(reference, answer)["rougeL"].fmeasure)
+    scored = answer[:MAX_ANSWER_CHARS]
+    return float(_rouge_l_scorer(use_stemmer).score(reference, scored)["rougeL"].fmeasure)

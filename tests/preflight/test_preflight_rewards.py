@@ -11,6 +11,7 @@ from medrl.preflight import PreflightError, preflight_config, run_preflight
 from medrl.preflight.rewards import check_gold_scores_best, reward_max
 from medrl.prompts import get_format
 from medrl.rewards import REWARDS, build_reward_set
+from medrl.rewards.judge import JUDGE_REWARDS
 
 MCQ = QARecord(
     id="b12",
@@ -39,7 +40,7 @@ def test_an_unknown_reward_name_lists_the_valid_names(compose):
     (failure,) = error.failures
     assert failure.key == "reward.components.empathy"
     assert failure.message.startswith("reward.components.empathy: unknown reward 'empathy'")
-    assert f"valid names: {sorted(REWARDS)}" in failure.message
+    assert f"valid names: {sorted([*REWARDS, *JUDGE_REWARDS])}" in failure.message
 
 
 @pytest.mark.parametrize("weight", ["nan", "inf", "heavy", "true"])

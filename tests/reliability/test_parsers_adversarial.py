@@ -42,6 +42,7 @@ RECORD = QARecord(
     question="Vitamin B12 is found only in foods of which origin?",
     options={"A": "Plant", "B": "Animal", "C": "Fungal", "D": "Mineral"},
     answer="B",
+    explanation="Vitamin B12 is made by bacteria and found in animal foods.",  # the reference
 )
 ALL_FORMATS = [cls() for cls in FORMATS.values()]
 XML_TAGS = tag_strings(("answer", "explanation"))

@@ -32,7 +32,7 @@ from medrl.rewards.judge import (
     parse_score,
     render_judge_messages,
 )
-from medrl.utils.config import CONFIG_DIR
+from medrl.rewards.judge.setup import RUBRICS_DIR
 
 RECORD = QARecord(
     id="pqa-1",
@@ -42,7 +42,7 @@ RECORD = QARecord(
     explanation="Aspirin irreversibly inhibits COX-1 and reduces platelet aggregation.",
     context="Fifty volunteers took aspirin; platelet aggregation fell by 80%.",
 )
-CORRECTNESS = load_rubric(CONFIG_DIR / "rubrics" / "correctness.yaml")
+CORRECTNESS = load_rubric(RUBRICS_DIR / "correctness.yaml")
 
 
 # --- a scripted OpenAI-protocol server ----------------------------------------------------------
@@ -139,7 +139,7 @@ def test_anything_else_is_not_a_score(reply):
 
 @pytest.mark.parametrize("name", ["correctness", "faithfulness", "relevancy"])
 def test_every_rubric_file_loads_with_examples_of_both_ends(name):
-    rubric = load_rubric(CONFIG_DIR / "rubrics" / f"{name}.yaml")
+    rubric = load_rubric(RUBRICS_DIR / f"{name}.yaml")
     assert rubric.name == name and rubric.version >= 1 and rubric.steps
     assert {example.score for example in rubric.examples} == {1, 5}
 
@@ -152,7 +152,7 @@ def test_the_judge_sees_the_rubric_the_examples_and_only_the_fields_it_needs():
     case = messages[-1]["content"]
     assert f"Reference answer: {RECORD.explanation}" in case and "Answer to grade: It does." in case
     assert "Context:" not in case, "correctness does not need the abstract"
-    faithfulness = load_rubric(CONFIG_DIR / "rubrics" / "faithfulness.yaml")
+    faithfulness = load_rubric(RUBRICS_DIR / "faithfulness.yaml")
     case = render_judge_messages(faithfulness, RECORD, "It does.")[-1]["content"]
     assert case.startswith(f"Context:\n{RECORD.context}") and "Reference answer" not in case
 

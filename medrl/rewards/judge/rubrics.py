@@ -1,5 +1,5 @@
-"""Judge rubrics (conf/rubrics/*.yaml): criteria and evaluation steps, versioned; the messages
-sent to the judge, and the parser of its reply.
+"""Judge rubrics (medrl/rewards/judge/rubrics/*.yaml): criteria and evaluation steps,
+versioned; the messages sent to the judge, and the parser of its reply.
 
 The judge answers with one integer on a 1-5 scale (G-Eval's form: criteria plus evaluation
 steps, Liu et al. 2023, arXiv:2303.16634); medrl maps it to [0, 1] as (s - 1) / 4, so judge

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from medrl.rewards.judge.cache import JudgeCache
 from medrl.rewards.judge.client import JudgeClient, JudgeSettings
 from medrl.rewards.judge.reward import ON_FAILURE, JudgeReward
 from medrl.rewards.judge.rubrics import load_rubric
-from medrl.utils.config import CONFIG_DIR
 
 PREFLIGHT = ("fail", "warn", "off")
-# reward name -> its default rubric file under conf/rubrics/
+RUBRICS_DIR = Path(__file__).with_name("rubrics")  # the shipped rubric files
+# reward name -> its default rubric file under medrl/rewards/judge/rubrics/
 JUDGE_REWARDS = {
     "judge_correctness": "correctness",
     "judge_faithfulness": "faithfulness",
@@ -44,6 +45,6 @@ class JudgeSetup:
 
     def reward(self, name: str, client: JudgeClient, rubric: str | None = None) -> JudgeReward:
         """The judge reward `name` (JUDGE_REWARDS) with its rubric file (default
-        conf/rubrics/<rubric>.yaml)."""
-        path = rubric or CONFIG_DIR / "rubrics" / f"{JUDGE_REWARDS[name]}.yaml"
+        medrl/rewards/judge/rubrics/<rubric>.yaml)."""
+        path = rubric or RUBRICS_DIR / f"{JUDGE_REWARDS[name]}.yaml"
         return JudgeReward(load_rubric(path), client, self.on_failure)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from medrl.data import DatasetPools, DatasetSpec, load_pools
+from medrl.data import DatasetPools, DatasetSpec, MixtureSpec, load_dataset
 from medrl.models import AdapterSpec, ModelSpec
 from medrl.prompts.base import OutputFormat
 from medrl.rewards import RewardSet
@@ -23,7 +23,7 @@ class RunSpecs:
 
     model: ModelSpec
     adapter: AdapterSpec
-    dataset: DatasetSpec
+    dataset: DatasetSpec | MixtureSpec
     output_format: OutputFormat
     rewards: RewardSet
 
@@ -40,4 +40,4 @@ def build_specs(cfg: DictConfig) -> RunSpecs:
 
 
 def build_pools(specs: RunSpecs) -> DatasetPools:
-    return load_pools(specs.dataset)
+    return load_dataset(specs.dataset)

@@ -42,7 +42,7 @@ def test_requesting_a_stage_without_a_runner_fails_before_loading_anything(compo
         raise AssertionError("specs were built before the stage check")
 
     monkeypatch.setattr("medrl.train.build_specs", must_not_run)
-    with pytest.raises(ValueError, match=r"no runner for \['distill'\]; available stages"):
+    with pytest.raises(ValueError, match=r"'distill' is neither a runner \(sft, grpo, eval\) nor defined"):
         run(compose("train", ["stages=[sft,distill,eval]"]))
 
 

@@ -17,7 +17,7 @@ from rich.console import Console
 
 # Importing any medrl module runs medrl/__init__.py, which registers ${medrl_root:} (conf/paths).
 from medrl.data.errors import DataError
-from medrl.data.loader import load_pools
+from medrl.data.mixture import load_dataset
 from medrl.data.report import print_summary
 from medrl.utils.config import CONFIG_DIR
 
@@ -31,7 +31,7 @@ def main(cfg: DictConfig) -> None:
     # Piped output (logs, CI) would otherwise be cut to 80 columns and fold the tables.
     console = Console(width=None if sys.stdout.isatty() else 120)
     try:
-        pools = load_pools(instantiate(cfg.dataset))
+        pools = load_dataset(instantiate(cfg.dataset))
     except DataError as error:
         console.print(f"[bold red]data error:[/] {error}", highlight=False, soft_wrap=True)
         raise SystemExit(EXIT_DATA_ERROR) from error

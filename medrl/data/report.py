@@ -64,10 +64,14 @@ def _pools_table(summary: DataSummary) -> Table:
     table.add_column("dedup", justify="right", no_wrap=True)
     table.add_column("size", justify="right", no_wrap=True)
     _add_label_columns(table, summary.labels)
+    mixed = any(pool.sources for pool in summary.pools)  # a mixture: final size per source
+    if mixed:
+        table.add_column("by source")
     for pool in summary.pools:
         split = pool.split
         if pool.source_split != pool.split:
             split = f"{pool.split}→{pool.source_split}"
+        by_source = [", ".join(f"{name} {n:,}" for name, n in pool.sources.items())]
         table.add_row(
             pool.name,
             split,
@@ -76,6 +80,7 @@ def _pools_table(summary: DataSummary) -> Table:
             f"-{pool.dedup_removed:,}" if pool.dedup_removed else "0",
             f"{pool.size:,}",
             *_label_cells(pool.labels),
+            *(by_source if mixed else []),
         )
     return table
 

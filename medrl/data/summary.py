@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from medrl.data.records import QARecord
 
@@ -36,7 +36,8 @@ class PoolSummary:
     split: the split the pool asks for; source_split: the split it was cut from (differs when a
     local split alias is used); selection: ``PoolSpec.describe()``; drawn: rows selected before
     de-duplication; dedup_removed: duplicates of the eval pool or of earlier pools dropped;
-    size: records in the final pool (after the limit); labels: their label distribution.
+    size: records in the final pool (after the limit); labels: their label distribution;
+    sources: records per source dataset, for a mixture (medrl.data.mixture; empty otherwise).
     """
 
     name: str
@@ -47,6 +48,7 @@ class PoolSummary:
     dedup_removed: int
     size: int
     labels: Mapping[str, int]
+    sources: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -111,9 +111,13 @@ class PreflightReport:
         }
 
 
-def write_report(report: PreflightReport, output_dir: str | Path) -> Path:
-    """preflight.json in the run folder: what was checked, for the user to read afterwards."""
-    return write_atomic(Path(output_dir) / REPORT_FILE, json.dumps(report.to_json(), indent=2))
+def write_report(report: PreflightReport, output_dir: str | Path, stage: str | None = None) -> Path:
+    """preflight.json in the run folder (preflight-<stage>.json for one stage's own checks):
+    what was checked, for the user to read afterwards."""
+    path = Path(output_dir) / REPORT_FILE
+    if stage is not None:
+        path = path.with_name(f"{path.stem}-{stage}{path.suffix}")
+    return write_atomic(path, json.dumps(report.to_json(), indent=2))
 
 
 def log_report(report: PreflightReport) -> None:

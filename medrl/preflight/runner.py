@@ -122,12 +122,14 @@ def run_preflight(
     pools: Pools,
     tokenizer: Any | None = None,
     stages: Sequence[str] | None = None,
+    name: str | None = None,
 ) -> PreflightReport:
-    """Every check for `stages` (default cfg.stages), with no weights loaded.
+    """Every check for `stages` (runner names; default cfg.stages), with no weights loaded.
 
     tokenizer: the model's tokenizer when the caller has one; else it is loaded when that is
     cheap (`preflight_tokenizer`) and the tokenizer checks are skipped, with a note, when not.
-    Logs the prompts, writes preflight.json to cfg.paths.output_dir, and raises PreflightError
+    Logs the prompts, writes preflight.json (preflight-<name>.json for a stage with its own
+    definition, medrl.stages.plan) to cfg.paths.output_dir, and raises PreflightError
     when any check failed. With preflight.enabled=false it only logs that it was skipped.
     """
     settings = preflight_settings(cfg)
@@ -158,7 +160,7 @@ def run_preflight(
     report = PreflightReport(results, [renderer.show(pool, record) for pool, record in shown])
     log_report(report)
     if is_rank_zero():  # every process checks; one writes
-        write_report(report, Path(cfg.paths.output_dir))
+        write_report(report, Path(cfg.paths.output_dir), name)
     report.raise_if_failed()
     return report
 

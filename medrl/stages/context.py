@@ -20,6 +20,7 @@ from medrl.components import RunSpecs
 from medrl.data import DatasetPools
 from medrl.distributed import is_rank_zero
 from medrl.models import ModelSpec
+from medrl.prompts.base import OutputFormat
 from medrl.stages.resume import fingerprint, training_checkpoint, training_state_dir
 from medrl.utils.io import write_atomic
 
@@ -31,16 +32,20 @@ log = logging.getLogger(__name__)
 class StagePoint:
     """A policy in the stage chain: the model the run starts from, or a stage's checkpoint.
 
-    name:        "base" for the starting model, else the stage that produced the checkpoint.
-    model_spec:  how to load its weights (source "checkpoint" for stage checkpoints).
-    checkpoint:  the stage checkpoint folder; None for a base model.
-    root_model:  the model at the root of the chain (recorded in every manifest).
+    name:          "base" for the starting model, else the stage that produced the checkpoint.
+    model_spec:    how to load its weights (source "checkpoint" for stage checkpoints).
+    checkpoint:    the stage checkpoint folder; None for a base model.
+    root_model:    the model at the root of the chain (recorded in every manifest).
+    output_format: the format the point was trained for, when this run's config says it (a
+                   stage with its own format, medrl.stages.plan); None: unknown (a base model,
+                   an `init_from` folder), and a checkpoint must then match the loading stage's.
     """
 
     name: str
     model_spec: ModelSpec
     checkpoint: Path | None
     root_model: str
+    output_format: OutputFormat | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,12 @@ class RunContext:
     # True when continuing a killed run (medrl.stages.resume): finished stages are reused and
     # a stage in progress continues from its training-state checkpoint.
     resuming: bool = False
+    # The stage being run (medrl.stages.plan): its checkpoint folder, training-state folder and
+    # logger version. Empty: the runner's own name (sft, grpo, eval).
+    stage: str = ""
+
+    def stage_name(self, runner: str) -> str:
+        return self.stage or runner
 
     @property
     def seed(self) -> int:

@@ -40,18 +40,45 @@ from medrl.models import FullFinetune, load_policy, resolve_dtype
 from medrl.prompts import OutputFormat, reference_text
 from medrl.rollout import SamplingSettings
 from medrl.stages.context import RunContext, StageOutcome, StagePoint
+from medrl.stages.start import trained_format
 
 log = logging.getLogger(__name__)
 POOL = "eval"
 
 
-def points_to_evaluate(chain: Sequence[StagePoint], include_base: bool) -> list[StagePoint]:
-    """The chain's points in order, the starting point only when `include_base`."""
-    return list(chain) if include_base else list(chain[1:])
+def points_to_evaluate(
+    chain: Sequence[StagePoint], include_base: bool, names: Sequence[str] | None = None
+) -> list[StagePoint]:
+    """The chain's points in order, the starting point only when `include_base`, and only the
+    points `names` lists when it is given (evaluation.points: skip a curriculum's middle
+    points when only the others are compared)."""
+    points = list(chain) if include_base else list(chain[1:])
+    if names is None:
+        return points
+    check_point_names(names, [point.name for point in chain])
+    chosen = [point for point in points if point.name in names]
+    if not chosen:
+        raise ValueError(
+            f"evaluation.points={list(names)} with include_base={include_base} leaves no point "
+            "to evaluate"
+        )
+    return chosen
+
+
+def check_point_names(names: Sequence[str], available: Sequence[str]) -> None:
+    """evaluation.points must name points of the chain ("base" and the training stages)."""
+    unknown = [name for name in names if name not in available]
+    if unknown:
+        raise ValueError(
+            f"evaluation.points names {unknown}, which the chain does not have; its points: "
+            f"{list(available)} (null evaluates them all)"
+        )
 
 
 def load_for_eval(ctx: RunContext, point: StagePoint):
-    """(model, tokenizer) of a point: base weights as is, checkpoints with lineage checks."""
+    """(model, tokenizer) of a point: base weights as is, checkpoints with lineage checks
+    (against the format the point was trained for: each point is then scored on this stage's
+    task, the final task of a curriculum)."""
     specs = ctx.specs
     if point.checkpoint is None:
         policy = load_policy(point.model_spec, FullFinetune())
@@ -59,7 +86,7 @@ def load_for_eval(ctx: RunContext, point: StagePoint):
     model, tokenizer, _ = load_checkpoint(
         point.checkpoint,
         "merged",
-        output_format=specs.output_format,
+        output_format=trained_format(point, specs.output_format),
         chat_template_kwargs=point.model_spec.chat_template_kwargs,
         dtype=resolve_dtype(point.model_spec.dtype),
     )
@@ -109,10 +136,11 @@ def run_eval(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
     output_format = ctx.specs.output_format
     check_open_ended(output_format, records, num_samples)
     text_settings: TextMetricSettings = instantiate(settings.text_metrics)
-    out_dir = ctx.output_dir / "eval"
+    out_dir = ctx.output_dir / ctx.stage_name(POOL)
     predictions: dict[str, list[Prediction]] = {}
     shard = (distributed.rank(), distributed.world_size())
-    for point in points_to_evaluate(chain, settings.include_base):
+    points = points_to_evaluate(chain, settings.include_base, settings.get("points"))
+    for point in points:
         model, tokenizer = load_for_eval(ctx, point)
         mine = predict(
             model,
@@ -149,7 +177,7 @@ def run_eval(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
         for key, value in flat_metrics(result).items()
     }
     # The last point is the run's product: its metrics are also the plain eval/<metric> keys.
-    metrics.update({f"eval/{k}": v for k, v in flat_metrics(results[chain[-1].name]).items()})
+    metrics.update({f"eval/{k}": v for k, v in flat_metrics(results[points[-1].name]).items()})
     if distributed.is_rank_zero():
         _log(ctx, metrics, results, out_dir)
     return StageOutcome(None, metrics)
@@ -197,7 +225,7 @@ def _log(ctx: RunContext, metrics: dict[str, float], results: dict, out_dir: Pat
     """Scalars to every logger; to loggers that take media (W&B), also the comparison chart
     and the metrics table (one row per model, each metric with its interval)."""
     columns, rows = metrics_rows(results)
-    for logger in ctx.loggers(POOL):
+    for logger in ctx.loggers(ctx.stage_name(POOL)):
         logger.log_metrics(metrics)
         if hasattr(logger, "log_image"):
             logger.log_image(key="eval/comparison", images=[str(out_dir / "comparison.png")])

@@ -23,6 +23,7 @@ def run_grpo(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
     """Run `grpo.max_steps` rollout steps from the last point of `chain`; return its checkpoint."""
     settings = ctx.cfg.grpo
     specs = ctx.specs
+    stage = ctx.stage_name(POOL)
     policy, parent = load_start(chain[-1], specs.adapter, specs.output_format)
     module = instantiate(settings.module)(
         model=policy.model,
@@ -32,7 +33,7 @@ def run_grpo(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
         output_format=specs.output_format,
         chat_template_kwargs=policy.chat_template_kwargs,
         seed=ctx.seed,
-        samples_file=str(ctx.output_dir / "samples" / "grpo.jsonl"),
+        samples_file=str(ctx.output_dir / "samples" / f"{stage}.jsonl"),
         max_consecutive_faults=ctx.cfg.numeric_faults.max_consecutive,
     )
     log.info("grpo conventions: %s", module.conventions())
@@ -41,10 +42,10 @@ def run_grpo(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
         range(settings.max_steps), batch_size=1, seed=ctx.seed, shuffle=False
     )
     trainer, resume_from = ctx.training_trainer(
-        POOL, max_steps=settings.max_steps * module.mu, max_epochs=1
+        stage, max_steps=settings.max_steps * module.mu, max_epochs=1
     )
     trainer.fit(module, steps, ckpt_path=resume_from)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     policy = trained_policy(policy, module.model)
-    return finish_stage(ctx, chain, POOL, policy, parent, {POOL: list(ctx.pools[POOL])}, metrics)
+    return finish_stage(ctx, chain, stage, policy, parent, {POOL: list(ctx.pools[POOL])}, metrics)

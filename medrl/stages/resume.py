@@ -40,6 +40,7 @@ STAGE_METRICS_FILE = "metrics.json"
 FINGERPRINT_KEYS = (
     "seed",
     "stages",
+    "stage_defs",
     "init_from",
     "model",
     "adapter",

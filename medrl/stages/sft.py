@@ -56,9 +56,11 @@ def validation_shard(examples: Sequence, rank: int, world_size: int) -> list:
 
 
 def run_sft(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
-    """Fine-tune the last point of `chain` on the SFT pool and return its checkpoint."""
+    """Fine-tune the last point of `chain` on the SFT pool of the stage's dataset (rendered in
+    its format) and return its checkpoint (checkpoints/<stage>)."""
     settings = ctx.cfg.sft
     specs = ctx.specs
+    stage = ctx.stage_name(POOL)
     policy, parent = load_start(chain[-1], specs.adapter, specs.output_format)
     train_records, val_records = split_validation(ctx.pools[POOL], settings.val_fraction)
     encode = dict(
@@ -96,7 +98,7 @@ def run_sft(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
     )
     by_steps = settings.max_steps > 0
     trainer, resume_from = ctx.training_trainer(
-        POOL,
+        stage,
         max_steps=settings.max_steps if by_steps else -1,
         max_epochs=-1 if by_steps else settings.epochs,
         accumulate_grad_batches=settings.grad_accum,
@@ -113,7 +115,7 @@ def run_sft(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
     return finish_stage(
         ctx,
         chain,
-        POOL,
+        stage,
         trained_policy(policy, module.model),
         parent,
         {"sft_train": train_records, "sft_val": val_records},

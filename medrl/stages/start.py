@@ -43,13 +43,23 @@ def base_point(model: ModelSpec, init_from: str | None = None) -> StagePoint:
         raise LineageError(f"init_from={init_from}: {error}") from error
 
 
-def checkpoint_point(folder: Path, like: ModelSpec) -> StagePoint:
-    """A stage checkpoint as a point, loaded with the dtype and chat settings of `like`."""
+def checkpoint_point(
+    folder: Path, like: ModelSpec, output_format: OutputFormat | None = None
+) -> StagePoint:
+    """A stage checkpoint as a point, loaded with the dtype and chat settings of `like`;
+    `output_format`: the format this run's config trained it for (None: unknown)."""
     manifest = Manifest.read(folder)
     spec = replace(
         like, name=f"{manifest.root_model}/{manifest.stage}", source="checkpoint", path=str(folder)
     )
-    return StagePoint(manifest.stage, spec, folder, manifest.root_model)
+    return StagePoint(manifest.stage, spec, folder, manifest.root_model, output_format)
+
+
+def trained_format(point: StagePoint, stage_format: OutputFormat) -> OutputFormat:
+    """The format a point's checkpoint must record: the one its own stage trained it for when
+    the run knows it (a curriculum changes format between stages on purpose), else the format
+    of the stage loading it (an `init_from` folder must match the run)."""
+    return point.output_format or stage_format
 
 
 def load_start(
@@ -58,7 +68,8 @@ def load_start(
     """Load `point` for training with `adapter`, and describe it as the new stage's parent.
 
     The parent hash is taken from the weights as loaded, before any training. When `point` is
-    a checkpoint, its manifest must match the run's output format and chat settings, and (for
+    a checkpoint, its manifest must match the format it was trained for (`trained_format`) and
+    the run's chat settings, and (for
     unquantized loads) the loaded weights must be the ones its manifest names.
     """
     policy = load_policy(point.model_spec, adapter)
@@ -67,7 +78,8 @@ def load_start(
         spec = asdict(point.model_spec)
         return policy, ParentRef("model", point.name, policy.weights_source, parent_hash, spec)
     manifest = Manifest.read(point.checkpoint)
-    check_matches_run(manifest, point.checkpoint, output_format, policy.chat_template_kwargs)
+    expected = trained_format(point, output_format)
+    check_matches_run(manifest, point.checkpoint, expected, policy.chat_template_kwargs)
     if not isinstance(adapter, QLoraAdapter) and parent_hash != manifest.weights_hash:
         raise LineageError(
             f"the weights loaded from {point.checkpoint} (hash {parent_hash[:12]}) differ from "
@@ -102,7 +114,8 @@ def finished_stage(ctx: RunContext, stage: str) -> StageOutcome | None:
         return None
     metrics = finished_stage_metrics(folder)
     log.info("stage %s finished before the interruption; reusing %s", stage, folder)
-    return StageOutcome(checkpoint_point(folder, ctx.specs.model), metrics)
+    point = checkpoint_point(folder, ctx.specs.model, ctx.specs.output_format)
+    return StageOutcome(point, metrics)
 
 
 def finish_stage(
@@ -139,4 +152,5 @@ def finish_stage(
             log.info("%s checkpoint written to %s", stage, folder)
             if not ctx.cfg.checkpointing.keep_after_stage:
                 discard_training_state(ctx.output_dir, stage)
-    return StageOutcome(checkpoint_point(folder, ctx.specs.model), metrics)
+    point = checkpoint_point(folder, ctx.specs.model, ctx.specs.output_format)
+    return StageOutcome(point, metrics)

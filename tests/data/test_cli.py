@@ -15,7 +15,14 @@ from medrl.utils.config import CONFIG_DIR, PROJECT_ROOT
 
 from .builders import medmcqa_row, write_rows
 
-DATASETS = sorted(path.stem for path in (CONFIG_DIR / "dataset").glob("*.yaml"))
+DATASET_OPTIONS = sorted(path.stem for path in (CONFIG_DIR / "dataset").glob("*.yaml"))
+# Options that mix several datasets (medrl/data/mixture.py) are tested in test_mixture.py.
+MIXTURES = [
+    name
+    for name in DATASET_OPTIONS
+    if "MixtureSpec" in (CONFIG_DIR / "dataset" / f"{name}.yaml").read_text()
+]
+DATASETS = [name for name in DATASET_OPTIONS if name not in MIXTURES]
 
 
 def run_cli(
@@ -41,8 +48,9 @@ def run_cli(
     )
 
 
-def test_the_three_datasets_have_configs():
+def test_the_three_datasets_and_their_mixture_have_configs():
     assert DATASETS == ["medmcqa", "medqa", "pubmedqa"]
+    assert MIXTURES == ["medmcqa_medqa"]
 
 
 @pytest.mark.parametrize("name", DATASETS)

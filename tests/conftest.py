@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -90,3 +94,69 @@ def tiny_policy(shared_dir, tmp_path_factory):
     spec = instantiate(cfg.model)
     spec.cache_dir = str(tmp_path_factory.getbasetemp() / "model-cache")
     return load_policy(spec, FullFinetune())
+
+
+# --- a scripted OpenAI-protocol judge server (tests of judge rewards and judge metrics) ---------
+
+
+class Scripted(BaseHTTPRequestHandler):
+    """GET /v1/models lists one model; POST /v1/chat/completions answers as `script` says."""
+
+    script: dict = {}
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        self._json(200, {"object": "list", "data": [{"id": "judge-model", "object": "model"}]})
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.requests.append(body)
+        if self.script.get("sleep"):
+            time.sleep(self.script["sleep"])
+        if self.script.get("status", 200) != 200:
+            return self._json(self.script["status"], {"error": {"message": "refused"}})
+        reply = self.script.get("reply", "4")
+        message = {"role": "assistant", "content": reply}
+        self._json(
+            200,
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "m",
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            },
+        )
+
+    def _json(self, status: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:  # keep the test output quiet
+        pass
+
+
+@pytest.fixture
+def scripted():
+    """scripted(**script) -> JudgeSettings pointing at a server answering as scripted."""
+    servers = []
+
+    from medrl.rewards.judge import JudgeSettings
+
+    def _start(**script) -> JudgeSettings:
+        handler = type("Handler", (Scripted,), {"script": script})
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server.requests = []
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return JudgeSettings(
+            base_url=f"http://127.0.0.1:{server.server_port}/v1", timeout_s=2, retries=0
+        )
+
+    yield _start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

@@ -42,7 +42,7 @@ def test_requesting_a_stage_without_a_runner_fails_before_loading_anything(compo
         raise AssertionError("specs were built before the stage check")
 
     monkeypatch.setattr("medrl.train.build_specs", must_not_run)
-    with pytest.raises(ValueError, match=r"'distill' is neither a runner \(sft, grpo, eval\) nor defined"):
+    with pytest.raises(ValueError, match=r"'distill' is neither a runner \(sft, grpo, eval\)"):
         run(compose("train", ["stages=[sft,distill,eval]"]))
 
 
@@ -53,3 +53,27 @@ def test_sampled_evaluation_with_greedy_decoding_fails_before_training(compose, 
     monkeypatch.setattr("medrl.train.build_specs", must_not_run)
     with pytest.raises(ValueError, match=r"evaluation.num_samples=4 needs .*greedy=false"):
         run(compose("train", ["evaluation.num_samples=4"]))
+
+
+def test_a_stage_with_a_mixture_reads_it_and_the_others_read_the_runs_dataset(compose, shared_dir):
+    from medrl.data.pools import record_text
+    from medrl.stages.plan import stage_plan
+    from medrl.train import build_setups
+
+    plan = stage_plan(compose("train", ["+dataset@stage_defs.sft.dataset=medmcqa_medqa"]))
+    sft, grpo, evaluation = build_setups(plan, [build_specs(stage.cfg) for stage in plan])
+
+    assert sft.pools.summary.pool("sft").sources == {"medmcqa": 300, "medqa": 300}
+    assert grpo.pools is evaluation.pools, "one load for the stages of one dataset config"
+    assert grpo.pools.summary.dataset == "medmcqa"
+    evaluated = {record_text(r) for r in evaluation.pools["eval"]}
+    assert not evaluated & {record_text(r) for r in sft.pools["sft"]}
+
+
+def test_evaluation_points_must_name_points_of_the_chain(compose, monkeypatch):
+    def must_not_run(*_):
+        raise AssertionError("specs were built before the evaluation points were checked")
+
+    monkeypatch.setattr("medrl.train.build_specs", must_not_run)
+    with pytest.raises(ValueError, match=r"evaluation.points names \['sft_open'\], which the"):
+        run(compose("train", ["evaluation.points=[sft_open,grpo]"]))

@@ -297,7 +297,31 @@ def normalize_pubmedqa(row: Mapping[str, Any], ctx: RowContext) -> QARecord:
     )
 
 
+def normalize_bioasq(row: Mapping[str, Any], ctx: RowContext) -> QARecord:
+    """BioASQ row (HF ``enelpol/rag-mini-bioasq``, config ``question-answer-passages``:
+    question, answer, id, relevant_passage_ids) -> an open-ended QARecord: no options, the
+    answer text as the reference (``explanation``). The passages live in the dataset's other
+    config (text-corpus) and are not joined: the context is empty.
+    """
+    question = _text(row, "question", "empty question")
+    answer = _text(row, "answer", "missing answer")
+    record_id = row.get("id")
+    extra: dict[str, object] = {"split": ctx.split}
+    if row.get("relevant_passage_ids") is not None:
+        extra["relevant_passage_ids"] = row["relevant_passage_ids"]
+    return QARecord(
+        id=f"bioasq-{record_id}" if record_id is not None else ctx.fallback_id(),
+        question=question,
+        options={},
+        answer="",
+        explanation=answer,
+        source=ctx.dataset,
+        extra=extra,
+    )
+
+
 NORMALIZERS: dict[str, Normalizer] = {
+    "bioasq": Normalizer("BioASQ", (), normalize_bioasq),
     "medmcqa": Normalizer("MedMCQA", MCQ_LABELS, normalize_medmcqa, check_medmcqa_split),
     "medqa": Normalizer("MedQA", MCQ_LABELS, normalize_medqa),
     "pubmedqa": Normalizer("PubMedQA", YES_NO_MAYBE_LABELS, normalize_pubmedqa, id_field="pubid"),

@@ -192,5 +192,6 @@ def label_counts(records: Iterable[QARecord], labels: Sequence[str]) -> dict[str
     """Records per answer label, in ``labels`` order (zeros included)."""
     counts = dict.fromkeys(labels, 0)
     for record in records:
-        counts[record.answer] = counts.get(record.answer, 0) + 1
+        if not record.open_ended:  # an open-ended question has no label to count
+            counts[record.answer] = counts.get(record.answer, 0) + 1
     return counts

@@ -21,7 +21,9 @@ class QARecord:
 
     ``options`` maps each answer label to its text, in presentation order (``{"A": "...", ...}``
     for multiple choice; ``{"yes": "yes", "no": "no", "maybe": "maybe"}`` for PubMedQA).
-    ``answer`` is always one of ``options``' keys.
+    ``answer`` is always one of ``options``' keys, except for an open-ended question (BioASQ):
+    no options, ``answer`` empty and the reference answer in ``explanation``; only open-ended
+    formats (format=free_text) can train or evaluate on those.
     """
 
     id: str
@@ -35,6 +37,13 @@ class QARecord:
     extra: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not self.options and not self.answer:
+            if not (self.explanation or "").strip():
+                raise ValueError(
+                    f"record {self.id!r}: an open-ended question (no options) needs its "
+                    "reference answer in `explanation`"
+                )
+            return
         if self.answer not in self.options:
             raise ValueError(
                 f"record {self.id!r}: answer {self.answer!r} is not one of the option labels "
@@ -48,7 +57,13 @@ class QARecord:
 
     @property
     def answer_text(self) -> str:
-        return self.options[self.answer]
+        """The gold answer's text: its option's, or an open-ended question's reference."""
+        return self.options[self.answer] if self.options else str(self.explanation)
+
+    @property
+    def open_ended(self) -> bool:
+        """True for a question with no answer labels, only a reference text (BioASQ)."""
+        return not self.options
 
 
 _NON_WORD = re.compile(r"\W+")

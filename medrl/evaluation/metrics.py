@@ -232,6 +232,8 @@ def compute_metrics(
       gold_histogram             {label: count} of gold answers
       per_subject                {subject: SubjectAccuracy} over items with a subject, sorted
                                  by subject; {} when no item has one
+      per_source                 {source: SubjectAccuracy} when the items come from several
+                                 datasets (a mixture), in order of appearance; else {}
 
     Chance correction uses the majority-class rate, not 1/K: answer distributions are skewed
     (always "A" scores 32.2% on MedMCQA validation, always "yes" about 55% on PubMedQA), and the
@@ -293,6 +295,7 @@ def compute_metrics(
         "answer_histogram": answer_histogram(answers, labels),
         "gold_histogram": {k: gold.count(k) for k in labels},
         "per_subject": per_subject_accuracy(predictions),
+        "per_source": per_source_accuracy(predictions),
     }
 
 
@@ -308,16 +311,30 @@ def answer_histogram(answers: Sequence[str | None], labels: Sequence[str]) -> di
 
 def per_subject_accuracy(predictions: Sequence[Prediction]) -> dict[str, SubjectAccuracy]:
     """{subject: (n, accuracy, Wilson low, high)} over the items that have a subject."""
+    accuracy = _accuracy_by(predictions, lambda p: p.subject)
+    return {subject: accuracy[subject] for subject in sorted(accuracy)}
+
+
+def per_source_accuracy(predictions: Sequence[Prediction]) -> dict[str, SubjectAccuracy]:
+    """{source dataset: (n, accuracy, Wilson low, high)} when the items come from two or more
+    datasets (a mixture, medrl.data.mixture), in order of first appearance; else {}."""
+    accuracy = _accuracy_by(predictions, lambda p: p.source)
+    return accuracy if len(accuracy) > 1 else {}
+
+
+def _accuracy_by(
+    predictions: Sequence[Prediction], key: Callable[[Prediction], str | None]
+) -> dict[str, SubjectAccuracy]:
     totals: Counter[str] = Counter()
     right: Counter[str] = Counter()
     for p in predictions:
-        if p.subject is not None:
-            totals[p.subject] += 1
-            right[p.subject] += p.correct
+        if key(p) is not None:
+            totals[key(p)] += 1
+            right[key(p)] += p.correct
     result = {}
-    for subject in sorted(totals):
-        est = proportion(right[subject], totals[subject])
-        result[subject] = SubjectAccuracy(est.n, est.value, est.low, est.high)
+    for group in totals:
+        est = proportion(right[group], totals[group])
+        result[group] = SubjectAccuracy(est.n, est.value, est.low, est.high)
     return result
 
 
@@ -325,8 +342,8 @@ def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """The scalar part of `compute_metrics` as plain floats, for loggers and JSON.
 
     n (and samples_per_item when sampled), and for each Estimate `name`, `name_ci_low`,
-    `name_ci_high` (the keys the eval stage logs); histograms, labels and per-subject tables are
-    left out.
+    `name_ci_high` (the keys the eval stage logs), and for a mixture `accuracy_<source>` with
+    its interval and `n_<source>`; histograms, labels and per-subject tables are left out.
     """
     flat: dict[str, float] = {"n": float(metrics["n"])}
     if "samples_per_item" in metrics:  # sampled evaluation (medrl.evaluation.sampling)
@@ -334,6 +351,10 @@ def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     for name, value in metrics.items():
         if isinstance(value, Estimate):
             flat |= {name: value.value, f"{name}_ci_low": value.low, f"{name}_ci_high": value.high}
+    for source, acc in metrics.get("per_source", {}).items():
+        key = f"accuracy_{source}"
+        flat |= {f"n_{source}": float(acc.n), key: acc.accuracy}
+        flat |= {f"{key}_ci_low": acc.low, f"{key}_ci_high": acc.high}
     return flat
 
 

@@ -39,6 +39,8 @@ class Prediction:
     answer_text / reference:  open-ended formats only (format=free_text): the parsed prose
                  answer (None when it did not parse) and the record's reference text it is
                  scored against; None with closed formats.
+    source:      the record's dataset (medmcqa, medqa, ...): a mixture's items are also scored
+                 per source.
     """
 
     id: str
@@ -57,6 +59,7 @@ class Prediction:
     sample: int = 0
     answer_text: str | None = None
     reference: str | None = None
+    source: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (one JSONL line of `write_predictions`)."""
@@ -108,6 +111,7 @@ def make_prediction(
         sample=sample,
         answer_text=parsed.explanation if open_ended else None,
         reference=reference_text(record) if open_ended else None,
+        source=record.source or None,
     )
 
 

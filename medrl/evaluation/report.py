@@ -52,15 +52,22 @@ def chart_metrics(results: Mapping[str, Mapping[str, Any]]) -> tuple[str, ...]:
     else accuracy and format compliance."""
     if is_open_ended(results):
         first = next(iter(results.values()))
-        return tuple(m for m in TEXT_METRICS if m in first)
+        judged = [m for m in first if m.startswith("judge_") and not m.endswith("_fail_rate")]
+        return tuple(m for m in TEXT_METRICS if m in first) + tuple(judged)
     return ("accuracy", "format_rate")
+
+
+def metric_name(key: str) -> str:
+    """The display name of a metric key ("token_f1" -> "token F1", "judge_correctness" ->
+    "judge correctness")."""
+    return METRIC_NAMES.get(key, key.replace("_", " "))
 
 
 def text_metrics_table_markdown(results: Mapping[str, Mapping[str, Any]]) -> str:
     """Open-ended results: one row per model with n, each text metric [95% CI], format
     compliance [95% CI] and mean tokens."""
     shown = chart_metrics(results)
-    header = ["model", "n", *(f"{METRIC_NAMES[m]} [95% CI]" for m in shown)]
+    header = ["model", "n", *(f"{metric_name(m)} [95% CI]" for m in shown)]
     header += ["format compliance [95% CI]", "mean tokens"]
     align = ["---", "---:", *["---"] * (len(shown) + 1), "---:"]
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
@@ -144,16 +151,29 @@ def sampling_table_markdown(results: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def source_table_markdown(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """For items from several datasets (a mixture): one row per model and source with n and
+    the accuracy with its Wilson interval."""
+    lines = ["| model | source | n | accuracy [95% CI] |", "| --- | --- | ---: | --- |"]
+    for name, m in results.items():
+        for source, acc in m.get("per_source", {}).items():
+            interval = f"{_number(acc.accuracy)} [{_number(acc.low)}, {_number(acc.high)}]"
+            lines.append(f"| {name} | {source} | {acc.n} | {interval} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_markdown_report(
     path: str | os.PathLike[str],
     results: Mapping[str, Mapping[str, Any]],
     pairs: Mapping[str, PairedResult] | None = None,
 ) -> Path:
     """The metrics table, the sampling table when results were sampled (k > 1; the metrics and
-    paired tables then score the majority vote), and the paired table when `pairs` is
-    non-empty, in one markdown file."""
+    paired tables then score the majority vote), accuracy per source for a mixture's items, and
+    the paired table when `pairs` is non-empty, in one markdown file."""
     if is_open_ended(results):
         text = "## Metrics\n\n" + text_metrics_table_markdown(results) + _TEXT_NOTE
+        if any(m.startswith("judge_") for m in chart_metrics(results)):
+            text += _JUDGE_NOTE
         if pairs:
             text += "\n## Paired comparisons\n\n" + paired_table_markdown(pairs)
         return write_atomic(path, text.encode("utf-8"))
@@ -164,10 +184,18 @@ def write_markdown_report(
             "the k samples per item; format compliance, parse failures, truncation and tokens "
             "are means over all k samples.\n\n## Sampling\n\n" + sampling_table_markdown(results)
         )
+    if any(m.get("per_source") for m in results.values()):
+        text += "\n## Accuracy per source\n\n" + source_table_markdown(results)
     if pairs:
         text += "\n## Paired comparisons\n\n" + paired_table_markdown(pairs)
     return write_atomic(path, text.encode("utf-8"))
 
+
+_JUDGE_NOTE = (
+    "\nJudge scores: the run's judge grades each parsed answer under the rubric named (1-5, "
+    "mapped to [0, 1]); an unparsed answer scores 0; a failed judgement is left out of the mean "
+    "and counted in judge_<rubric>_fail_rate (summary.json).\n"
+)
 
 _TEXT_NOTE = (
     "\nOpen-ended answers, each scored against its record's reference text and averaged over "

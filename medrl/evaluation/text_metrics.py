@@ -16,6 +16,7 @@ from medrl.evaluation.bertscore import BertScoreSettings, bertscore_f1
 from medrl.evaluation.metrics import bootstrap_mean, proportion
 from medrl.evaluation.predictions import Prediction
 from medrl.rewards import overlap
+from medrl.rewards.judge.setup import RUBRICS_DIR
 
 
 @dataclass(frozen=True)
@@ -24,10 +25,23 @@ class TextMetricSettings:
 
     rouge_use_stemmer:  Porter-stem tokens before ROUGE-L's longest common subsequence.
     bertscore:          the encoder and its layer (`BertScoreSettings`).
+    judge_rubrics:      rubrics (medrl/rewards/judge/rubrics/<name>.yaml) whose judge score is
+                        reported when the run has a judge (judge=local | hosted;
+                        medrl/evaluation/judge_metrics.py); ignored without one.
     """
 
     rouge_use_stemmer: bool = True
     bertscore: BertScoreSettings = field(default_factory=BertScoreSettings)
+    judge_rubrics: tuple[str, ...] = ("correctness",)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "judge_rubrics", tuple(self.judge_rubrics))
+        known = sorted(path.stem for path in RUBRICS_DIR.glob("*.yaml"))
+        unknown = [name for name in self.judge_rubrics if name not in known]
+        if unknown:
+            raise ValueError(
+                f"evaluation.text_metrics.judge_rubrics: no rubric {unknown}; the rubrics: {known}"
+            )
 
 
 def text_scores(

@@ -93,3 +93,23 @@ def check_references(
         )
         results.append(failed("references", message, "format"))
     return results
+
+
+def check_labels(
+    pools: Mapping[str, Sequence[QARecord]], stages: Sequence[str], format_name: str
+) -> list[CheckResult]:
+    """Closed formats: every record of every pool in use has answer labels (an open-ended
+    dataset such as BioASQ has only reference texts); one result per pool."""
+    results = []
+    for name in dict.fromkeys(STAGE_POOLS[stage] for stage in stages if STAGE_POOLS[stage]):
+        records = pools.get(name, ())
+        open_ended = [r.id for r in records if r.open_ended]
+        if not open_ended:
+            continue
+        message = (
+            f"format={format_name} answers with a label, and {len(open_ended)} of the "
+            f"{len(records)} records of {pool_key(name)} are open-ended questions without labels "
+            f"(first: {open_ended[0]!r}); use format=free_text with this dataset"
+        )
+        results.append(failed("labels", message, "format"))
+    return results

@@ -34,6 +34,7 @@ from medrl.preflight.pools import (
     GRPO_POOL,
     SFT_POOL,
     STAGE_POOLS,
+    check_labels,
     check_references,
     pool_checks,
 )
@@ -145,18 +146,19 @@ def run_preflight(
     references = (
         check_references(pools, stages, specs.output_format.name)
         if specs.output_format.open_ended
-        else []
+        else check_labels(pools, stages, specs.output_format.name)
     )
     results += references + [skipped("model", note) for note in probe.notes]
-    if any(r.status == "fail" for r in references):  # the checks below render the references
-        results.append(skipped("reward_gold", "needs reference answers (see references)"))
-        results.append(skipped("context", "needs reference answers (see references)"))
+    renderable = not any(r.status == "fail" for r in references)
+    if not renderable:  # the checks below and the prompts shown render the gold answers
+        results.append(skipped("reward_gold", "needs gold answers (see references / labels)"))
+        results.append(skipped("context", "needs gold answers (see references / labels)"))
     else:
         results += gold_checks(specs, pools, stages, renderer)
         results += judge_preflight(cfg, specs, pools, stages)
         results += context_checks(cfg, stages, pools, renderer, probe.context)
     in_use = list(dict.fromkeys(STAGE_POOLS[stage] for stage in stages))
-    shown = sample_records(pools, in_use, settings.show_prompts)
+    shown = sample_records(pools, in_use, settings.show_prompts) if renderable else []
     report = PreflightReport(results, [renderer.show(pool, record) for pool, record in shown])
     log_report(report)
     if is_rank_zero():  # every process checks; one writes

@@ -36,6 +36,7 @@ from medrl.evaluation import (
     write_markdown_report,
     write_predictions,
 )
+from medrl.evaluation.judge_metrics import judge_metrics
 from medrl.models import FullFinetune, load_policy, resolve_dtype
 from medrl.prompts import OutputFormat, reference_text
 from medrl.rollout import SamplingSettings
@@ -163,6 +164,7 @@ def run_eval(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
     if output_format.open_ended:
         results = {
             name: open_ended_metrics(preds, text_settings, seed=ctx.seed)
+            | judged_metrics(ctx, preds, records, text_settings)
             for name, preds in predictions.items()
         }
         pairs = {}
@@ -181,6 +183,23 @@ def run_eval(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
     if distributed.is_rank_zero():
         _log(ctx, metrics, results, out_dir)
     return StageOutcome(None, metrics)
+
+
+def judged_metrics(
+    ctx: RunContext,
+    predictions: Sequence[Prediction],
+    records: Sequence[QARecord],
+    settings: TextMetricSettings,
+) -> dict:
+    """The judge's scores of open-ended answers when the run has a judge (judge=local |
+    hosted) and evaluation.text_metrics.judge_rubrics names rubrics; else nothing."""
+    node = ctx.cfg.get("judge")
+    if node is None or not settings.judge_rubrics:
+        return {}
+    by_id = {record.id: record for record in records}
+    return judge_metrics(
+        predictions, by_id, instantiate(node), settings.judge_rubrics, seed=ctx.seed
+    )
 
 
 def closed_metrics(

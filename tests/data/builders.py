@@ -123,3 +123,23 @@ def read_records(spec: DatasetSpec, split: str) -> list[QARecord]:
     """Every valid record of ``split`` in source order (no shuffle, no pools)."""
     plan = resolve_source(spec)
     return load_split(spec, plan, plan.splits[split]).valid
+
+
+def bioasq_rows(n: int, start: int = 0) -> list[Row]:
+    """`n` BioASQ rows in the Hub's question-answer-passages schema."""
+    return [
+        {
+            "question": f"Which gene is mutated in disease {i}?",
+            "answer": f"Gene G{i} is mutated in disease {i}.",
+            "id": i,
+            "relevant_passage_ids": [i, i + 1],
+        }
+        for i in range(start, start + n)
+    ]
+
+
+def write_bioasq(folder: Path, train: int = 12, test: int = 4) -> Path:
+    """train.jsonl.gz and test.jsonl.gz of BioASQ rows (Hub schema) in `folder`."""
+    write_rows(folder / "train.jsonl.gz", bioasq_rows(train))
+    write_rows(folder / "test.jsonl.gz", bioasq_rows(test, start=1000))
+    return folder

@@ -48,8 +48,8 @@ def run_cli(
     )
 
 
-def test_the_three_datasets_and_their_mixture_have_configs():
-    assert DATASETS == ["medmcqa", "medqa", "pubmedqa"]
+def test_the_four_datasets_and_the_mixture_have_configs():
+    assert DATASETS == ["bioasq", "medmcqa", "medqa", "pubmedqa"]
     assert MIXTURES == ["medmcqa_medqa"]
 
 

@@ -143,12 +143,13 @@ def test_blank_lines_are_not_rows_and_do_not_shift_fallback_ids(data_dir):
     assert [r.id for r in read_records(spec, "test")] == ["medqa-test-0", "medqa-test-1"]
 
 
-def test_registry_lists_the_three_datasets_with_their_labels():
-    assert sorted(NORMALIZERS) == ["medmcqa", "medqa", "pubmedqa"]
+def test_registry_lists_the_four_datasets_with_their_labels():
+    assert sorted(NORMALIZERS) == ["bioasq", "medmcqa", "medqa", "pubmedqa"]
     assert get_normalizer("medqa").labels == MCQ_LABELS
     assert get_normalizer("pubmedqa").labels == YES_NO_MAYBE_LABELS
+    assert get_normalizer("bioasq").labels == (), "open-ended: no labels"
 
 
 def test_unknown_dataset_name_lists_the_valid_names():
-    with pytest.raises(DataError, match="medmcqa, medqa, pubmedqa"):
+    with pytest.raises(DataError, match="bioasq, medmcqa, medqa, pubmedqa"):
         get_normalizer("mmlu")

@@ -12,6 +12,7 @@ from medrl.preflight.rewards import check_gold_scores_best, reward_max
 from medrl.prompts import get_format
 from medrl.rewards import REWARDS, build_reward_set
 from medrl.rewards.judge import JUDGE_REWARDS
+from tests.data.builders import write_bioasq
 
 MCQ = QARecord(
     id="b12",
@@ -180,6 +181,21 @@ def test_free_text_on_a_dataset_without_references_fails_naming_the_format(prefl
     assert failures and all(f.key == "format" for f in failures)
     assert "format=free_text needs a reference answer per record" in failures[0].message
     assert "dataset=pubmedqa" in failures[0].message
+
+
+def test_a_closed_format_on_an_open_ended_dataset_fails_naming_the_format(
+    preflight_error, tmp_path
+):
+    folder = write_bioasq(tmp_path / "bioasq")
+    data = ["dataset=bioasq", "dataset.source=local", f"dataset.local.dir={folder}"]
+    sizes = ["dataset.pools.eval.size=4", "dataset.pools.sft.size=4"]
+
+    error = preflight_error(*data, *sizes, "format=xml", "reward=xml")
+
+    failures = [f for f in error.failures if f.name == "labels"]
+    assert failures and all(f.key == "format" for f in failures)
+    assert "are open-ended questions without labels" in failures[0].message
+    assert "use format=free_text" in failures[0].message
 
 
 def test_open_ended_gold_check_compares_with_another_records_reference():

@@ -128,7 +128,10 @@ def test_an_appended_key_the_spec_does_not_take_names_the_group_and_the_key(comp
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("dataset.name=medmcq", "unknown dataset 'medmcq'; valid names: medmcqa, medqa, pubmedqa"),
+        (
+            "dataset.name=medmcq",
+            "unknown dataset 'medmcq'; valid names: bioasq, medmcqa, medqa, pubmedqa",
+        ),
         (
             "adapter.quant_type=int4",
             "adapter.quant_type='int4' is not valid; choose one of ['nf4', 'fp4']",

@@ -1,18 +1,16 @@
 """The judge: rubrics, score parsing, the cache, and failures counted with the documented score.
 
 The failure cases talk to a small OpenAI-protocol HTTP server in this process whose reply is
-set per test (a non-score reply, an HTTP error, a stall past the timeout) and to a port where
-nothing listens; the real `transformers serve` judge runs in tests/test_judge_pipeline.py.
+set per test (the `scripted` fixture of tests/conftest.py: a non-score reply, an HTTP error, a
+stall past the timeout) and to a port where nothing listens; the real `transformers serve`
+judge runs in tests/reliability/test_judge_resume.py.
 """
 
 from __future__ import annotations
 
-import json
 import socket
-import threading
 import time
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -43,70 +41,6 @@ RECORD = QARecord(
     context="Fifty volunteers took aspirin; platelet aggregation fell by 80%.",
 )
 CORRECTNESS = load_rubric(RUBRICS_DIR / "correctness.yaml")
-
-
-# --- a scripted OpenAI-protocol server ----------------------------------------------------------
-
-
-class Scripted(BaseHTTPRequestHandler):
-    """GET /v1/models lists one model; POST /v1/chat/completions answers as `script` says."""
-
-    script: dict = {}
-
-    def do_GET(self):  # noqa: N802 (http.server's naming)
-        self._json(200, {"object": "list", "data": [{"id": "judge-model", "object": "model"}]})
-
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.requests.append(body)
-        if self.script.get("sleep"):
-            time.sleep(self.script["sleep"])
-        if self.script.get("status", 200) != 200:
-            return self._json(self.script["status"], {"error": {"message": "refused"}})
-        reply = self.script.get("reply", "4")
-        message = {"role": "assistant", "content": reply}
-        self._json(
-            200,
-            {
-                "id": "x",
-                "object": "chat.completion",
-                "created": 0,
-                "model": "m",
-                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-            },
-        )
-
-    def _json(self, status: int, payload: dict) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args) -> None:  # keep the test output quiet
-        pass
-
-
-@pytest.fixture
-def scripted():
-    """scripted(**script) -> JudgeSettings pointing at a server answering as scripted."""
-    servers = []
-
-    def _start(**script) -> JudgeSettings:
-        handler = type("Handler", (Scripted,), {"script": script})
-        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        server.requests = []
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return JudgeSettings(
-            base_url=f"http://127.0.0.1:{server.server_port}/v1", timeout_s=2, retries=0
-        )
-
-    yield _start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
 
 
 def free_port() -> int:

@@ -61,7 +61,7 @@ def test_every_study_sweep_composes_and_declares_its_grid_and_baseline(sweep):
     assert (sweep.parent / "README.md").is_file()
 
 
-def test_the_studies_are_the_designs_three_and_the_grpo_variants_comparison():
+def test_the_studies_are_the_designs_three_the_grpo_variants_and_the_curriculum():
     # A study whose sweep is renamed or deleted would silently drop out of the parametrized
     # test above; this names the full list so that it cannot.
     assert {p.parent.name for p in STUDIES} == {
@@ -69,4 +69,5 @@ def test_the_studies_are_the_designs_three_and_the_grpo_variants_comparison():
         "sft_vs_grpo",
         "model_sizes",
         "grpo_variants",
+        "curriculum",
     }

@@ -8,6 +8,7 @@ judge runs in tests/reliability/test_judge_resume.py.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from dataclasses import replace
@@ -204,3 +205,24 @@ def test_judge_setup_refuses_unknown_policies():
         JudgeSetup(settings, on_failure="retry")
     with pytest.raises(ValueError, match="judge.preflight"):
         JudgeSetup(settings, preflight="maybe")
+
+
+def test_judging_from_inside_a_running_event_loop_works(scripted):
+    # a notebook or an async caller: asyncio.run alone would refuse
+    reward = judge_reward(scripted(reply="5"))
+
+    async def inside_a_loop():
+        return reward.score_many(["It does."], samples(1))
+
+    assert asyncio.run(inside_a_loop()).scores == [1.0]
+
+
+def test_each_process_appends_to_its_own_file_and_every_process_reads_all(tmp_path):
+    path = tmp_path / "judge" / "cache.jsonl"
+    JudgeCache(path, rank=0).put_many([("a", {"score": 1.0, "reply": "5", "failure": None})])
+    JudgeCache(path, rank=1).put_many([("b", {"score": 0.0, "reply": "1", "failure": None})])
+
+    assert sorted(p.name for p in path.parent.iterdir()) == ["cache.jsonl", "cache.rank1.jsonl"]
+    for rank in (0, 1, 2):
+        cache = JudgeCache(path, rank=rank)
+        assert len(cache) == 2 and cache.get("b")["score"] == 0.0

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from medrl.stages.plan import StageConfigError, stage_plan
+from medrl.stages.plan import RUNNERS, StageConfigError, stage_plan
+from medrl.train import STAGE_RUNNERS
 
 CURRICULUM = ["experiment=curriculum_open_closed"]
 
@@ -101,3 +102,7 @@ def test_a_stage_can_read_a_dataset_mixture(compose):
     assert sft.cfg.dataset._target_ == "medrl.data.MixtureSpec"
     assert OmegaConf.to_container(sft.cfg.dataset.ratios) == {"medmcqa": 0.5, "medqa": 0.5}
     assert cfg.dataset.name == "medmcqa"
+
+
+def test_the_plan_knows_exactly_the_runners_the_entry_point_has():
+    assert tuple(STAGE_RUNNERS) == RUNNERS

@@ -34,19 +34,29 @@ def cache_key(model: str, rubric: Rubric, record: QARecord, answer: str) -> str:
 
 class JudgeCache:
     """key -> {"score": float | None, "reply": str | None, "failure": str | None}; `path`
-    None keeps it in memory only (tests, evaluation without a run folder)."""
+    None keeps it in memory only (tests, evaluation without a run folder).
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+    Under several processes (trainer=ddp) each one judges its own completions: process
+    `rank` > 0 appends to its own file beside `path` (cache.rank1.jsonl, ...), so no two
+    processes write one file, and every process reads them all.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, rank: int = 0) -> None:
         self.path = Path(path) if path is not None else None
+        if self.path is not None and rank > 0:
+            self.path = self.path.with_name(f"{self.path.stem}.rank{rank}{self.path.suffix}")
         self._entries: dict[str, dict] = {}
-        if self.path is not None and self.path.is_file():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                if line.strip():  # a torn last line (crash mid-write) is dropped below
-                    try:
-                        entry = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    self._entries[entry["key"]] = entry["verdict"]
+        for file in _cache_files(Path(path)) if path is not None else []:
+            self._read(file)
+
+    def _read(self, file: Path) -> None:
+        for line in file.read_text(encoding="utf-8").splitlines():
+            if line.strip():  # a torn last line (crash mid-write) is dropped below
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                self._entries[entry["key"]] = entry["verdict"]
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -66,3 +76,9 @@ class JudgeCache:
             handle.write(lines)
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def _cache_files(path: Path) -> list[Path]:
+    """The cache file and the other processes' files beside it, those that exist."""
+    others = sorted(path.parent.glob(f"{path.stem}.rank*{path.suffix}"))
+    return [file for file in [path, *others] if file.is_file()]

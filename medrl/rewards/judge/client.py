@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import openai
 
 from medrl.data.records import QARecord
 from medrl.rewards.judge.cache import JudgeCache, cache_key
 from medrl.rewards.judge.rubrics import Rubric, parse_score, render_judge_messages
+
+T = TypeVar("T")
 
 FAILURES = ("unparsed", "timeout", "unreachable", "refused")
 
@@ -135,7 +139,7 @@ class JudgeClient:
         ]
         todo = [i for i, verdict in enumerate(verdicts) if verdict is None]
         if todo:
-            fresh = asyncio.run(self._ask_all(rubric, [requests[i] for i in todo]))
+            fresh = run_to_completion(self._ask_all(rubric, [requests[i] for i in todo]))
             for i, verdict in zip(todo, fresh, strict=True):
                 verdicts[i] = verdict
             self.cache.put_many([(keys[i], verdicts[i].to_json()) for i in todo])
@@ -176,3 +180,15 @@ class JudgeClient:
         reply = response.choices[0].message.content if response.choices else None
         score = parse_score(reply)
         return Verdict(score, reply, None if score is not None else "unparsed")
+
+
+def run_to_completion(coroutine: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run(coroutine)`, also from code already inside an event loop (a notebook, an
+    async trainer), where asyncio.run refuses: there it runs on a fresh loop in one worker
+    thread, and this call waits for it."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        return worker.submit(asyncio.run, coroutine).result()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from medrl import distributed
 from medrl.rewards.judge.cache import JudgeCache
 from medrl.rewards.judge.client import JudgeClient, JudgeSettings
 from medrl.rewards.judge.reward import ON_FAILURE, JudgeReward
@@ -41,7 +42,8 @@ class JudgeSetup:
             raise ValueError(f"judge.preflight must be one of {PREFLIGHT}, got {self.preflight!r}")
 
     def client(self) -> JudgeClient:
-        return JudgeClient(self.settings, JudgeCache(self.cache_file))
+        """A client whose cache is this process's file (medrl.distributed.rank)."""
+        return JudgeClient(self.settings, JudgeCache(self.cache_file, distributed.rank()))
 
     def reward(self, name: str, client: JudgeClient, rubric: str | None = None) -> JudgeReward:
         """The judge reward `name` (JUDGE_REWARDS) with its rubric file (default

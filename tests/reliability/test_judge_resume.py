@@ -73,3 +73,47 @@ def test_a_judged_grpo_run_killed_and_resumed_ends_as_the_uninterrupted_one(judg
     straight_keys, killed_keys = cache_lines(straight), cache_lines(killed)
     assert len(killed_keys) == len(set(killed_keys)), "a verdict was asked twice"
     assert set(killed_keys) == set(straight_keys)
+
+
+def test_the_judge_scores_open_ended_answers_as_an_evaluation_metric(judge_server):
+    from medrl.data.records import YES_NO_MAYBE_LABELS, QARecord
+    from medrl.evaluation import Prediction
+    from medrl.evaluation.judge_metrics import judge_metrics
+    from medrl.rewards.judge import JudgeSettings, JudgeSetup
+
+    record = QARecord(
+        id="pqa-1",
+        question="Does aspirin reduce platelet aggregation?",
+        options={label: label for label in YES_NO_MAYBE_LABELS},
+        answer="yes",
+        explanation="Aspirin irreversibly inhibits COX-1 and reduces platelet aggregation.",
+    )
+    answers = ["Yes, aspirin reduces platelet aggregation.", "No, it has no effect on platelets."]
+    predictions = [
+        Prediction(
+            f"pqa-1-{i}",
+            "p",
+            a,
+            None,
+            "yes",
+            False,
+            True,
+            False,
+            False,
+            9,
+            False,
+            answer_text=a,
+            reference=record.explanation,
+        )
+        for i, a in enumerate(answers)
+    ]
+    records = {p.id: record for p in predictions}
+    setup = JudgeSetup(JudgeSettings(base_url=judge_server.base_url, timeout_s=120))
+
+    metrics = judge_metrics(predictions, records, setup, ["correctness", "relevancy"])
+
+    for rubric in ("correctness", "relevancy"):
+        # the real judge replied with a score each time (SmolLM2 follows the rubric's format)
+        assert metrics[f"judge_{rubric}_fail_rate"].value == 0.0
+        assert metrics[f"judge_{rubric}"].n == 2
+        assert 0.0 <= metrics[f"judge_{rubric}"].value <= 1.0

@@ -143,12 +143,11 @@ def load_mixture(spec: MixtureSpec) -> DatasetPools:
     """Every source's pools (``load_pools``), mixed pool by pool as the module docstring says."""
     loaded = {name: load_pools(source) for name, source in spec.sources.items()}
     drawn: dict[str, list[QARecord]] = {}
-    counts: dict[str, dict[str, int]] = {}
     for pool in spec.pools:
         by_source = {name: list(pools[pool]) for name, pools in loaded.items()}
         sizes = {name: len(records) for name, records in by_source.items()}
-        counts[pool] = sizes if pool == spec.eval_pool else mixture_counts(sizes, spec.weights)
-        drawn[pool] = mix_pool(by_source, counts[pool], spec.seed)
+        counts = sizes if pool == spec.eval_pool else mixture_counts(sizes, spec.weights)
+        drawn[pool] = mix_pool(by_source, counts, spec.seed)
     final, removed = finalize_pools(drawn, spec.eval_pool, {})
     return DatasetPools(final, _summary(spec, loaded, drawn, final, removed))
 

@@ -22,7 +22,7 @@ from medrl.data.records import QARecord
 from medrl.evaluation.metrics import Estimate, bootstrap_mean, proportion
 from medrl.evaluation.predictions import Prediction
 from medrl.rewards.judge import JudgeRequest, JudgeSetup, load_rubric
-from medrl.rewards.judge.setup import RUBRICS_DIR
+from medrl.rewards.judge.setup import shipped_rubric
 
 
 def judge_metrics(
@@ -36,20 +36,17 @@ def judge_metrics(
     """{judge_<rubric>: Estimate, judge_<rubric>_fail_rate: Estimate} per rubric name;
     `records` maps each prediction's id to its record."""
     client = judge.client()
+    asked = [p for p in predictions if p.answer_text]  # an unparsed answer is not sent
+    requests = [JudgeRequest(records[p.id], str(p.answer_text)) for p in asked]
     metrics: dict[str, Any] = {}
     for name in rubrics:
-        rubric = load_rubric(RUBRICS_DIR / f"{name}.yaml")
-        asked = [p for p in predictions if p.answer_text]
-        requests = [JudgeRequest(records[p.id], str(p.answer_text)) for p in asked]
-        verdicts = dict(zip((p.id for p in asked), client.judge(rubric, requests), strict=True))
-        scores = [
-            verdicts[p.id].score if p.id in verdicts else 0.0
-            for p in predictions
-            if p.id not in verdicts or verdicts[p.id].score is not None
-        ]
-        failed = sum(v.score is None for v in verdicts.values())
+        verdicts = client.judge(load_rubric(shipped_rubric(name)), requests)
+        by_id = {p.id: v.score for p, v in zip(asked, verdicts, strict=True)}
+        # in item order: a judged item's score (None when the judgement failed), else 0
+        scores = [by_id.get(p.id, 0.0) for p in predictions]
+        kept = [score for score in scores if score is not None]
         metrics[f"judge_{name}"] = (
-            bootstrap_mean(scores, n_boot, seed) if scores else Estimate.undefined()
+            bootstrap_mean(kept, n_boot, seed) if kept else Estimate.undefined()
         )
-        metrics[f"judge_{name}_fail_rate"] = proportion(failed, len(predictions))
+        metrics[f"judge_{name}_fail_rate"] = proportion(len(scores) - len(kept), len(scores))
     return metrics

@@ -328,9 +328,10 @@ def _accuracy_by(
     totals: Counter[str] = Counter()
     right: Counter[str] = Counter()
     for p in predictions:
-        if key(p) is not None:
-            totals[key(p)] += 1
-            right[key(p)] += p.correct
+        group = key(p)
+        if group is not None:
+            totals[group] += 1
+            right[group] += p.correct
     result = {}
     for group in totals:
         est = proportion(right[group], totals[group])

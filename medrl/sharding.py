@@ -39,8 +39,6 @@ from torch.distributed.fsdp import (
 )
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-from medrl.algorithms.numeric_faults import gradient_norm as local_gradient_norm
-
 # The name segment FSDP inserts between a wrapper and the module it wraps.
 _FSDP_WRAPPED = "_fsdp_wrapped_module."
 
@@ -189,6 +187,12 @@ def is_fsdp_managed(model: nn.Module) -> bool:
 
 def is_fsdp_root(model: nn.Module) -> bool:
     return isinstance(model, FullyShardedDataParallel)
+
+
+def local_gradient_norm(model: nn.Module) -> float:
+    """The L2 norm over every gradient this process holds for `model` (0.0 when there is none)."""
+    grads = [p.grad.norm() for p in model.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(grads)).item() if grads else 0.0
 
 
 def gradient_norm(model: nn.Module) -> float:

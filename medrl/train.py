@@ -32,6 +32,7 @@ from medrl.stages.resume import continue_in, resume_folder
 from medrl.stages.sft import run_sft
 from medrl.stages.start import base_point, finished_stage
 from medrl.utils.config import CONFIG_DIR
+from medrl.utils.packages import write_packages
 from medrl.utils.tracking import close_wandb_run
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,9 @@ def run(cfg: DictConfig) -> float | None:
     setups = build_setups(plan, specs)
     preflight_stages(cfg, setups)  # data, rewards, prompt lengths; still no weights loaded
     output_dir = Path(cfg.paths.output_dir)
+    with distributed.rank_zero_writes() as writer:
+        if writer:  # the installs this run is made with, to reinstall them (README)
+            write_packages(output_dir)
     chain = [base_point(specs[0].model, cfg.get("init_from"))]
     metrics: dict[str, float] = {}
     failed = True

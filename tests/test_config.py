@@ -21,7 +21,7 @@ TRAIN_GROUPS = [
     "format",
     "reward",
     "algorithm",
-    "budget",
+    "engine",
     "evaluation",
     "trainer",
     "logger",
@@ -110,7 +110,8 @@ def test_every_spec_option_instantiates_without_loading_anything(compose, group)
         assert instantiate(cfg[group]) is not None, f"{group}={option}"
 
 
-def test_the_default_run_is_the_embedded_study_sized_for_this_cpu(compose):
+def test_the_default_run_is_the_groups_as_written(compose):
+    """No default patches another group: a bare run trains with the values its yaml shows."""
     cfg = compose("train")
     assert list(cfg.stages) == ["sft", "grpo", "eval"]
     assert (cfg.model.name, cfg.dataset.name, cfg.format._target_) == (
@@ -118,16 +119,26 @@ def test_the_default_run_is_the_embedded_study_sized_for_this_cpu(compose):
         "medmcqa",
         "medrl.prompts.XmlFormat",
     )
+    grpo_yaml = OmegaConf.load(CONFIG_DIR / "grpo" / "standard.yaml")
+    sft_yaml = OmegaConf.load(CONFIG_DIR / "sft" / "default.yaml")
+    assert cfg.grpo.max_steps == grpo_yaml.max_steps == 100
+    assert cfg.grpo.module.sampling.max_new_tokens == grpo_yaml.module.sampling.max_new_tokens
+    assert cfg.grpo.module.lr == grpo_yaml.module.lr and cfg.sft.module.lr == sft_yaml.module.lr
+    assert (cfg.sft.max_steps, cfg.evaluation.limit) == (sft_yaml.max_steps, None)
+
+
+def test_the_cpu_demo_is_an_explicit_experiment_sized_for_this_cpu(compose):
+    cfg = compose("train", ["experiment=cpu_demo"])
     assert (cfg.sft.max_steps, cfg.grpo.max_steps, cfg.evaluation.limit) == (12, 6, 100)
     assert cfg.grpo.module.sampling.max_new_tokens == 64
+    assert (cfg.sft.module.lr, cfg.grpo.module.lr) == (3.0e-4, 3.0e-5)
+    makefile = (CONFIG_DIR.parent / "Makefile").read_text()
+    assert "-m medrl.train experiment=cpu_demo $(ARGS)" in makefile  # what `make train` runs
 
 
-def test_budget_none_and_the_smoke_config_run_the_groups_as_written(compose):
-    for overrides in (["budget=none"], ["debug=smoke"]):
-        cfg = compose("train", overrides)
-        assert cfg.grpo.module.lr == 5.0e-6 and cfg.sft.module.lr == 2.0e-4, overrides
-    full = compose("train", ["budget=none"])
-    assert (full.sft.max_steps, full.grpo.max_steps, full.evaluation.limit) == (-1, 100, None)
+def test_the_smoke_config_sizes_everything_itself(compose):
+    cfg = compose("train", ["debug=smoke"])
+    assert cfg.grpo.module.lr == 5.0e-6 and cfg.sft.module.lr == 2.0e-4
 
 
 def test_experiments_are_override_only():

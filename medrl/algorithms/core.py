@@ -359,12 +359,6 @@ def aggregate_loss(
     return ((per_token * mask).sum(dim=1) / lengths).sum() / max(sequences, 1)
 
 
-def token_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the next-token distribution, -sum_v p_v log p_v. logits [..., V] -> [...]."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(dim=-1)
-
-
 def high_entropy_threshold(entropies: torch.Tensor, top_quantile: float) -> float:
     """The entropy above which a token is among the top `top_quantile` of the rollout's tokens.
 

@@ -4,7 +4,9 @@ Per step: B prompts -> G completions each -> rewards [B, G] -> group advantages 
 log-probs (adapters disabled, or a frozen copy for full fine-tuning; none when beta = 0) ->
 mu passes over micro-batches (gradient accumulation, clipping, optimizer and scheduler steps).
 With mu = 1 the old log-probs are the current ones detached (no extra forward pass).
-All math is in medrl.algorithms.core; this module moves tensors and logs.
+All math is in medrl.algorithms.core; sampling and log-prob passes go through the rollout
+engine (medrl.rollout.RolloutEngine: speed only); what is logged is computed in
+medrl.algorithms.grpo_metrics. This module is the loop.
 
 On several processes (Lightning's DDP strategy) every rank draws the same B prompts and keeps
 its own B / world_size of them, with all G completions of a prompt on one rank. Rewards are
@@ -20,10 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,13 @@ from medrl.algorithms.core import (
     high_entropy_mask,
     high_entropy_threshold,
 )
+from medrl.algorithms.grpo_metrics import (
+    batch_metrics,
+    log_sample_table,
+    metric_sums,
+    rollout_facts,
+    rollout_metrics,
+)
 from medrl.algorithms.numeric_faults import FaultCounter, drop_gradients, update_fault
 from medrl.algorithms.optim import build_optimizer
 from medrl.algorithms.resume_state import TrainableWeightsCheckpointing
@@ -55,20 +63,15 @@ from medrl.data.pools import shuffled_order
 from medrl.data.records import QARecord
 from medrl.prompts import build_messages, render_prompt
 from medrl.prompts.base import OutputFormat
-from medrl.rewards import RewardSample, RewardSet, judge_failure_metrics
+from medrl.rewards import RewardSample, RewardSet
 from medrl.rollout import (
     EngineSettings,
     Rollout,
+    RolloutEngine,
     SamplingSettings,
-    completion_logprobs,
     eval_mode,
-    generate,
     merge_rollouts,
 )
-from medrl.rollout.lean_passes import lean_passes
-from medrl.rollout.merged_adapter import autocast_weights
-from medrl.rollout.onednn_linear import onednn_linears
-from medrl.utils.heap import release_free_heap
 from medrl.utils.timing import timed
 
 
@@ -171,46 +174,19 @@ class RolloutBatch:
     # N per-completion {judge component: failure or None}; {} rows when the set has no judge
     judge_failures: list[dict[str, str | None]]
     extra_draws: int = 0  # dynamic sampling: extra batches of prompts drawn for this step
+    # Computed once per rollout, read by dynamic sampling and the metrics:
+    zero_std: torch.Tensor = field(init=False)  # [B] bool: the group's reward totals are equal
+    # [B] bool: some advantage of the group is not 0 (any estimator, any reward aggregation:
+    # with normalize_then_sum a group with equal totals can still carry signal)
+    signal: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.zero_std = self.rewards.max(1).values == self.rewards.min(1).values  # [B]
+        self.signal = (self.adv.view(len(self.records), -1) != 0).any(dim=1)  # [B]
 
     def groups_with_signal(self) -> list[int]:
-        """The groups whose advantages are not all 0 (any estimator, any reward aggregation:
-        with normalize_then_sum a group with equal totals can still carry signal)."""
-        varied = (self.adv.view(len(self.records), -1) != 0).any(dim=1)  # [B]
-        return [b for b in range(len(self.records)) if varied[b]]
-
-
-@dataclass
-class RolloutFacts:
-    """What the rollout metrics need, per row: small, so ranks can exchange it every step."""
-
-    rewards: torch.Tensor  # [b, G] totals
-    adv: torch.Tensor  # [N]
-    components: list[dict[str, float]]  # N
-    judge_failures: list[dict[str, str | None]]  # N
-    answers: list[str | None]  # N parsed answers (None: did not parse)
-    format_ok: list[bool]  # N completions in the output format
-    correct: list[bool]  # N
-    num_tokens: list[int]  # N
-    truncated: list[bool]  # N
-    labels: list[str]  # the answer labels of the records (for predicted_<label>)
-    extra_draws: int = 0
-
-    @staticmethod
-    def concatenate(parts: Sequence[RolloutFacts]) -> RolloutFacts:
-        """The facts of all ranks as one batch, in rank order."""
-        return RolloutFacts(
-            rewards=torch.cat([p.rewards for p in parts]),
-            adv=torch.cat([p.adv for p in parts]),
-            components=[c for p in parts for c in p.components],
-            judge_failures=[f for p in parts for f in p.judge_failures],
-            answers=[a for p in parts for a in p.answers],
-            format_ok=[f for p in parts for f in p.format_ok],
-            correct=[c for p in parts for c in p.correct],
-            num_tokens=[n for p in parts for n in p.num_tokens],
-            truncated=[t for p in parts for t in p.truncated],
-            labels=parts[0].labels,
-            extra_draws=max(p.extra_draws for p in parts),
-        )
+        """The indices of the groups that carry signal (what dynamic sampling keeps)."""
+        return [b for b in range(len(self.records)) if self.signal[b]]
 
 
 def prompt_seed(run_seed: int, draw_index: int) -> int:
@@ -258,7 +234,8 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
         chat_template_kwargs: passed to the chat template (enable_thinking ...).
         prompts_per_step (B), group_size (G), mu (update passes per rollout),
         micro_batch_size (completions per forward/backward), sampling, engine (how rollouts
-        are sampled and scored: speed only, see medrl.rollout.EngineSettings), advantage
+        are sampled and their log-probs computed: speed only, conf/engine/ and
+        medrl.rollout.EngineSettings; built for the policy's device on first use), advantage
         (AdvantageSettings), importance_sampling (token | sequence: GSPO), clip (the token-level
         clip range), sequence_clip (the sequence-level one), policy_loss (clip | cispo), entropy
         (EntropySettings), kl, loss_aggregation, mask_truncated (truncated completions get no
@@ -314,7 +291,8 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
         self.B, self.G, self.mu = prompts_per_step, group_size, mu
         self.micro_batch_size = micro_batch_size
         self.sampling = sampling or SamplingSettings()
-        self.engine = engine or EngineSettings()
+        self.engine_settings = engine or EngineSettings()
+        self._engine: RolloutEngine | None = None  # built on first use, on the policy's device
         self.advantage = advantage or AdvantageSettings()
         self.importance_sampling = importance_sampling
         self.clip = clip or ClipSettings()
@@ -364,7 +342,7 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
             "mu": self.mu,
             "micro_batch_size": self.micro_batch_size,
             "sampling": asdict(self.sampling),
-            "engine": asdict(self.engine),
+            "engine": asdict(self.engine_settings),
             "advantage": asdict(self.advantage),
             "reward_weights": dict(zip(self.rewards.names, self._reward_weights(), strict=True)),
             "importance_sampling": self.importance_sampling,
@@ -440,17 +418,15 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
     def training_step(self, batch: Any, batch_idx: int) -> None:
         timings: dict[str, float] = {}
         step = self._collect_rollout(timings)
-        # Under autocast (bf16-mixed) the frozen weights are cast once for both passes rather
-        # than in every forward of every micro-batch; in float32 on a CPU the Linears run in
-        # oneDNN (engine.cpu_linear); attention and MLPs keep fewer activations for the
-        # backward (engine.lean_activations). Same numbers every way (medrl.rollout).
-        with self._pass_engine():
+        # The engine's pass context (speed only: same numbers, medrl.rollout.engine).
+        with self.engine.passes(self.model, self.reference):
             with timed(timings, "reference"):
                 ref_logp = self._reference_logprobs(step.rollout)
             with timed(timings, "update"):
                 update_metrics = self._update(step, ref_logp, timings)
         self.rollout_step += 1
-        metrics = {**self._rollout_metrics(self._rollout_facts(step)), **update_metrics}
+        facts = rollout_facts(step, self.output_format)
+        metrics = {**rollout_metrics(facts, self.rewards.names, self.G), **update_metrics}
         metrics.update({f"time/{k}": v for k, v in timings.items()})
         # Time is per process (rank zero's is logged): so are its tokens.
         tokens = sum(step.rollout.num_tokens)
@@ -459,29 +435,28 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
         total = metrics.pop("reward/total")
         self.log_dict(metrics, batch_size=len(step.rollout))
         self.log("reward/total", total, prog_bar=True, batch_size=len(step.rollout))
-        self._maybe_log_samples(step)
+        if self.sample_table_every and (self.rollout_step - 1) % self.sample_table_every == 0:
+            log_sample_table(
+                step, self.rewards.names, self.rollout_step, self.loggers, self.samples_file
+            )
 
-    @contextlib.contextmanager
-    def _pass_engine(self) -> Iterator[None]:
-        """The engine's contexts around the reference and update passes (speed only)."""
-        onednn = self.engine.cpu_linear == "onednn"
-        with contextlib.ExitStack() as stack:
-            for model in (self.model, self.reference):
-                if model is not None:
-                    stack.enter_context(autocast_weights(model, self.device))
-                    stack.enter_context(onednn_linears(model, onednn))
-                    stack.enter_context(lean_passes(model, self.engine.lean_activations))
-            yield
+    @property
+    def engine(self) -> RolloutEngine:
+        """The rollout engine on the policy's device, built on first use (once Lightning has
+        placed the model) and again if the module moves."""
+        if self._engine is None or self._engine.device != self.device:
+            self._engine = RolloutEngine(self.engine_settings, self.device)
+        return self._engine
 
     # --- rollout ---------------------------------------------------------------------------
 
     def _collect_rollout(self, timings: dict[str, float]) -> RolloutBatch:
-        step = self._score(self._draw_prompts(), timings)
+        step = self._sample_and_reward(self._draw_prompts(), timings)
         if not self.dynamic_sampling.enabled:
             return step
         kept, draws = _groups_with_signal(step), 0
         while len(kept) < self.B and draws < self.dynamic_sampling.max_extra_draws:
-            kept += _groups_with_signal(self._score(self._draw_prompts(), timings))
+            kept += _groups_with_signal(self._sample_and_reward(self._draw_prompts(), timings))
             draws += 1
         # Nothing with signal even after the extra draws: train on the first draw (its
         # advantages are 0, so the update only moves the KL term) and let the metrics show it.
@@ -499,12 +474,15 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
         start = distributed.rank() * per_rank
         return drawn[start : start + per_rank]
 
-    def _score(self, drawn: list[tuple[int, QARecord]], timings: dict[str, float]) -> RolloutBatch:
+    def _sample_and_reward(
+        self, drawn: list[tuple[int, QARecord]], timings: dict[str, float]
+    ) -> RolloutBatch:
+        """G completions of each drawn prompt, their rewards and advantages."""
         records = [record for _, record in drawn]
         # Per-prompt random streams (medrl's sampler): a prompt's samples depend on the run seed
         # and its draw index only, not on the rank or the batch it lands in.
         seeds = None
-        if self.engine.sampler == "medrl":
+        if self.engine_settings.sampler == "medrl":
             seeds = [prompt_seed(self.seed, index) for index, _ in drawn]
         prompts = [
             render_prompt(
@@ -512,14 +490,13 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
             )
             for r in records
         ]
-        with timed(timings, "generate"), eval_mode(self.model):
-            rollout = generate(
+        with timed(timings, "generate"):
+            rollout = self.engine.generate(
                 self.model,
                 self.tokenizer,
                 prompts,
                 self.sampling,
                 num_samples=self.G,
-                engine=self.engine,
                 timings=timings,
                 prompt_seeds=seeds,
             )
@@ -578,19 +555,12 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
         entropy: bool = False,
         entropy_grad: bool = False,
     ):
-        # Rows of one group share their prompt: run it once per micro-batch (same numbers).
-        groups = rollout.group_index[rows] if self.engine.shared_prompt_logprobs else None
-        return completion_logprobs(
+        return self.engine.logprobs(
             model,
-            rollout.prompt_ids[rows],
-            rollout.prompt_mask[rows],
-            rollout.completion_ids[rows],
-            rollout.completion_mask[rows],
-            temperature=self.sampling.temperature,
-            return_entropy=entropy,
-            prompt_groups=groups,
-            pack=self.engine.pack_completions,
-            fused_head=self.engine.fused_head,
+            rollout,
+            rows,
+            self.sampling.temperature,
+            entropy=entropy,
             entropy_grad=entropy_grad,
         )
 
@@ -628,8 +598,7 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
             optimizer.zero_grad()
             local: Counter[str] = Counter()
             for rows in self._micro_batches(len(rollout)):
-                if self.engine.release_heap:
-                    release_free_heap()  # the last micro-batch's freed memory, to the OS
+                self.engine.before_micro_batch()  # e.g. the last one's freed heap, to the OS
                 with timed(timings, "policy_forward"):
                     loss, metrics, entropy = self._micro_batch_loss(
                         step, rows, old_logp, ref_logp, mask, totals, pg_mask
@@ -745,116 +714,6 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
             mask = mask * keep.unsqueeze(1)
         return mask
 
-    # --- observability -----------------------------------------------------------------------
-
-    def _rollout_facts(self, step: RolloutBatch) -> RolloutFacts:
-        """This rank's facts about its rollout, gathered with the other ranks' into one batch."""
-        parsed = [
-            self.output_format.parse(text, step.records[g].labels)
-            for text, g in zip(step.rollout.texts, step.rollout.group_index, strict=True)
-        ]
-        golds = [step.records[g].answer for g in step.rollout.group_index]
-        correct = [
-            p.answer is not None and p.answer == gold for p, gold in zip(parsed, golds, strict=True)
-        ]
-        local = RolloutFacts(
-            rewards=step.rewards,
-            adv=step.adv,
-            components=step.components,
-            judge_failures=step.judge_failures,
-            answers=[p.answer for p in parsed],
-            format_ok=[p.format_ok for p in parsed],
-            correct=correct,
-            num_tokens=list(step.rollout.num_tokens),
-            truncated=list(step.rollout.truncated),
-            labels=list(step.records[0].labels),
-            extra_draws=step.extra_draws,
-        )
-        return RolloutFacts.concatenate(distributed.all_gather_objects(local))
-
-    def _rollout_metrics(self, facts: RolloutFacts) -> dict[str, float]:
-        totals = facts.rewards.view(-1)  # [N]
-        n = len(facts.answers)
-        metrics = {
-            "reward/total": totals.mean().item(),
-            "reward/total_std": totals.std(correction=0).item(),
-            "reward/parse_fail": sum(not ok for ok in facts.format_ok) / n,
-            **judge_failure_metrics(facts.judge_failures),
-            "adv/mean": facts.adv.mean().item(),
-            "adv/std": facts.adv.std(correction=0).item(),
-            "adv/min": facts.adv.min().item(),
-            "adv/max": facts.adv.max().item(),
-        }
-        for name in self.rewards.names:
-            values = torch.tensor([c[name] for c in facts.components])  # [N]
-            metrics[f"reward/{name}"] = values.mean().item()
-            metrics[f"reward/{name}_std"] = values.std(correction=0).item()
-            groups = values.view(-1, self.G)  # [B, G]
-            equal = groups.max(1).values == groups.min(1).values  # [B] no signal from this one
-            metrics[f"reward/{name}_frac_zero_std"] = equal.float().mean().item()
-        correct = torch.tensor(facts.correct).view(-1, self.G)  # [B, G]
-        zero_std = facts.rewards.max(1).values == facts.rewards.min(1).values  # [B]
-        no_signal = (facts.adv.view(-1, self.G) == 0).all(1)  # [B]
-        lengths = torch.tensor(facts.num_tokens, dtype=torch.float)  # [N]
-        metrics.update(
-            {
-                "rollout/frac_zero_std": zero_std.float().mean().item(),
-                "rollout/frac_zero_std_all_correct": (zero_std & correct.all(1))
-                .float()
-                .mean()
-                .item(),
-                "rollout/frac_zero_std_all_wrong": (zero_std & ~correct.any(1))
-                .float()
-                .mean()
-                .item(),
-                "rollout/frac_zero_adv": no_signal.float().mean().item(),
-                "rollout/completions": float(n),
-                "rollout/completion_tokens": lengths.sum().item(),
-                "rollout/completion_len_mean": lengths.mean().item(),
-                "rollout/completion_len_min": lengths.min().item(),
-                "rollout/completion_len_max": lengths.max().item(),
-                "rollout/frac_truncated": sum(facts.truncated) / n,
-                "rollout/extra_draws": float(facts.extra_draws),
-            }
-        )
-        answers = Counter(a if a is not None else "none" for a in facts.answers)
-        metrics.update({f"rollout/predicted_{a}": answers[a] / n for a in [*facts.labels, "none"]})
-        return metrics
-
-    def _maybe_log_samples(self, step: RolloutBatch) -> None:
-        """Every `sample_table_every` steps: the step's completions (all ranks') with their
-        rewards, as a table for loggers that take one (W&B) and as lines of `samples_file`,
-        written by rank zero."""
-        if not self.sample_table_every or (self.rollout_step - 1) % self.sample_table_every:
-            return
-        columns = ["rollout_step", "id", "question", "completion", "total", *self.rewards.names]
-        totals = step.rewards.view(-1).tolist()
-        rows = [
-            [
-                self.rollout_step,
-                step.records[g].id,
-                step.records[g].question,
-                text,
-                totals[i],
-                *[step.components[i][n] for n in self.rewards.names],
-            ]
-            for i, (text, g) in enumerate(
-                zip(step.rollout.texts, step.rollout.group_index, strict=True)
-            )
-        ]
-        rows = [row for part in distributed.all_gather_objects(rows) for row in part]
-        if not distributed.is_rank_zero():
-            return
-        for logger in self.loggers:
-            if hasattr(logger, "log_text"):
-                logger.log_text(key="samples", columns=columns, data=rows)
-        if self.samples_file is not None:
-            self.samples_file.parent.mkdir(parents=True, exist_ok=True)
-            with self.samples_file.open("a") as handle:
-                handle.writelines(
-                    json.dumps(dict(zip(columns, row, strict=True))) + "\n" for row in rows
-                )
-
 
 def _is_peft(model: nn.Module) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
@@ -901,31 +760,3 @@ def _merge_groups(groups: list[tuple[RolloutBatch, int]], G: int, pad_id: int) -
         components=[s.components[i] for s, i in zip(steps, rows, strict=True)],
         judge_failures=[s.judge_failures[i] for s, i in zip(steps, rows, strict=True)],
     )
-
-
-# grpo_loss metrics that are means over the micro-batch's completion tokens; the others
-# (pg_loss) are the micro-batch's share of the batch's value, already normalized by its totals.
-TOKEN_MEAN_METRICS = (
-    "kl",
-    "ratio_mean",
-    "clip_frac_low",
-    "clip_frac_high",
-    "dual_clip_frac",
-    "pg_token_frac",
-)
-
-
-def metric_sums(metrics: dict[str, float], tokens: float) -> dict[str, float]:
-    """A micro-batch's metrics as sums: token means times its tokens, shares as they are."""
-    return {k: v * tokens if k in TOKEN_MEAN_METRICS else v for k, v in metrics.items()}
-
-
-def batch_metrics(sums: Counter[str], total_tokens: int) -> dict[str, float]:
-    """One update's metric sums of this rank -> the whole batch's metrics (token means
-    divided by the batch's tokens, shares summed over ranks), identical on every rank."""
-    keys = sorted(sums)
-    reduced = distributed.all_reduce_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64))
-    values = dict(zip(keys, reduced.tolist(), strict=True))
-    return {
-        k: v / max(total_tokens, 1) if k in TOKEN_MEAN_METRICS else v for k, v in values.items()
-    }

@@ -17,6 +17,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from medrl.sharding import local_gradient_norm
+
 log = logging.getLogger(__name__)
 
 
@@ -64,12 +66,6 @@ class FaultCounter:
         self.total, self.consecutive = int(state["total"]), int(state["consecutive"])
 
 
-def gradient_norm(model: nn.Module) -> float:
-    """The L2 norm over every gradient of `model` (0.0 when there is none)."""
-    grads = [p.grad.norm() for p in model.parameters() if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack(grads)).item() if grads else 0.0
-
-
 def update_fault(
     losses: Iterable[float], model: nn.Module, grad_norm: float | None = None
 ) -> str | None:
@@ -82,7 +78,7 @@ def update_fault(
     bad_losses = [value for value in losses if not math.isfinite(value)]
     if bad_losses:
         return f"non-finite loss {bad_losses[0]}"
-    if math.isfinite(gradient_norm(model) if grad_norm is None else grad_norm):
+    if math.isfinite(local_gradient_norm(model) if grad_norm is None else grad_norm):
         return None
     bad = [name for name, p in model.named_parameters() if _nonfinite(p.grad)]
     if bad:

@@ -11,12 +11,11 @@ from medrl.algorithms.numeric_faults import FaultCounter, drop_gradients, update
 from medrl.algorithms.optim import build_optimizer
 from medrl.algorithms.resume_state import TrainableWeightsCheckpointing
 from medrl.algorithms.sharded import ShardablePolicy
-from medrl.rollout.onednn_linear import onednn_linears
-from medrl.rollout.settings import CPU_LINEARS
+from medrl.rollout import EngineSettings, RolloutEngine
 
 
 class SFTModule(ShardablePolicy, TrainableWeightsCheckpointing):
-    """Trains `model` on batches from medrl.data.collate.SFTCollator.
+    """Trains `model` on batches from medrl.algorithms.sft_batches.SFTCollator.
 
     Args (all but `model` come from conf/sft/):
         model: the policy (plain, or peft-wrapped so that only adapters train).
@@ -25,8 +24,9 @@ class SFTModule(ShardablePolicy, TrainableWeightsCheckpointing):
         scheduler: learning-rate decay after warm-up: cosine | linear | constant.
         max_consecutive_faults: updates in a row with a non-finite loss or gradient (each one
             skipped) before the run stops; see medrl.algorithms.numeric_faults.
-        cpu_linear: float32 Linears on a CPU, forward and backward: "onednn" (oneDNN's matmul,
-            medrl.rollout.onednn_linear) or "torch" (F.linear); speed only, same numbers.
+        engine: the run's engine settings (conf/engine/, shared with GRPO): SFT's forward and
+            backward use its Linear piece, on a CPU only (cpu_linear: "onednn" runs float32
+            Linears in oneDNN's matmul, "torch" in F.linear); speed only, same numbers.
 
     Logs train/loss (token mean of the batch), train/tokens (assistant tokens seen so far),
     val/loss (token-weighted over the validation slice), faults/skipped_updates.
@@ -45,30 +45,34 @@ class SFTModule(ShardablePolicy, TrainableWeightsCheckpointing):
         warmup_ratio: float = 0.03,
         scheduler: str = "cosine",
         max_consecutive_faults: int = 3,
-        cpu_linear: str = "onednn",
+        engine: EngineSettings | None = None,
     ) -> None:
         super().__init__()
-        if cpu_linear not in CPU_LINEARS:
-            raise ValueError(
-                f"sft.module.cpu_linear={cpu_linear!r} is not valid; "
-                f"choose one of {list(CPU_LINEARS)}"
-            )
-        self.cpu_linear = cpu_linear
+        self.engine_settings = engine or EngineSettings()
+        self._engine: RolloutEngine | None = None  # built on first use, on the policy's device
         # from_pretrained returns eval mode; dropout (e.g. LoRA's) must be active in training.
         self.model = model.train()
         self.lr = lr
         self.weight_decay = weight_decay
         self.warmup_ratio = warmup_ratio
         self.scheduler = scheduler
-        self.save_hyperparameters(ignore=["model"])
+        self.save_hyperparameters(ignore=["model", "engine"])
         self.tokens_seen = 0
         self.faults = FaultCounter(max_consecutive_faults)
         self._step_losses: list[torch.Tensor] = []  # the micro-batches of the coming update
         self._val_sums = torch.zeros(2, dtype=torch.float64)  # [loss * tokens, tokens]
 
+    @property
+    def engine(self) -> RolloutEngine:
+        """The engine on the policy's device, built on first use (once Lightning has placed the
+        model) and again if the module moves."""
+        if self._engine is None or self._engine.device != self.device:
+            self._engine = RolloutEngine(self.engine_settings, self.device)
+        return self._engine
+
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        # The graph keeps the oneDNN products, so Lightning's backward after this runs them too.
-        with onednn_linears(self.model, self.cpu_linear == "onednn"):
+        # The graph keeps the engine's products, so Lightning's backward after this runs them.
+        with self.engine.linears(self.model):
             logits = self.model(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
             ).logits  # [B, L, V]

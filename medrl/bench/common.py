@@ -61,7 +61,7 @@ def check_same_prompts(expected: list[str], rendered: list[str], system: str) ->
 def sft_examples(records: list, cfg: Any, tokenizer: Any, chat_kwargs: dict) -> list:
     """medrl's SFT examples (prompt masked, assistant tokens trained) for `records`; both
     systems train on exactly these token ids and loss masks."""
-    from medrl.data.collate import encode_sft_example
+    from medrl.algorithms.sft_batches import encode_sft_example
 
     output_format = instantiate(cfg.format)
     return [

@@ -124,7 +124,7 @@ def run_grpo(task: BenchTask, cfg: Any, clock: PhaseClock) -> dict[str, Any]:
         **settings,
     )
     phases = dict(GRPO_REPORTED_PHASES) if cfg.breakdown else {}
-    if cfg.breakdown and module.engine.sampler == "hf":
+    if cfg.breakdown and module.engine_settings.sampler == "hf":
         # transformers' generate: its prefill is the first forward, timed from outside.
         phases.pop("time/prefill")
         eos = eos_token_ids(policy.model, policy.tokenizer)
@@ -141,7 +141,7 @@ def run_grpo(task: BenchTask, cfg: Any, clock: PhaseClock) -> dict[str, Any]:
 def run_sft(task: BenchTask, cfg: Any, clock: PhaseClock) -> dict[str, Any]:
     """`task.total_steps` SFT optimizer steps, each on the same batch of the task's records."""
     from medrl.algorithms.sft import SFTModule
-    from medrl.data.collate import SFTCollator
+    from medrl.algorithms.sft_batches import SFTCollator
 
     policy = load_policy(model_spec(cfg), instantiate(cfg.adapter))
     loaded_rss = rss_bytes()

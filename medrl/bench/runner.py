@@ -124,14 +124,8 @@ def settings_summary(cfg: DictConfig) -> dict[str, Any]:
             f"{module.loss_aggregation}, std {module.advantage.std_scope} "
             f"({module.advantage.std_estimator})"
         ),
-        "medrl engine": (
-            f"sampler {module.engine.sampler}, merge_adapter {module.engine.merge_adapter}, "
-            f"shared_prompt_logprobs {module.engine.shared_prompt_logprobs}, "
-            f"pack_completions {module.engine.pack_completions}, "
-            f"cpu_linear {module.engine.cpu_linear}, "
-            f"fused_head {module.engine.fused_head}, "
-            f"lean_activations {module.engine.lean_activations}, "
-            f"release_heap {module.engine.release_heap}"
+        "medrl engine": ", ".join(
+            f"{key} {value}" for key, value in module.engine.items() if key != "_target_"
         ),
         "sft": f"batch {cfg.sft_batch_size}, max_seq_length {cfg.sft.max_seq_length}",
         "measurement": measurement,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from itertools import zip_longest
 from typing import Any
 
-from medrl.data.collate import encode_sft_pool
+from medrl.algorithms.sft_batches import encode_sft_pool
 from medrl.data.records import QARecord
 from medrl.preflight.report import CheckResult, RenderedPrompt, failed, passed, warned
 from medrl.prompts import build_messages, render_prompt, render_user_message

@@ -9,7 +9,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from medrl.preflight.report import CheckResult, failed, passed
-from medrl.preflight.values import select, show
+from medrl.preflight.values import processes, select, show
 
 KEY = "trainer.strategy"
 # Lightning's own FSDP, by registry name or class: it wraps the whole LightningModule.
@@ -46,6 +46,7 @@ def strategy_checks(cfg: DictConfig) -> list[CheckResult]:
         return [passed("strategy", f"{KEY}={show(name)}: no FSDP requirement", KEY)]
     return [
         check_no_quantized_base(cfg),
+        check_more_than_one_process(cfg),
         check_sharding_strategy(cfg),
         check_setting(
             cfg,
@@ -78,6 +79,24 @@ def check_no_quantized_base(cfg: DictConfig) -> CheckResult:
         "dtype tensors'); use adapter=lora with trainer=fsdp, or adapter=qlora with "
         "trainer=ddp",
         "adapter",
+    )
+
+
+def check_more_than_one_process(cfg: DictConfig) -> CheckResult:
+    """FSDP on one process shards nothing: torch switches it to NO_SHARD, and there (torch 2.13,
+    use_orig_params) the second update of a model with tied weights (embed_tokens and lm_head:
+    the tiny Qwen3, SmolLM2, small Qwen3) fails with torch's assertion on the shared parameter
+    ("as_params=True type(prim_param)=<class 'torch.Tensor'>"), after the first one has run."""
+    key = "trainer.devices"
+    world = processes(cfg)
+    if world != 1:
+        return passed("strategy", f"{key}={show(select(cfg, key))}: FSDP over the processes", key)
+    return failed(
+        "strategy",
+        f"{key}={show(select(cfg, key))} with trainer=fsdp: one process has nothing to shard "
+        "(torch falls back to NO_SHARD, which fails on tied weights at the second update); "
+        "use trainer=gpu (or cpu) for one device, or trainer.devices >= 2",
+        key,
     )
 
 

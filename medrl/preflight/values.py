@@ -141,7 +141,7 @@ GRPO_CHOICES = (
     ("grpo.module.policy_loss", POLICY_LOSSES),
     ("grpo.module.kl.estimator", KL_ESTIMATORS),
     ("grpo.module.loss_aggregation", AGGREGATIONS),
-    ("grpo.module.engine.sampler", SAMPLERS),
+    ("engine.sampler", SAMPLERS),
 )
 SFT_RULES = (
     Rule("sft.batch_size", count(1), "an integer >= 1"),

@@ -9,7 +9,8 @@ key/value head (no copy of the cache per query head). Every other call is transf
 prefill, several tokens, training, and float32, where this path showed no gain (7.8 s against
 8.8 s in one run, within the 1.5 s spread between runs).
 
-sampling_attention(model) switches a model that uses "sdpa" to it for a block (rollouts only);
+sampling_attention(model) switches a model that uses "sdpa" to it for a block (rollouts only,
+after register_decode_attention(): medrl.rollout.engine does both, on a CPU);
 attention_implementation(model, name) does the same for any registered implementation.
 """
 
@@ -65,14 +66,19 @@ def decode_attention_forward(
     return output.reshape(rows, 1, heads, dim), None
 
 
-AttentionInterface.register(NAME, decode_attention_forward)
-AttentionMaskInterface.register(NAME, sdpa_mask)
+def register_decode_attention() -> None:
+    """Make "medrl_decode" known to transformers, once (the engine calls it when it is built
+    for a CPU; nothing is registered at import)."""
+    if NAME not in AttentionInterface._global_mapping:
+        AttentionInterface.register(NAME, decode_attention_forward)
+        AttentionMaskInterface.register(NAME, sdpa_mask)
 
 
 @contextmanager
 def sampling_attention(model: nn.Module) -> Iterator[bool]:
     """Inside the block, every config of `model` that selects "sdpa" selects "medrl_decode"
     instead (yields True if any did); other attention implementations are left alone."""
+    register_decode_attention()  # idempotent: callers outside an engine get it too
     with attention_implementation(model, NAME) as switched:
         yield switched
 

@@ -198,14 +198,12 @@ def _prefill(
         input_ids=prompt_ids,
         attention_mask=prompt_mask,
         position_ids=real_token_positions(prompt_mask),
-        past_key_values=preallocated_cache(capacity)
-        if supports_preallocated_cache(model)
-        else None,
+        cache=preallocated_cache(capacity) if supports_preallocated_cache(model) else None,
         use_cache=True,
         logits_to_keep=1,
     )
     logits = out.logits[:, -1].float()  # [rows, V]
-    cache = out.past_key_values
+    cache = out.cache
     if share_prompt and num_samples > 1:
         cache.batch_repeat_interleave(num_samples)  # [b, ...] -> [N, ...], prompt-major
         logits = logits.repeat_interleave(num_samples, dim=0)  # [N, V]
@@ -258,7 +256,7 @@ def _decode_loop(
             input_ids=chosen.unsqueeze(1),
             attention_mask=mask,
             position_ids=next_position.unsqueeze(1),
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
         )
         logits = out.logits[:, -1].float()  # [n, V]

@@ -1,8 +1,9 @@
 """Batched sampling of completions: the Rollout that GRPO scores and evaluation parses.
 
-`generate` serves both GRPO rollouts (G samples per prompt) and evaluation (greedy, one each),
-through transformers' generate or medrl's sampler (medrl.rollout.decoding), optionally with a
-LoRA adapter merged (medrl.rollout.merged_adapter); medrl.rollout.scoring scores rollouts.
+`sample_rollout` serves both GRPO rollouts (G samples per prompt) and evaluation (greedy, one
+each), through transformers' generate or medrl's sampler (medrl.rollout.decoding); callers go
+through the engine (medrl.rollout.engine: `generate`, `RolloutEngine.generate`), which wraps it
+in its sampling context (merged LoRA, CPU pieces). medrl.rollout.logprobs takes the log-probs.
 
 Shapes: B prompts, G samples per prompt, N = B*G rows (prompt-major), P prompt length,
 C completion length, V vocabulary.
@@ -11,7 +12,7 @@ C completion length, V vocabulary.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,11 +20,8 @@ import torch
 from torch import nn
 
 from medrl import distributed
-from medrl.rollout.decode_attention import sampling_attention
 from medrl.rollout.decoding import decode
-from medrl.rollout.merged_adapter import autocast_weights, merged_lora
-from medrl.rollout.onednn_linear import onednn_linears
-from medrl.rollout.settings import STRAIGHTFORWARD, EngineSettings, SamplingSettings
+from medrl.rollout.settings import SAMPLERS, SamplingSettings
 from medrl.sharding import is_fsdp_managed, root_weights_gathered
 from medrl.utils.timing import timed
 
@@ -173,36 +171,22 @@ def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def generate(
+def sample_rollout(
     model: nn.Module,
     tokenizer: Any,
     prompts: Sequence[str],
     settings: SamplingSettings,
+    sampler: str,
     num_samples: int = 1,
     batch_size: int | None = None,
     generator_seed: int | None = None,
-    engine: EngineSettings | None = None,
     timings: dict[str, float] | None = None,
     prompt_seeds: Sequence[int] | None = None,
 ) -> Rollout:
-    """Generate `num_samples` completions for each rendered prompt.
-
-    prompts:        complete prompt strings (e.g. from `medrl.prompts.render_prompt`).
-    batch_size:     prompts per `model.generate` call (each call makes batch_size * num_samples
-                    rows); None = all prompts in one call. Greedy results do not depend on it;
-                    sampled ones do, because the random stream is consumed in a different order.
-    generator_seed: when given, sampling runs under a forked RNG seeded with it, so the result
-                    is reproducible and the caller's global RNG state is left untouched.
-    engine:         which sampler, and whether a LoRA adapter is merged while sampling
-                    (EngineSettings; None = STRAIGHTFORWARD: transformers' generate, unmerged).
-    timings:        when given, receives the seconds of "prefill" and "decode" (medrl's sampler)
-                    or of "decode" alone (transformers' generate, whose prefill is not separate).
-    prompt_seeds:   one seed per prompt (medrl's sampler only): each prompt samples from its own
-                    random stream, so its completions do not depend on the other prompts of the
-                    call, on `batch_size`, or on the process it runs in.
-    The model runs in eval mode (restored afterwards) under ``torch.no_grad()``; it may be a
-    peft-wrapped model. Rows are prompt-major: rows [b*G:(b+1)*G] belong to prompts[b].
-    """
+    """`num_samples` completions of each prompt by `sampler` ("medrl": medrl.rollout.decoding,
+    "hf": transformers' generate), as the caller's contexts leave the model: the engine
+    (medrl.rollout.engine.generate) runs it in eval mode, without gradients, under its
+    sampling context. See medrl.rollout.engine.generate for the other arguments."""
     if not prompts:
         raise ValueError("generate needs at least one prompt")
     if num_samples < 1:
@@ -212,24 +196,15 @@ def generate(
     pad_id = tokenizer.pad_token_id
     if pad_id is None:
         raise ValueError("the tokenizer has no pad token; load it with medrl.models.load_tokenizer")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler={sampler!r} is not valid; choose one of {list(SAMPLERS)}")
     eos_ids = eos_token_ids(model, tokenizer)
-    engine = engine or STRAIGHTFORWARD
-    _check_prompt_seeds(prompt_seeds, len(prompts), engine)
+    _check_prompt_seeds(prompt_seeds, len(prompts), sampler)
     step = batch_size or len(prompts)
     starts = range(0, len(prompts), step)
     chunks = [prompts[start : start + step] for start in starts]
     seeds = [prompt_seeds[start : start + step] if prompt_seeds else None for start in starts]
-    device = model_device(model)
-    merge = merged_lora(model) if engine.merge_adapter else nullcontext()
-    with (
-        _seeded(generator_seed, device),
-        eval_mode(model),
-        torch.no_grad(),
-        merge,
-        autocast_weights(model, device),
-        sampling_attention(model),
-        onednn_linears(model, engine.cpu_linear == "onednn"),
-    ):
+    with _seeded(generator_seed, model_device(model)):
         outputs = [
             _generate_chunk(
                 model,
@@ -239,7 +214,7 @@ def generate(
                 num_samples,
                 eos_ids,
                 pad_id,
-                engine,
+                sampler,
                 timings,
                 chunk_seeds,
             )
@@ -275,7 +250,7 @@ def _generate_chunk(
     num_samples: int,
     eos_ids: list[int],
     pad_id: int,
-    engine: EngineSettings,
+    sampler: str,
     timings: dict[str, float] | None,
     prompt_seeds: Sequence[int] | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -288,7 +263,7 @@ def _generate_chunk(
     # without sampling): decode each prompt once and repeat it.
     per_call = 1 if settings.greedy else num_samples
     ids, mask = ids.to(device), mask.to(device)
-    if engine.sampler == "medrl":
+    if sampler == "medrl":
         completion = decode(
             model,
             ids,
@@ -320,14 +295,12 @@ def _generate_chunk(
     return prompt_ids, prompt_mask, completion
 
 
-def _check_prompt_seeds(
-    prompt_seeds: Sequence[int] | None, num_prompts: int, engine: EngineSettings
-) -> None:
+def _check_prompt_seeds(prompt_seeds: Sequence[int] | None, num_prompts: int, sampler: str) -> None:
     if prompt_seeds is None:
         return
-    if engine.sampler != "medrl":
+    if sampler != "medrl":
         raise ValueError(
-            f"prompt_seeds need medrl's sampler (engine.sampler=medrl), not {engine.sampler!r}: "
+            f"prompt_seeds need medrl's sampler (engine.sampler=medrl), not {sampler!r}: "
             "transformers' generate draws from one global random stream"
         )
     if len(prompt_seeds) != num_prompts:

@@ -16,7 +16,7 @@ repeated for its query heads, the output) and 13 MB one float copy of the mask p
   `silu_mul`, which keeps the gate and up projections and recomputes the SiLU in its backward
   (two [T, intermediate] tensors per layer instead of three).
 
-The packed layout's mask is handed over once as a float mask (medrl.rollout.scoring), so
+The packed layout's mask is handed over once as a float mask (medrl.rollout.logprobs), so
 every layer keeps a reference to it rather than its own conversion.
 """
 
@@ -99,8 +99,12 @@ def gqa_attention_forward(
     return output.transpose(1, 2).contiguous(), None
 
 
-AttentionInterface.register(GQA_ATTENTION, gqa_attention_forward)
-AttentionMaskInterface.register(GQA_ATTENTION, sdpa_mask)
+def register_lean_attention() -> None:
+    """Make "medrl_gqa" known to transformers (the engine calls it when it is built for a CPU
+    with lean_activations; nothing is registered at import), once."""
+    if GQA_ATTENTION not in AttentionInterface._global_mapping:
+        AttentionInterface.register(GQA_ATTENTION, gqa_attention_forward)
+        AttentionMaskInterface.register(GQA_ATTENTION, sdpa_mask)
 
 
 @contextmanager
@@ -111,6 +115,7 @@ def lean_passes(model: nn.Module, enabled: bool = True) -> Iterator[int]:
     if not enabled:
         yield 0
         return
+    register_lean_attention()  # idempotent: callers outside an engine get it registered too
     with ExitStack() as stack:
         stack.enter_context(attention_implementation(model, GQA_ATTENTION))
         yield stack.enter_context(instance_forwards(model, _is_silu_gated_mlp, _lean_mlp_forward))

@@ -27,8 +27,8 @@ passes give every micro-batch a new number of rows, so unbounded the two caches 
 35 MB per GRPO step in `make bench` (about 0.6 MB per new shape, still growing after 600
 shapes). `bound_kernel_caches` caps both at KERNEL_CACHE_CAPACITY entries (about 20 MB, flat
 after 600 shapes), enough for the 8-14 shapes a pass uses in turn; building a kernel for a new
-shape costs about 1 ms. It runs when this module is imported, before anything has used oneDNN;
-a value already set in the environment is kept.
+shape costs about 1 ms. The rollout engine calls it when it is built for a CPU (importing sets
+nothing), before the stage's first forward; a value already set in the environment is kept.
 """
 
 from __future__ import annotations
@@ -53,9 +53,6 @@ def bound_kernel_caches(capacity: int = KERNEL_CACHE_CAPACITY) -> None:
     already sets them; effective only before the process's first oneDNN call."""
     for name in KERNEL_CACHE_VARIABLES:
         os.environ.setdefault(name, str(capacity))
-
-
-bound_kernel_caches()
 
 
 def onednn_linear_supported() -> bool:

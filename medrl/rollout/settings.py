@@ -52,7 +52,11 @@ class SamplingSettings:
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """How rollouts are produced and scored; none of these changes the math.
+    """How rollouts are produced and their log-probs computed; none of these changes the math.
+
+    medrl.rollout.engine resolves them for a device: the CPU pieces (cpu_linear,
+    decode_attention, lean_activations, kernel_cache_capacity, release_heap) run on a CPU only;
+    on a GPU the engine is transformers' own path plus the device-independent pieces.
 
     sampler:       "medrl" (medrl.rollout.decoding: each prompt prefilled once and its KV cache
                    shared by its samples, finished rows leave the batch) or "hf" (transformers'
@@ -63,7 +67,7 @@ class EngineSettings:
     shared_prompt_logprobs: log-prob passes run each distinct prompt of a micro-batch once and
                    share its KV cache (with gradients) across the completions that follow it.
     pack_completions: with shared_prompt_logprobs, a micro-batch's log-prob pass is one packed
-                   row without padding (medrl.rollout.scoring: each prompt once, then every
+                   row without padding (medrl.rollout.logprobs: each prompt once, then every
                    completion at its own length under a tree-shaped attention mask), where the
                    model's attention takes such a mask (sdpa or eager, no sliding windows).
     cpu_linear:    float32 Linear layers on a CPU, while sampling and in the log-prob passes
@@ -74,6 +78,12 @@ class EngineSettings:
                    states, log-probs come from the hidden states chunk by chunk and the
                    backward recomputes each chunk's logits (medrl.rollout.fused_head): no
                    [K, V] logits are kept for the backward.
+    decode_attention: on a CPU, half-precision one-token decode steps run medrl's attention
+                   (medrl.rollout.decode_attention: two batched matmuls instead of sdpa's CPU
+                   kernel); float32 and every other call stay on sdpa.
+    kernel_cache_capacity: on a CPU, entries of oneDNN's and ideep's per-shape kernel caches
+                   (medrl.rollout.onednn_linear.bound_kernel_caches; null = their default of
+                   1,024, which grows by ~35 MB per GRPO step under packing).
     lean_activations: the reference and update passes keep fewer activations for the backward
                    (medrl.rollout.lean_passes): grouped key/value heads go to PyTorch's
                    attention unrepeated, SiLU-gated MLPs keep two tensors instead of three.
@@ -92,6 +102,8 @@ class EngineSettings:
     fused_head: bool = True
     lean_activations: bool = True
     release_heap: bool = False
+    decode_attention: bool = True
+    kernel_cache_capacity: int | None = 64
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -102,10 +114,18 @@ class EngineSettings:
             raise ValueError(
                 f"cpu_linear={self.cpu_linear!r} is not valid; choose one of {list(CPU_LINEARS)}"
             )
+        capacity = self.kernel_cache_capacity
+        if capacity is not None and (isinstance(capacity, bool) or capacity < 1):
+            raise ValueError(
+                f"kernel_cache_capacity={capacity!r} is not valid; an integer >= 1, or null for "
+                "oneDNN's default"
+            )
 
 
 # The straightforward path: transformers' generate through peft's unmerged layers, every row's
-# prompt in every log-prob pass. generate() uses it unless given an engine.
+# prompt in every log-prob pass, no CPU piece. generate() uses it unless given an engine;
+# conf/engine/straightforward.yaml (engine=straightforward) is the same preset in config,
+# tests/rollout/test_engine_pieces.py checks that the two agree.
 STRAIGHTFORWARD = EngineSettings(
     sampler="hf",
     merge_adapter=False,
@@ -115,4 +135,6 @@ STRAIGHTFORWARD = EngineSettings(
     fused_head=False,
     lean_activations=False,
     release_heap=False,
+    decode_attention=False,
+    kernel_cache_capacity=None,
 )

@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
 from medrl import distributed
-from medrl.data.collate import SFTCollator, encode_sft_pool
+from medrl.algorithms.sft_batches import SFTCollator, encode_sft_pool
 from medrl.data.records import QARecord
 from medrl.data.resumable import ResumableDataLoader
 from medrl.stages.context import RunContext, StageOutcome, StagePoint

@@ -22,7 +22,6 @@ from medrl.algorithms.core import (
     high_entropy_threshold,
     importance_ratio,
     kl_penalty,
-    token_entropy,
 )
 
 close = dict(rtol=1e-6, atol=1e-6)
@@ -202,13 +201,6 @@ def test_micro_batch_losses_with_rollout_totals_sum_to_the_full_batch_loss(mode)
         for i in range(2)
     )
     assert parts.item() == pytest.approx(full.item())
-
-
-def test_entropy_of_uniform_and_one_hot_distributions():
-    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0], [100.0, 0.0, 0.0, 0.0]])
-    torch.testing.assert_close(
-        token_entropy(logits), torch.tensor([math.log(4), 0.0]), rtol=1e-6, atol=1e-6
-    )
 
 
 # --- the whole objective ----------------------------------------------------------------------

@@ -186,13 +186,7 @@ def test_grpo_after_sft_starts_at_the_sft_policy_with_zero_kl(
     assert grpo_manifest["parent"]["weights_hash"] == manifest.weights_hash
 
 
-STRAIGHTFORWARD_ENGINE = [
-    "grpo.module.engine.sampler=hf",
-    "grpo.module.engine.merge_adapter=false",
-    "grpo.module.engine.shared_prompt_logprobs=false",
-    "grpo.module.engine.pack_completions=false",
-    "grpo.module.engine.cpu_linear=torch",
-]
+STRAIGHTFORWARD_ENGINE = ["engine=straightforward"]  # conf/engine/straightforward.yaml
 
 
 @pytest.mark.parametrize(
@@ -299,11 +293,11 @@ def test_dynamic_sampling_keeps_only_groups_with_signal_and_counts_extra_draws(t
 def test_release_heap_trims_before_every_update_micro_batch_and_only_when_asked(
     tiny_spec, monkeypatch, release
 ):
-    from medrl.algorithms import grpo
     from medrl.rollout import EngineSettings
+    from medrl.rollout import engine as rollout_engine
 
     calls = []
-    monkeypatch.setattr(grpo, "release_free_heap", lambda: calls.append(1) or True)
+    monkeypatch.setattr(rollout_engine, "release_free_heap", lambda: calls.append(1) or True)
     policy = load_policy(tiny_spec, LoraAdapter(r=4, alpha=8, dropout=0.0))
     engine = EngineSettings(release_heap=release)
     fit(module_for(policy, micro_batch_size=2, engine=engine), steps=1)

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from medrl.algorithms.losses import masked_token_nll
 from medrl.algorithms.sft import SFTModule
-from medrl.data.collate import SFTCollator, encode_sft_example, encode_sft_pool
+from medrl.algorithms.sft_batches import SFTCollator, encode_sft_example, encode_sft_pool
 from medrl.data.records import QARecord
 from medrl.models import FullFinetune, LoraAdapter, QLoraAdapter, load_policy
 from medrl.prompts import XmlFormat
@@ -79,7 +79,7 @@ def test_long_examples_are_cut_and_counted_and_prompt_only_ones_dropped(tiny_spe
 
 
 def test_collator_right_pads_and_masks_padding():
-    from medrl.data.collate import SFTExample
+    from medrl.algorithms.sft_batches import SFTExample
 
     batch = SFTCollator(pad_token_id=9)(
         [SFTExample("a", [1, 2, 3], [0, 1, 1], False), SFTExample("b", [4], [1], False)]

@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from medrl import distributed
-from medrl.algorithms import grpo
+from medrl.algorithms import grpo, grpo_metrics
 from medrl.algorithms.core import grpo_loss
 from medrl.stages.sft import per_rank_batch_size, validation_shard
 
@@ -45,8 +45,8 @@ def test_micro_batch_metrics_summed_by_tokens_equal_the_whole_batch_metrics():
         _, part = grpo_loss(
             logp[rows], old[rows], ref[rows], adv[rows], mask[rows], **LOSS_SETTINGS, **totals
         )
-        sums.update(grpo.metric_sums(part, tokens=float(mask[rows].sum())))
-    merged = grpo.batch_metrics(sums, totals["total_tokens"])
+        sums.update(grpo_metrics.metric_sums(part, tokens=float(mask[rows].sum())))
+    merged = grpo_metrics.batch_metrics(sums, totals["total_tokens"])
     assert whole["clip_frac_low"] + whole["clip_frac_high"] > 0, "a clip must be active"
     for key in ("kl", "ratio_mean", "clip_frac_low", "clip_frac_high", "pg_loss"):
         assert merged[key] == pytest.approx(whole[key], rel=1e-6, abs=1e-9), key

@@ -20,7 +20,16 @@ def failures(compose, *overrides: str) -> dict[str, str]:
 def test_trainer_fsdp_with_lora_passes(compose):
     results = preflight_config(compose("train", FSDP))
     strategy = [r for r in results if r.name == "strategy"]
-    assert len(strategy) == 5 and all(r.status == "pass" for r in strategy)
+    assert len(strategy) == 6 and all(r.status == "pass" for r in strategy)
+
+
+def test_fsdp_on_one_process_is_refused_naming_the_device_count(compose):
+    """One process shards nothing, and torch's NO_SHARD fallback fails on tied weights at the
+    second update (seen on the tiny Qwen3): refused before any weights load."""
+    failed = failures(compose, "trainer.devices=1")
+    assert list(failed) == ["trainer.devices"]
+    assert "trainer.devices=1 with trainer=fsdp" in failed["trainer.devices"]
+    assert "use trainer=gpu (or cpu) for one device" in failed["trainer.devices"]
 
 
 def test_qlora_under_fsdp_fails_naming_both_ways_out(compose):

@@ -54,7 +54,7 @@ def test_every_group_the_design_names_is_checked_here():
         "sft",
         "adapter",
         "algorithm",
-        "budget",
+        "engine",
         "trainer",
         "logger",
         "evaluation",

@@ -27,8 +27,8 @@ from medrl.rollout import (
     left_pad,
 )
 from medrl.rollout.decoding import decode, sample_categorical
+from medrl.rollout.logprobs import packed_layout, takes_tree_mask
 from medrl.rollout.merged_adapter import can_merge_exactly, merged_lora
-from medrl.rollout.scoring import packed_layout, takes_tree_mask
 
 PROMPTS = [
     "Which vitamin deficiency causes scurvy?",
@@ -237,11 +237,13 @@ LAYOUTS = {"shared": {"pack": False}, "packed": {"pack": True}}
 @pytest.fixture
 def packed_calls(monkeypatch):
     """How many times the packed path ran (a quiet fallback would otherwise pass unseen)."""
-    from medrl.rollout import scoring
+    from medrl.rollout import logprobs as logprob_passes
 
     calls = []
-    original = scoring._packed_logits
-    monkeypatch.setattr(scoring, "_packed_logits", lambda *a: calls.append(1) or original(*a))
+    original = logprob_passes._packed_logits
+    monkeypatch.setattr(
+        logprob_passes, "_packed_logits", lambda *a: calls.append(1) or original(*a)
+    )
     return calls
 
 
@@ -485,14 +487,14 @@ def test_columns_after_every_rows_end_are_skipped_without_changing_results(
 def test_a_micro_batch_too_large_for_one_packed_mask_takes_the_shared_path(
     tiny_policy, lora_policy, monkeypatch
 ):
-    from medrl.rollout import scoring
+    from medrl.rollout import logprobs as logprob_passes
 
     def refuse(*args, **kwargs):
         raise AssertionError("packed although the mask is over budget")
 
     rollout = sampled_rollout(tiny_policy, lora_policy)
-    monkeypatch.setattr(scoring, "_PACKED_MASK_ELEMENTS", 16)
-    monkeypatch.setattr(scoring, "_packed_logits", refuse)
+    monkeypatch.setattr(logprob_passes, "_PACKED_MASK_ELEMENTS", 16)
+    monkeypatch.setattr(logprob_passes, "_packed_logits", refuse)
     with torch.no_grad():
         shared = logprobs(lora_policy, rollout, rollout.group_index)
         packed = logprobs(lora_policy, rollout, rollout.group_index, pack=True)

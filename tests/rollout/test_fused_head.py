@@ -1,5 +1,5 @@
 """Log-probs from hidden states by chunks equal those from the full logits, and keep less;
-their entropies' gradients equal plain autograd's, and agree across the scoring paths."""
+their entropies' gradients equal plain autograd's, and agree across the log-prob paths."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from medrl.rollout import SamplingSettings, completion_logprobs, generate, scoring
+from medrl.rollout import SamplingSettings, completion_logprobs, generate
 from medrl.rollout import fused_head as module
+from medrl.rollout import logprobs as logprob_passes
 from medrl.rollout.fused_head import fused_head_supported, head_logprobs
 from medrl.rollout.onednn_linear import onednn_linears
 
@@ -84,8 +85,10 @@ def test_fused_packed_logprobs_and_gradients_equal_the_logits_path(
     lora_rollout, packed_pass, same_pass, monkeypatch, onednn
 ):
     fused = []
-    original = scoring.head_logprobs
-    monkeypatch.setattr(scoring, "head_logprobs", lambda *a: fused.append(a[4]) or original(*a))
+    original = logprob_passes.head_logprobs
+    monkeypatch.setattr(
+        logprob_passes, "head_logprobs", lambda *a: fused.append(a[4]) or original(*a)
+    )
     head = lora_rollout.model.get_output_embeddings()
 
     def run(fused_head: bool):
@@ -231,17 +234,17 @@ SCORING_PATHS = {
 
 
 @pytest.fixture
-def scoring_path_calls(monkeypatch):
-    """Which of scoring's passes ran (a quiet fallback to another path would pass unseen)."""
+def logprob_path_calls(monkeypatch):
+    """Which of the log-prob passes ran (a quiet fallback to another path would pass unseen)."""
     calls = []
     for name in ("_full_logits", "_shared_prompt_logits", "_packed_logits", "head_logprobs"):
-        original = getattr(scoring, name)
+        original = getattr(logprob_passes, name)
 
         def spy(*args, _name=name, _original=original, **kwargs):
             calls.append(_name)
             return _original(*args, **kwargs)
 
-        monkeypatch.setattr(scoring, name, spy)
+        monkeypatch.setattr(logprob_passes, name, spy)
     return calls
 
 
@@ -273,14 +276,14 @@ def scored(lora_rollout, path, entropy_grad=True):
     ), completion_mask
 
 
-def test_entropy_gradients_agree_across_the_scoring_paths(lora_rollout, scoring_path_calls):
+def test_entropy_gradients_agree_across_the_scoring_paths(lora_rollout, logprob_path_calls):
     model = lora_rollout.model
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     entropies, entropy_grads, both_grads = {}, {}, {}
     for path in SCORING_PATHS:
-        scoring_path_calls.clear()
+        logprob_path_calls.clear()
         (logp, entropy), mask = scored(lora_rollout, path)
-        assert scoring_path_calls == RAN[path]
+        assert logprob_path_calls == RAN[path]
         assert entropy.requires_grad and entropy.dtype == torch.float32
         assert entropy[mask == 0].eq(0).all()
         entropies[path] = entropy.detach()
@@ -308,9 +311,9 @@ def test_entropy_gradients_agree_across_the_scoring_paths(lora_rollout, scoring_
         )
 
 
-def test_without_entropy_grad_the_entropy_is_detached(lora_rollout, scoring_path_calls):
+def test_without_entropy_grad_the_entropy_is_detached(lora_rollout, logprob_path_calls):
     for path in SCORING_PATHS:
-        scoring_path_calls.clear()
+        logprob_path_calls.clear()
         (logp, entropy), _ = scored(lora_rollout, path, entropy_grad=False)
-        assert scoring_path_calls == RAN[path]
+        assert logprob_path_calls == RAN[path]
         assert logp.requires_grad and not entropy.requires_grad, path

@@ -7,14 +7,14 @@ import torch
 from torch import nn
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from medrl.rollout import scoring
+from medrl.rollout import logprobs as logprob_passes
 from medrl.rollout.lean_passes import (
     GQA_ATTENTION,
     gqa_attention_forward,
     lean_passes,
     silu_mul,
 )
-from medrl.rollout.scoring import takes_tree_mask
+from medrl.rollout.logprobs import takes_tree_mask
 
 
 class GroupedAttention(nn.Module):
@@ -113,8 +113,10 @@ def test_lean_packed_logprobs_and_gradients_equal_the_plain_ones(
     lora_rollout, packed_pass, same_pass, monkeypatch
 ):
     packed = []
-    original = scoring._packed_logits
-    monkeypatch.setattr(scoring, "_packed_logits", lambda *a: packed.append(1) or original(*a))
+    original = logprob_passes._packed_logits
+    monkeypatch.setattr(
+        logprob_passes, "_packed_logits", lambda *a: packed.append(1) or original(*a)
+    )
     with lean_passes(lora_rollout.model):
         ours = packed_pass()
     plain = packed_pass()

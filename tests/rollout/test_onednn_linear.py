@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from torch import nn
@@ -155,30 +151,3 @@ def test_lora_logprobs_and_gradients_through_onednn_equal_f_linears(
 def test_engine_settings_reject_an_unknown_cpu_linear():
     with pytest.raises(ValueError, match="cpu_linear='mkl' is not valid"):
         EngineSettings(cpu_linear="mkl")
-
-
-def test_sft_module_rejects_an_unknown_cpu_linear():
-    from medrl.algorithms.sft import SFTModule
-
-    with pytest.raises(ValueError, match="sft.module.cpu_linear='blas' is not valid"):
-        SFTModule(nn.Linear(2, 2), cpu_linear="blas")
-
-
-def test_kernel_caches_are_capped_on_import_unless_the_environment_sets_them(monkeypatch):
-    names = module.KERNEL_CACHE_VARIABLES
-    env = {k: v for k, v in os.environ.items() if k not in names}
-    code = f"import os, medrl.rollout; print(*(os.environ[n] for n in {names!r}))"
-
-    def imported(**extra):
-        run = subprocess.run(
-            [sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True
-        )
-        assert run.returncode == 0, run.stderr
-        return run.stdout.split()
-
-    assert imported() == [str(module.KERNEL_CACHE_CAPACITY)] * 2
-    assert imported(LRU_CACHE_CAPACITY="7") == [str(module.KERNEL_CACHE_CAPACITY), "7"]
-    for name in names:
-        monkeypatch.delenv(name, raising=False)
-    module.bound_kernel_caches(5)
-    assert [os.environ[name] for name in names] == ["5", "5"]

@@ -142,8 +142,7 @@ def test_a_bf16_decode_step_runs_medrl_decode_and_gives_sdpa_logits(tiny_policy,
 
     def one_decode_step():
         prefill = model(input_ids=ids, attention_mask=mask, use_cache=True)
-        cache = prefill.past_key_values
-        return model(input_ids=next_ids, attention_mask=step_mask, past_key_values=cache).logits
+        return model(input_ids=next_ids, attention_mask=step_mask, cache=prefill.cache).logits
 
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         plain = one_decode_step()

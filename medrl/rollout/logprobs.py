@@ -29,7 +29,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from medrl.algorithms.core import token_entropy
 from medrl.rollout.decoding import real_token_positions
 from medrl.rollout.fused_head import fused_head_supported, head_logprobs, hidden_states_at
 from medrl.rollout.generation import model_device
@@ -43,6 +42,13 @@ _LOGSOFTMAX_CHUNK_ELEMENTS = 1 << 24
 # temporaries that build it a few times that, an eager float32 mask 256 MiB. A micro-batch
 # with more real tokens takes the shared path.
 _PACKED_MASK_ELEMENTS = 1 << 26
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the next-token distribution, H = -sum_v p_v log p_v with p = softmax(logits),
+    in float32. logits [..., V] -> [...]."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1)
 
 
 def completion_logprobs(
@@ -200,7 +206,7 @@ def _shared_prompt_logits(
         use_cache=True,
         logits_to_keep=1,
     )
-    cache = out.past_key_values
+    cache = out.cache
     if cache is None or cache.get_seq_length() != prompt_ids.shape[1]:
         # The model kept no cache (transformers drops it under activation checkpointing in
         # train mode): run every row's prompt instead, same numbers.
@@ -218,7 +224,7 @@ def _shared_prompt_logits(
         input_ids=completion_ids[:, :-1],
         attention_mask=torch.cat([prompt_mask, completion_mask[:, :-1]], dim=1),  # [N, P+C-1]
         position_ids=positions,
-        past_key_values=cache,
+        cache=cache,
         use_cache=True,
     ).logits  # [N, C-1, V]; position t predicts completion token t+1
     return [first, rest]

@@ -33,15 +33,7 @@ from torch import nn
 
 from medrl import distributed
 from medrl.algorithms.core import (
-    ADVANTAGE_ESTIMATORS,
-    AGGREGATIONS,
-    IMPORTANCE_SAMPLING_LEVELS,
-    POLICY_LOSSES,
-    REWARD_AGGREGATIONS,
-    STD_ESTIMATORS,
-    STD_SCOPES,
     batch_renormalize,
-    check_eps,
     decoupled_advantages,
     group_advantages,
     grpo_loss,
@@ -54,6 +46,16 @@ from medrl.algorithms.grpo_metrics import (
     metric_sums,
     rollout_facts,
     rollout_metrics,
+)
+from medrl.algorithms.grpo_settings import (
+    MODULE_KEY,
+    AdvantageSettings,
+    ClipSettings,
+    DynamicSampling,
+    EntropySettings,
+    KLSettings,
+    SequenceClipSettings,
+    grpo_problems,
 )
 from medrl.algorithms.numeric_faults import FaultCounter, drop_gradients, update_fault
 from medrl.algorithms.optim import build_optimizer
@@ -72,94 +74,8 @@ from medrl.rollout import (
     eval_mode,
     merge_rollouts,
 )
+from medrl.utils.settings import raise_errors
 from medrl.utils.timing import timed
-
-
-@dataclass(frozen=True)
-class AdvantageSettings:
-    """How rewards become advantages (medrl.algorithms.core).
-
-    estimator: group_mean (GRPO) | rloo (leave-one-out baseline); std_scope: group | batch |
-    none; std_estimator: population | unbiased; eps >= 0 (added to the std). aggregation:
-    sum_then_normalize (the weighted reward total is normalized: core.group_advantages) |
-    normalize_then_sum (GDPO: each reward component is normalized within its group, then
-    weighted and summed: core.decoupled_advantages). batch_renormalize: divide the result by
-    its std over the whole batch (GDPO's last step, core.batch_renormalize).
-    """
-
-    std_scope: str = "group"
-    std_estimator: str = "population"
-    eps: float = 1e-4
-    estimator: str = "group_mean"
-    aggregation: str = "sum_then_normalize"
-    batch_renormalize: bool = False
-
-    def __post_init__(self) -> None:
-        for name, value, valid in (
-            ("std_scope", self.std_scope, STD_SCOPES),
-            ("std_estimator", self.std_estimator, STD_ESTIMATORS),
-            ("estimator", self.estimator, ADVANTAGE_ESTIMATORS),
-            ("aggregation", self.aggregation, REWARD_AGGREGATIONS),
-        ):
-            if value not in valid:
-                raise ValueError(f"advantage.{name}={value!r}; valid: {list(valid)}")
-        check_eps(self.eps)
-
-
-@dataclass(frozen=True)
-class ClipSettings:
-    """PPO clip range [1 - eps_low, 1 + eps_high] (clip-higher when eps_high > eps_low)."""
-
-    eps_low: float = 0.2
-    eps_high: float = 0.2
-    dual_clip: float | None = None
-
-
-@dataclass(frozen=True)
-class SequenceClipSettings:
-    """GSPO's clip range for the sequence-level ratio (importance_sampling=sequence):
-    [1 - eps_low, 1 + eps_high]. The paper's values (3e-4, 4e-4) are about 1000x smaller than
-    the token-level ones, because a sequence ratio is a geometric mean of token ratios."""
-
-    eps_low: float = 3e-4
-    eps_high: float = 4e-4
-
-
-@dataclass(frozen=True)
-class EntropySettings:
-    """Entropy controls. coef >= 0: an entropy bonus in the loss (0 = off). top_quantile:
-    null = off, else rho in (0, 1]: only the completion tokens whose entropy is among the top
-    rho of the whole rollout's tokens get policy gradient (Wang et al. 2025; the threshold is
-    taken once per rollout over every token of all processes, from the policy that sampled
-    it, so micro-batching does not change it)."""
-
-    coef: float = 0.0
-    top_quantile: float | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.coef, bool) or not self.coef >= 0:
-            raise ValueError(f"entropy.coef must be a number >= 0 (0 = off), got {self.coef}")
-        if self.top_quantile is not None and not 0 < self.top_quantile <= 1:
-            raise ValueError(
-                f"entropy.top_quantile must be null (off) or in (0, 1], got {self.top_quantile}"
-            )
-
-
-@dataclass(frozen=True)
-class KLSettings:
-    """KL(pi || pi_ref) in the loss with coefficient beta; beta = 0 loads no reference."""
-
-    beta: float = 0.04
-    estimator: str = "k3"
-
-
-@dataclass(frozen=True)
-class DynamicSampling:
-    """Drop groups whose rewards are all equal and draw more prompts, at most max_extra_draws
-    extra batches of B prompts per step (DAPO's dynamic sampling)."""
-
-    enabled: bool = False
-    max_extra_draws: int = 0
 
 
 @dataclass
@@ -319,20 +235,29 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
         if self.kl.beta > 0 and not _is_peft(model):
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
 
-    def _check(self) -> None:
-        for name, value, valid in (
-            ("loss_aggregation", self.loss_aggregation, AGGREGATIONS),
-            ("importance_sampling", self.importance_sampling, IMPORTANCE_SAMPLING_LEVELS),
-            ("policy_loss", self.policy_loss, POLICY_LOSSES),
-        ):
-            if value not in valid:
-                raise ValueError(f"grpo {name}={value!r}; valid: {list(valid)}")
-        if self.policy_loss == "cispo" and self.clip.dual_clip is not None:
-            raise ValueError("grpo clip.dual_clip applies to policy_loss=clip only; set it to null")
-        if self.G < 2 and self.advantage.std_scope != "none":
-            raise ValueError("grpo group_size must be >= 2 when the advantage divides by a std")
-        if min(self.B, self.mu, self.micro_batch_size) < 1:
-            raise ValueError("grpo prompts_per_step, mu and micro_batch_size must be >= 1")
+    def settings_values(self) -> dict[str, Any]:
+        """The module's settings as grpo.module names them (what grpo_problems checks)."""
+        return {
+            "prompts_per_step": self.B,
+            "group_size": self.G,
+            "mu": self.mu,
+            "micro_batch_size": self.micro_batch_size,
+            "lr": self.optim["lr"],
+            "loss_aggregation": self.loss_aggregation,
+            "importance_sampling": self.importance_sampling,
+            "policy_loss": self.policy_loss,
+            "advantage": self.advantage,
+            "clip": self.clip,
+            "sequence_clip": self.sequence_clip,
+            "entropy": self.entropy,
+            "kl": self.kl,
+            "dynamic_sampling": self.dynamic_sampling,
+        }
+
+    def _check(self, world_size: int | None = None) -> None:
+        """The one validation of grpo.module (medrl.algorithms.grpo_settings, which preflight
+        runs too); with `world_size`, also the rules over processes."""
+        raise_errors(grpo_problems(self.settings_values(), world_size), f"{MODULE_KEY}.")
 
     def conventions(self) -> dict[str, Any]:
         """The resolved GRPO variant: every convention that changes the math, as one record."""
@@ -388,17 +313,7 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
         self.faults.load(state["faults"])
 
     def setup(self, stage: str) -> None:
-        world = distributed.world_size()
-        if self.B % world:
-            raise ValueError(
-                f"grpo.module.prompts_per_step={self.B} must be a multiple of the number of "
-                f"processes ({world}): each rank samples prompts_per_step / {world} prompts"
-            )
-        if world > 1 and self.dynamic_sampling.enabled:
-            raise ValueError(
-                "grpo.module.dynamic_sampling.enabled=true runs in a single process only: the "
-                "ranks would keep different numbers of groups; disable it or use one device"
-            )
+        self._check(distributed.world_size())  # the batch split over this run's processes
 
     def on_train_start(self) -> None:
         for logger in self.loggers:

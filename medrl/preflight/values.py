@@ -6,7 +6,6 @@ result names the key as the user writes it on the command line.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,19 +14,10 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from medrl.algorithms.core import (
-    ADVANTAGE_ESTIMATORS,
-    AGGREGATIONS,
-    IMPORTANCE_SAMPLING_LEVELS,
-    KL_ESTIMATORS,
-    POLICY_LOSSES,
-    REWARD_AGGREGATIONS,
-    STD_ESTIMATORS,
-    STD_SCOPES,
-)
+from medrl.algorithms.grpo_settings import MODULE_KEY, grpo_problems
 from medrl.preflight.report import CheckResult, failed, passed, skipped, warned
-from medrl.rollout.settings import SAMPLERS
 from medrl.stages.evaluate import eval_sampling
+from medrl.utils.settings import Problem, is_count, is_number, positive, show
 
 Test = Callable[[Any], bool]
 
@@ -37,34 +27,8 @@ def select(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, key, default=None)
 
 
-def show(value: Any) -> str:
-    """A value as a Hydra override would spell it (null, 5e-06, xml)."""
-    return "null" if value is None else str(value)
-
-
-def is_number(value: Any) -> bool:
-    # bool is an int subclass, but `lr: true` is a yaml slip, not 1.
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def is_count(value: Any, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
 def count(minimum: int) -> Test:
     return lambda value: is_count(value, minimum)
-
-
-def positive(value: Any) -> bool:
-    return is_number(value) and value > 0
-
-
-def non_negative(value: Any) -> bool:
-    return is_number(value) and value >= 0
-
-
-def lower_clip(value: Any) -> bool:
-    return is_number(value) and 0 < value <= 1
 
 
 @dataclass(frozen=True)
@@ -82,66 +46,16 @@ class Rule:
         return failed(name, f"{self.key}={show(value)}: must be {self.requirement}", self.key)
 
 
+# The grpo.module block is checked by grpo_problems (medrl.algorithms.grpo_settings), the one
+# validation GRPOModule runs too; these are the keys outside it, and the sampling block's length
+# (its other fields: check_sampling_block, which builds SamplingSettings as the stage does).
 GRPO_RULES = (
-    Rule("grpo.module.prompts_per_step", count(1), "an integer >= 1 (prompts per rollout step)"),
-    Rule("grpo.module.mu", count(1), "an integer >= 1 (update passes per rollout)"),
-    Rule(
-        "grpo.module.micro_batch_size",
-        count(1),
-        "an integer >= 1 (completions per forward/backward pass)",
-    ),
     Rule(
         "grpo.module.sampling.max_new_tokens",
         count(1),
         "an integer >= 1 (tokens generated per completion)",
     ),
-    Rule("grpo.module.kl.beta", non_negative, "a number >= 0 (0 = no KL term, no reference)"),
-    Rule(
-        "grpo.module.clip.eps_low",
-        lower_clip,
-        "in (0, 1]: the ratio is clipped below at 1 - eps_low >= 0 (1 = no lower bound)",
-    ),
-    Rule("grpo.module.clip.eps_high", positive, "> 0: the ratio is clipped above at 1 + eps_high"),
-    Rule(
-        "grpo.module.sequence_clip.eps_low",
-        lower_clip,
-        "in (0, 1]: the sequence ratio is clipped below at 1 - eps_low >= 0",
-    ),
-    Rule(
-        "grpo.module.sequence_clip.eps_high",
-        positive,
-        "> 0: the sequence ratio is clipped above at 1 + eps_high",
-    ),
-    Rule(
-        "grpo.module.advantage.eps",
-        non_negative,
-        "a number >= 0 (added to the std; 0 = the GRPO paper's formula)",
-    ),
-    Rule(
-        "grpo.module.advantage.batch_renormalize",
-        lambda value: isinstance(value, bool),
-        "true or false",
-    ),
-    Rule("grpo.module.entropy.coef", non_negative, "a number >= 0 (entropy bonus; 0 = off)"),
-    Rule(
-        "grpo.module.entropy.top_quantile",
-        lambda value: value is None or (is_number(value) and 0 < value <= 1),
-        "null (off) or in (0, 1] (the fraction of the rollout's tokens, by entropy, that get "
-        "policy gradient)",
-    ),
-    Rule("grpo.module.lr", positive, "a number > 0"),
     Rule("grpo.max_steps", count(1), "an integer >= 1 (rollout steps)"),
-)
-GRPO_CHOICES = (
-    ("grpo.module.advantage.std_scope", STD_SCOPES),
-    ("grpo.module.advantage.std_estimator", STD_ESTIMATORS),
-    ("grpo.module.advantage.estimator", ADVANTAGE_ESTIMATORS),
-    ("grpo.module.advantage.aggregation", REWARD_AGGREGATIONS),
-    ("grpo.module.importance_sampling", IMPORTANCE_SAMPLING_LEVELS),
-    ("grpo.module.policy_loss", POLICY_LOSSES),
-    ("grpo.module.kl.estimator", KL_ESTIMATORS),
-    ("grpo.module.loss_aggregation", AGGREGATIONS),
-    ("engine.sampler", SAMPLERS),
 )
 SFT_RULES = (
     Rule("sft.batch_size", count(1), "an integer >= 1"),
@@ -184,16 +98,25 @@ def apply(rules: Sequence[Rule], cfg: DictConfig, name: str) -> list[CheckResult
 
 
 def grpo_checks(cfg: DictConfig) -> list[CheckResult]:
-    """Check 1: the GRPO block's numbers and named conventions."""
+    """Check 1: the GRPO block: grpo_problems over grpo.module (over the run's processes when
+    their number is known), the sampling block, the stage's own keys."""
     results = apply(GRPO_RULES, cfg, "grpo")
-    results += [check_choice(cfg, key, valid) for key, valid in GRPO_CHOICES]
-    results.append(check_group_size(cfg))
-    results.append(check_dual_clip_loss(cfg))
-    results.append(check_micro_batches(cfg))
     results.append(check_sampling_block(cfg, "grpo.module.sampling", "grpo"))
-    results.append(check_split_over_processes(cfg, "grpo.module.prompts_per_step", "grpo"))
-    results.append(check_dynamic_sampling_processes(cfg))
+    module = select(cfg, MODULE_KEY)
+    values = OmegaConf.to_container(module, resolve=True) if module is not None else {}
+    world = processes(cfg)
+    problems = grpo_problems(values, world)
+    results += [problem_result("grpo", problem, f"{MODULE_KEY}.") for problem in problems]
+    if not any(not problem.warning for problem in problems):
+        over = f" over {world} process(es)" if world else ""
+        results.append(passed("grpo", f"{MODULE_KEY}: every setting valid{over}", MODULE_KEY))
     return results
+
+
+def problem_result(name: str, problem: Problem, prefix: str) -> CheckResult:
+    """A settings problem as a check result, keyed and worded as the config spells it."""
+    report = warned if problem.warning else failed
+    return report(name, problem.message(prefix), f"{prefix}{problem.key}")
 
 
 def processes(cfg: DictConfig) -> int | None:
@@ -221,93 +144,6 @@ def check_split_over_processes(cfg: DictConfig, key: str, name: str) -> CheckRes
     )
 
 
-def check_dynamic_sampling_processes(cfg: DictConfig) -> CheckResult:
-    key = "grpo.module.dynamic_sampling.enabled"
-    world = processes(cfg)
-    if not select(cfg, key) or world in (None, 1):
-        return passed("grpo", f"{key}={show(select(cfg, key))}", key)
-    return failed(
-        "grpo",
-        f"{key}=true runs in one process only (the ranks would keep different numbers of "
-        "groups); disable it, or use trainer.devices=1",
-        key,
-    )
-
-
-def check_choice(cfg: DictConfig, key: str, valid: Sequence[str]) -> CheckResult:
-    """A named convention must be one the math implements (core.py's tuples), or the first
-    rollout step fails after the weights have loaded."""
-    value = select(cfg, key)
-    if value in valid:
-        return passed("grpo", f"{key}={show(value)}", key)
-    return failed("grpo", f"{key}={show(value)}: must be one of {list(valid)}", key)
-
-
-def check_group_size(cfg: DictConfig) -> CheckResult:
-    """Group-relative advantages need a group: with a std in the denominator, at least two."""
-    key = "grpo.module.group_size"
-    size = select(cfg, key)
-    scope = select(cfg, "grpo.module.advantage.std_scope")
-    if not is_count(size, 1):
-        return failed("grpo", f"{key}={show(size)}: must be an integer >= 1", key)
-    if size < 2 and scope != "none":
-        return failed(
-            "grpo",
-            f"{key}={size}: GRPO divides advantages by the group's std, so group_size must "
-            "be >= 2 (or advantage.std_scope=none)",
-            key,
-        )
-    if size < 2:
-        return warned(
-            "grpo",
-            f"{key}={size} with advantage.std_scope=none: a group of one is its own baseline, "
-            "so every advantage is 0 and only the KL term trains",
-            key,
-        )
-    return passed("grpo", f"{key}={size} (advantage.std_scope={scope})", key)
-
-
-def check_dual_clip_loss(cfg: DictConfig) -> CheckResult:
-    """The dual clip bounds the clipped surrogate; CISPO's loss has no such term."""
-    key = "grpo.module.clip.dual_clip"
-    dual, loss = select(cfg, key), select(cfg, "grpo.module.policy_loss")
-    if dual is None or loss != "cispo":
-        return passed("grpo", f"{key}={show(dual)} (policy_loss={show(loss)})", key)
-    return failed(
-        "grpo",
-        f"{key}={show(dual)} applies to grpo.module.policy_loss=clip only (CISPO bounds its "
-        "weight with clip.eps_low / eps_high); set it to null",
-        key,
-    )
-
-
-def check_micro_batches(cfg: DictConfig) -> CheckResult:
-    """Each rollout step splits its B*G completions into micro-batches.
-
-    The loss is normalized by the step's totals, so a remainder is not wrong (the GRPO module
-    runs a smaller last pass): a warning, since the last pass then differs from the size chosen
-    for the device. A micro-batch of B*G or more is one pass holding the whole step: fine.
-    """
-    key = "grpo.module.micro_batch_size"
-    prompts = select(cfg, "grpo.module.prompts_per_step")
-    size = select(cfg, "grpo.module.group_size")
-    micro = select(cfg, key)
-    if not all(is_count(value, 1) for value in (prompts, size, micro)):
-        return skipped("grpo", f"{key}: not checked against B*G (a count is invalid)", key)
-    total = prompts * size
-    if total % micro == 0 or micro >= total:
-        return passed("grpo", f"{key}={micro} fits B*G={total}", key)
-    divisors = [d for d in range(1, total + 1) if total % d == 0 and d <= micro]
-    return warned(
-        "grpo",
-        f"{key}={micro} does not divide grpo.module.prompts_per_step * grpo.module.group_size"
-        f" = {prompts} * {size} = {total}: each rollout step's {total} completions are split "
-        f"into micro-batches of {key} and a smaller last one; a divisor of {total} "
-        f"(e.g. {max(divisors)}) keeps every pass the same size",
-        key,
-    )
-
-
 def check_sampling_block(cfg: DictConfig, key: str, name: str) -> CheckResult:
     """Build the decoding settings as the stage will, so their own checks (temperature, top_p,
     min_p) fail now. A bad max_new_tokens is reported by its rule, not a second time here."""
@@ -330,8 +166,21 @@ def with_valid_length(node: DictConfig) -> DictConfig:
 
 
 def training_checks(cfg: DictConfig) -> list[CheckResult]:
-    """Checkpointing and numeric-fault settings, shared by the SFT and GRPO stages."""
-    return apply(TRAINING_RULES, cfg, "training")
+    """Checkpointing, numeric-fault and engine settings, shared by the SFT and GRPO stages."""
+    return [*apply(TRAINING_RULES, cfg, "training"), check_engine_block(cfg)]
+
+
+def check_engine_block(cfg: DictConfig) -> CheckResult:
+    """Build the engine settings as the stages will (EngineSettings checks itself)."""
+    key = "engine"
+    node = select(cfg, key)
+    if node is None:
+        return failed("training", f"{key}: missing (conf/engine/)", key)
+    try:
+        instantiate(node)
+    except InstantiationException as error:
+        return failed("training", f"{key}: {error.__cause__ or error}", key)
+    return passed("training", f"{key}: sampler {show(node.get('sampler'))}", key)
 
 
 def sft_checks(cfg: DictConfig) -> list[CheckResult]:

@@ -31,8 +31,8 @@ from medrl.utils.settings import (
     Rule,
     SettingsBlock,
     apply_rules,
-    choice,
-    count,
+    choice_rule,
+    count_rule,
     is_bool,
     is_count,
     is_number,
@@ -59,10 +59,10 @@ class AdvantageSettings(SettingsBlock):
 
     BLOCK, PARENT = "advantage", MODULE_KEY
     RULES = (
-        ("std_scope", *choice(STD_SCOPES)),
-        ("std_estimator", *choice(STD_ESTIMATORS)),
-        ("estimator", *choice(ADVANTAGE_ESTIMATORS)),
-        ("aggregation", *choice(REWARD_AGGREGATIONS)),
+        ("std_scope", *choice_rule(STD_SCOPES)),
+        ("std_estimator", *choice_rule(STD_ESTIMATORS)),
+        ("estimator", *choice_rule(ADVANTAGE_ESTIMATORS)),
+        ("aggregation", *choice_rule(REWARD_AGGREGATIONS)),
         ("eps", non_negative, "must be a number >= 0 (added to the std; 0 = the paper's formula)"),
         ("batch_renormalize", is_bool, "must be true or false"),
     )
@@ -138,7 +138,7 @@ class KLSettings(SettingsBlock):
     BLOCK, PARENT = "kl", MODULE_KEY
     RULES = (
         ("beta", non_negative, "must be a number >= 0 (0 = no KL term, no reference)"),
-        ("estimator", *choice(KL_ESTIMATORS)),
+        ("estimator", *choice_rule(KL_ESTIMATORS)),
     )
 
     beta: float = 0.04
@@ -153,7 +153,7 @@ class DynamicSampling(SettingsBlock):
     BLOCK, PARENT = "dynamic_sampling", MODULE_KEY
     RULES = (
         ("enabled", is_bool, "must be true or false"),
-        ("max_extra_draws", *count(0, "extra batches of prompts per step")),
+        ("max_extra_draws", *count_rule(0, "extra batches of prompts per step")),
     )
 
     enabled: bool = False
@@ -172,14 +172,14 @@ BLOCKS: dict[str, type[SettingsBlock]] = {
     )
 }
 MODULE_RULES: tuple[Rule, ...] = (
-    ("prompts_per_step", *count(1, "prompts per rollout step")),
-    ("group_size", *count(1, "completions per prompt")),
-    ("mu", *count(1, "update passes per rollout")),
-    ("micro_batch_size", *count(1, "completions per forward/backward pass")),
+    ("prompts_per_step", *count_rule(1, "prompts per rollout step")),
+    ("group_size", *count_rule(1, "completions per prompt")),
+    ("mu", *count_rule(1, "update passes per rollout")),
+    ("micro_batch_size", *count_rule(1, "completions per forward/backward pass")),
     ("lr", positive, "must be a number > 0"),
-    ("loss_aggregation", *choice(AGGREGATIONS)),
-    ("importance_sampling", *choice(IMPORTANCE_SAMPLING_LEVELS)),
-    ("policy_loss", *choice(POLICY_LOSSES)),
+    ("loss_aggregation", *choice_rule(AGGREGATIONS)),
+    ("importance_sampling", *choice_rule(IMPORTANCE_SAMPLING_LEVELS)),
+    ("policy_loss", *choice_rule(POLICY_LOSSES)),
 )
 
 

@@ -68,11 +68,11 @@ def is_count(value: Any, minimum: int) -> bool:
 Rule = tuple[str, Callable[[Any], bool], str]  # field, test, requirement in words
 
 
-def count(minimum: int, what: str) -> tuple[Callable[[Any], bool], str]:
+def count_rule(minimum: int, what: str) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: is_count(v, minimum)), f"must be an integer >= {minimum} ({what})"
 
 
-def choice(valid: Sequence[str]) -> tuple[Callable[[Any], bool], str]:
+def choice_rule(valid: Sequence[str]) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: v in valid), f"must be one of {list(valid)}"
 
 

@@ -37,9 +37,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from medrl.bench.environment import device_name, versions
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("torch", "transformers", "peft", "lightning", "trl", "bitsandbytes")
@@ -210,29 +211,11 @@ def figures(folder: Path | None) -> dict[str, Any]:
 
 
 def device_description() -> dict[str, Any]:
-    """The device the checks ran on and the versions they ran with."""
+    """The device the checks ran on and the versions they ran with (the bench's own record)."""
     import torch
 
-    if torch.cuda.is_available():
-        name = f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
-    else:
-        name = f"CPU: {_cpu_name()} ({os.cpu_count()} logical cores)"
-    versions = {"python": platform.python_version()}
-    for package in PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return {"device": name, "versions": versions, "platform": platform.platform()}
-
-
-def _cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    name = device_name("cuda") if torch.cuda.is_available() else f"CPU: {device_name('cpu')}"
+    return {"device": name, "versions": versions(PACKAGES), "platform": platform.platform()}
 
 
 def render(report: dict[str, Any]) -> str:

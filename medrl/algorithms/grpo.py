@@ -69,8 +69,8 @@ from medrl.rewards import RewardSample, RewardSet
 from medrl.rollout import (
     EngineSettings,
     Rollout,
-    RolloutEngine,
     SamplingSettings,
+    UsesRolloutEngine,
     eval_mode,
     merge_rollouts,
 )
@@ -140,7 +140,7 @@ class PromptSampler:
         return self.records[self._order[offset]]
 
 
-class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
+class GRPOModule(UsesRolloutEngine, ShardablePolicy, TrainableWeightsCheckpointing):
     """GRPO on a policy (peft LoRA / QLoRA or full fine-tuning).
 
     Args (all but the first five come from conf/grpo/):
@@ -208,7 +208,6 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
         self.micro_batch_size = micro_batch_size
         self.sampling = sampling or SamplingSettings()
         self.engine_settings = engine or EngineSettings()
-        self._engine: RolloutEngine | None = None  # built on first use, on the policy's device
         self.advantage = advantage or AdvantageSettings()
         self.importance_sampling = importance_sampling
         self.clip = clip or ClipSettings()
@@ -354,14 +353,6 @@ class GRPOModule(ShardablePolicy, TrainableWeightsCheckpointing):
             log_sample_table(
                 step, self.rewards.names, self.rollout_step, self.loggers, self.samples_file
             )
-
-    @property
-    def engine(self) -> RolloutEngine:
-        """The rollout engine on the policy's device, built on first use (once Lightning has
-        placed the model) and again if the module moves."""
-        if self._engine is None or self._engine.device != self.device:
-            self._engine = RolloutEngine(self.engine_settings, self.device)
-        return self._engine
 
     # --- rollout ---------------------------------------------------------------------------
 

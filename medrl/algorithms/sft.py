@@ -11,10 +11,10 @@ from medrl.algorithms.numeric_faults import FaultCounter, drop_gradients, update
 from medrl.algorithms.optim import build_optimizer
 from medrl.algorithms.resume_state import TrainableWeightsCheckpointing
 from medrl.algorithms.sharded import ShardablePolicy
-from medrl.rollout import EngineSettings, RolloutEngine
+from medrl.rollout import EngineSettings, UsesRolloutEngine
 
 
-class SFTModule(ShardablePolicy, TrainableWeightsCheckpointing):
+class SFTModule(UsesRolloutEngine, ShardablePolicy, TrainableWeightsCheckpointing):
     """Trains `model` on batches from medrl.algorithms.sft_batches.SFTCollator.
 
     Args (all but `model` come from conf/sft/):
@@ -49,7 +49,6 @@ class SFTModule(ShardablePolicy, TrainableWeightsCheckpointing):
     ) -> None:
         super().__init__()
         self.engine_settings = engine or EngineSettings()
-        self._engine: RolloutEngine | None = None  # built on first use, on the policy's device
         # from_pretrained returns eval mode; dropout (e.g. LoRA's) must be active in training.
         self.model = model.train()
         self.lr = lr
@@ -61,14 +60,6 @@ class SFTModule(ShardablePolicy, TrainableWeightsCheckpointing):
         self.faults = FaultCounter(max_consecutive_faults)
         self._step_losses: list[torch.Tensor] = []  # the micro-batches of the coming update
         self._val_sums = torch.zeros(2, dtype=torch.float64)  # [loss * tokens, tokens]
-
-    @property
-    def engine(self) -> RolloutEngine:
-        """The engine on the policy's device, built on first use (once Lightning has placed the
-        model) and again if the module moves."""
-        if self._engine is None or self._engine.device != self.device:
-            self._engine = RolloutEngine(self.engine_settings, self.device)
-        return self._engine
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         # The graph keeps the engine's products, so Lightning's backward after this runs them.

@@ -10,7 +10,13 @@ lean_passes (fewer activations kept for the backward) and medrl.utils.heap.
 settings: SamplingSettings (what is sampled) and EngineSettings (how; speed only).
 """
 
-from medrl.rollout.engine import EnginePieces, RolloutEngine, engine_pieces, generate
+from medrl.rollout.engine import (
+    EnginePieces,
+    RolloutEngine,
+    UsesRolloutEngine,
+    engine_pieces,
+    generate,
+)
 from medrl.rollout.generation import (
     Rollout,
     completion_mask_from_eos,
@@ -31,6 +37,7 @@ __all__ = [
     "Rollout",
     "RolloutEngine",
     "SamplingSettings",
+    "UsesRolloutEngine",
     "completion_logprobs",
     "completion_mask_from_eos",
     "encode_prompts",

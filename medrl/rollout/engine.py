@@ -213,6 +213,22 @@ class RolloutEngine:
         )
 
 
+class UsesRolloutEngine:
+    """For a LightningModule that samples or runs passes through an engine: `engine` is built
+    from `engine_settings` on the module's device on first use (once Lightning has placed the
+    model), and again if the module moves."""
+
+    engine_settings: EngineSettings
+    _engine: RolloutEngine | None = None
+
+    @property
+    def engine(self) -> RolloutEngine:
+        device = self.device  # type: ignore[attr-defined]  (the LightningModule's)
+        if self._engine is None or self._engine.device != device:
+            self._engine = RolloutEngine(self.engine_settings, device)
+        return self._engine
+
+
 def generate(
     model: nn.Module,
     tokenizer: Any,

@@ -48,6 +48,7 @@ from medrl.algorithms.grpo_metrics import (
     rollout_metrics,
 )
 from medrl.algorithms.grpo_settings import (
+    MODULE_DEFAULTS,
     MODULE_KEY,
     AdvantageSettings,
     ClipSettings,
@@ -57,7 +58,12 @@ from medrl.algorithms.grpo_settings import (
     SequenceClipSettings,
     grpo_problems,
 )
-from medrl.algorithms.numeric_faults import FaultCounter, drop_gradients, update_fault
+from medrl.algorithms.numeric_faults import (
+    FaultCounter,
+    NumericFaultSettings,
+    drop_gradients,
+    update_fault,
+)
 from medrl.algorithms.optim import build_optimizer
 from medrl.algorithms.resume_state import TrainableWeightsCheckpointing
 from medrl.algorithms.sharded import ShardablePolicy
@@ -143,7 +149,8 @@ class PromptSampler:
 class GRPOModule(UsesRolloutEngine, ShardablePolicy, TrainableWeightsCheckpointing):
     """GRPO on a policy (peft LoRA / QLoRA or full fine-tuning).
 
-    Args (all but the first five come from conf/grpo/):
+    Args (all but the first five come from conf/grpo/; the defaults are the values
+    conf/grpo/standard.yaml writes, read from there: one definition):
         model, tokenizer: the policy; with a peft model the reference is the same weights with
             adapters disabled, i.e. the policy the stage started from.
         prompts: the GRPO pool; rewards: the reward set; output_format: renders the prompts.
@@ -171,30 +178,30 @@ class GRPOModule(UsesRolloutEngine, ShardablePolicy, TrainableWeightsCheckpointi
         rewards: RewardSet,
         output_format: OutputFormat,
         chat_template_kwargs: dict[str, Any] | None = None,
-        prompts_per_step: int = 4,
-        group_size: int = 4,
-        mu: int = 1,
-        micro_batch_size: int = 4,
+        prompts_per_step: int = MODULE_DEFAULTS["prompts_per_step"],
+        group_size: int = MODULE_DEFAULTS["group_size"],
+        mu: int = MODULE_DEFAULTS["mu"],
+        micro_batch_size: int = MODULE_DEFAULTS["micro_batch_size"],
         sampling: SamplingSettings | None = None,
         engine: EngineSettings | None = None,
         advantage: AdvantageSettings | None = None,
-        importance_sampling: str = "token",
+        importance_sampling: str = MODULE_DEFAULTS["importance_sampling"],
         clip: ClipSettings | None = None,
         sequence_clip: SequenceClipSettings | None = None,
-        policy_loss: str = "clip",
+        policy_loss: str = MODULE_DEFAULTS["policy_loss"],
         entropy: EntropySettings | None = None,
         kl: KLSettings | None = None,
-        loss_aggregation: str = "seq_mean_token_mean",
-        mask_truncated: bool = False,
+        loss_aggregation: str = MODULE_DEFAULTS["loss_aggregation"],
+        mask_truncated: bool = MODULE_DEFAULTS["mask_truncated"],
         dynamic_sampling: DynamicSampling | None = None,
-        lr: float = 5e-6,
-        weight_decay: float = 0.0,
-        warmup_ratio: float = 0.0,
-        scheduler: str = "constant",
-        grad_clip: float = 1.0,
+        lr: float = MODULE_DEFAULTS["lr"],
+        weight_decay: float = MODULE_DEFAULTS["weight_decay"],
+        warmup_ratio: float = MODULE_DEFAULTS["warmup_ratio"],
+        scheduler: str = MODULE_DEFAULTS["scheduler"],
+        grad_clip: float = MODULE_DEFAULTS["grad_clip"],
         seed: int = 0,
-        max_consecutive_faults: int = 3,
-        sample_table_every: int = 10,
+        max_consecutive_faults: int = NumericFaultSettings.max_consecutive,
+        sample_table_every: int = MODULE_DEFAULTS["sample_table_every"],
         samples_file: str | None = None,
     ) -> None:
         super().__init__()
@@ -241,7 +248,11 @@ class GRPOModule(UsesRolloutEngine, ShardablePolicy, TrainableWeightsCheckpointi
             "group_size": self.G,
             "mu": self.mu,
             "micro_batch_size": self.micro_batch_size,
-            "lr": self.optim["lr"],
+            **self.optim,
+            "grad_clip": self.grad_clip,
+            "sampling": self.sampling,
+            "mask_truncated": self.mask_truncated,
+            "sample_table_every": self.sample_table_every,
             "loss_aggregation": self.loss_aggregation,
             "importance_sampling": self.importance_sampling,
             "policy_loss": self.policy_loss,

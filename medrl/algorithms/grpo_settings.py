@@ -26,11 +26,15 @@ from medrl.algorithms.core import (
     STD_ESTIMATORS,
     STD_SCOPES,
 )
+from medrl.algorithms.optim import OPTIMIZER_RULES
+from medrl.rollout.settings import SamplingSettings
+from medrl.utils.config import config_values, defaults_from_config
 from medrl.utils.settings import (
     Problem,
     Rule,
     SettingsBlock,
     apply_rules,
+    bool_rule,
     choice_rule,
     count_rule,
     is_bool,
@@ -41,11 +45,16 @@ from medrl.utils.settings import (
     positive,
 )
 
-# The config key of the GRPO module's block: problems are keyed below it.
+# The config keys of the grpo stage's block and of its module: problems are keyed below them.
+STAGE_KEY = "grpo"
 MODULE_KEY = "grpo.module"
+# GRPOModule's defaults and its blocks': the values conf/grpo/standard.yaml writes, their one
+# definition (grpo=standard is the default option; the variants change some of them).
+MODULE_DEFAULTS = config_values("grpo/standard", "module")
 
 
 @dataclass(frozen=True)
+@defaults_from_config("grpo/standard", "module.advantage")
 class AdvantageSettings(SettingsBlock):
     """How rewards become advantages (medrl.algorithms.core).
 
@@ -67,15 +76,16 @@ class AdvantageSettings(SettingsBlock):
         ("batch_renormalize", is_bool, "must be true or false"),
     )
 
-    std_scope: str = "group"
-    std_estimator: str = "population"
-    eps: float = 1e-4
-    estimator: str = "group_mean"
-    aggregation: str = "sum_then_normalize"
-    batch_renormalize: bool = False
+    std_scope: str
+    std_estimator: str
+    eps: float
+    estimator: str
+    aggregation: str
+    batch_renormalize: bool
 
 
 @dataclass(frozen=True)
+@defaults_from_config("grpo/standard", "module.clip")
 class ClipSettings(SettingsBlock):
     """PPO clip range [1 - eps_low, 1 + eps_high] (clip-higher when eps_high > eps_low);
     dual_clip c > 1 bounds the loss of tokens with negative advantage (null = off)."""
@@ -87,12 +97,13 @@ class ClipSettings(SettingsBlock):
         ("dual_clip", lambda v: v is None or (is_number(v) and v > 1), "must be null or > 1"),
     )
 
-    eps_low: float = 0.2
-    eps_high: float = 0.2
-    dual_clip: float | None = None
+    eps_low: float
+    eps_high: float
+    dual_clip: float | None
 
 
 @dataclass(frozen=True)
+@defaults_from_config("grpo/standard", "module.sequence_clip")
 class SequenceClipSettings(SettingsBlock):
     """GSPO's clip range for the sequence-level ratio (importance_sampling=sequence):
     [1 - eps_low, 1 + eps_high]. The paper's values (3e-4, 4e-4) are about 1000x smaller than
@@ -104,11 +115,12 @@ class SequenceClipSettings(SettingsBlock):
         ("eps_high", positive, "must be > 0: the sequence ratio is clipped above"),
     )
 
-    eps_low: float = 3e-4
-    eps_high: float = 4e-4
+    eps_low: float
+    eps_high: float
 
 
 @dataclass(frozen=True)
+@defaults_from_config("grpo/standard", "module.entropy")
 class EntropySettings(SettingsBlock):
     """Entropy controls. coef >= 0: an entropy bonus in the loss (0 = off). top_quantile:
     null = off, else rho in (0, 1]: only the completion tokens whose entropy is among the top
@@ -127,11 +139,12 @@ class EntropySettings(SettingsBlock):
         ),
     )
 
-    coef: float = 0.0
-    top_quantile: float | None = None
+    coef: float
+    top_quantile: float | None
 
 
 @dataclass(frozen=True)
+@defaults_from_config("grpo/standard", "module.kl")
 class KLSettings(SettingsBlock):
     """KL(pi || pi_ref) in the loss with coefficient beta; beta = 0 loads no reference."""
 
@@ -141,11 +154,12 @@ class KLSettings(SettingsBlock):
         ("estimator", *choice_rule(KL_ESTIMATORS)),
     )
 
-    beta: float = 0.04
-    estimator: str = "k3"
+    beta: float
+    estimator: str
 
 
 @dataclass(frozen=True)
+@defaults_from_config("grpo/standard", "module.dynamic_sampling")
 class DynamicSampling(SettingsBlock):
     """Drop groups whose rewards are all equal and draw more prompts, at most max_extra_draws
     extra batches of B prompts per step (DAPO's dynamic sampling)."""
@@ -156,13 +170,14 @@ class DynamicSampling(SettingsBlock):
         ("max_extra_draws", *count_rule(0, "extra batches of prompts per step")),
     )
 
-    enabled: bool = False
-    max_extra_draws: int = 0
+    enabled: bool
+    max_extra_draws: int
 
 
 BLOCKS: dict[str, type[SettingsBlock]] = {
     cls.BLOCK: cls
     for cls in (
+        SamplingSettings,
         AdvantageSettings,
         ClipSettings,
         SequenceClipSettings,
@@ -176,11 +191,16 @@ MODULE_RULES: tuple[Rule, ...] = (
     ("group_size", *count_rule(1, "completions per prompt")),
     ("mu", *count_rule(1, "update passes per rollout")),
     ("micro_batch_size", *count_rule(1, "completions per forward/backward pass")),
-    ("lr", positive, "must be a number > 0"),
+    *OPTIMIZER_RULES,
+    ("grad_clip", non_negative, "must be a number >= 0 (the gradient's norm bound; 0 = off)"),
     ("loss_aggregation", *choice_rule(AGGREGATIONS)),
     ("importance_sampling", *choice_rule(IMPORTANCE_SAMPLING_LEVELS)),
     ("policy_loss", *choice_rule(POLICY_LOSSES)),
+    ("mask_truncated", *bool_rule()),
+    ("sample_table_every", *count_rule(0, "rollout steps between sample tables; 0 = never")),
 )
+# The keys of the grpo stage outside its module.
+STAGE_RULES: tuple[Rule, ...] = (("max_steps", *count_rule(1, "rollout steps")),)
 
 
 def block_values(value: Any) -> dict[str, Any]:
@@ -192,17 +212,13 @@ def block_values(value: Any) -> dict[str, Any]:
     return dict(value)
 
 
-def _defaults(cls: type) -> dict[str, Any]:
-    return {f.name: f.default for f in dataclasses.fields(cls)}
-
-
 def grpo_problems(values: Mapping[str, Any], world_size: int | None = None) -> list[Problem]:
     """Every problem of the grpo.module settings `values` (GRPOModule's keyword arguments, built
     or raw), keyed below grpo.module; with `world_size`, also the rules that depend on the number
     of processes (None: not known yet, not checked). Errors first, then warnings."""
     # A block left out takes its defaults, as the module does.
     blocks = {
-        name: {**_defaults(cls), **block_values(values.get(name))} for name, cls in BLOCKS.items()
+        name: {**cls.defaults(), **block_values(values.get(name))} for name, cls in BLOCKS.items()
     }
     problems = apply_rules(MODULE_RULES, values)
     for name, cls in BLOCKS.items():
@@ -290,3 +306,12 @@ def _over_processes(
             )
         )
     return problems
+
+
+def grpo_stage_problems(values: Mapping[str, Any], world_size: int | None = None) -> list[Problem]:
+    """Every problem of the whole `grpo` block `values` (raw config values), keyed below
+    `grpo`: the stage's own keys and its module's (grpo_problems, below `module`)."""
+    module = values.get("module") or {}
+    problems = apply_rules(STAGE_RULES, values)
+    problems += [p.under("module") for p in grpo_problems(module, world_size)]
+    return sorted(problems, key=lambda p: p.warning)

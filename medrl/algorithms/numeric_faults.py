@@ -13,11 +13,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from medrl.sharding import local_gradient_norm
+from medrl.utils.config import defaults_from_config
+from medrl.utils.settings import SettingsBlock, count_rule
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +29,28 @@ class NumericFaultError(RuntimeError):
     """Too many updates in a row had a non-finite loss or gradient."""
 
 
+@dataclass(frozen=True)
+@defaults_from_config("train", "numeric_faults")
+class NumericFaultSettings(SettingsBlock):
+    """The `numeric_faults` block (conf/train.yaml, which holds its default), read by the SFT
+    and GRPO stages."""
+
+    BLOCK = "numeric_faults"
+    RULES = (
+        (
+            "max_consecutive",
+            *count_rule(1, "skipped updates in a row before the run stops"),
+        ),
+    )
+
+    max_consecutive: int
+
+
 class FaultCounter:
     """Counts skipped updates; `stop_reason` is set once `max_consecutive` happen in a row."""
 
     def __init__(self, max_consecutive: int) -> None:
-        if max_consecutive < 1:
-            raise ValueError(f"numeric_faults.max_consecutive must be >= 1, got {max_consecutive}")
+        NumericFaultSettings(max_consecutive=max_consecutive)  # checks it, naming the key
         self.max_consecutive = max_consecutive
         self.total = 0
         self.consecutive = 0

@@ -7,7 +7,17 @@ from collections.abc import Collection
 import torch
 from torch import nn
 
+from medrl.utils.settings import Rule, choice_rule, fraction_rule, non_negative, positive
+
 SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+# The optimizer keys of grpo.module and sft.module (build_optimizer's arguments), checked by
+# grpo_problems and sft_problems.
+OPTIMIZER_RULES: tuple[Rule, ...] = (
+    ("lr", positive, "must be a number > 0"),
+    ("weight_decay", non_negative, "must be a number >= 0"),
+    ("warmup_ratio", *fraction_rule("the fraction of the optimizer steps spent warming up")),
+    ("scheduler", *choice_rule(tuple(SCHEDULERS))),
+)
 
 
 def build_optimizer(
@@ -22,12 +32,11 @@ def build_optimizer(
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """AdamW over the trainable parameters and a transformers schedule over `total_steps`.
 
-    Weight decay skips biases and normalization weights (1-D tensors), as is standard.
+    Weight decay skips biases and normalization weights (1-D tensors), as is standard. The
+    settings were checked by the module that calls this (OPTIMIZER_RULES).
     matrices: the parameters of 2 or more dimensions, recorded before sharding (FSDP flattens
     every parameter into a 1-D shard); None = as the parameters are shaped now.
     """
-    if scheduler not in SCHEDULERS:
-        raise ValueError(f"scheduler={scheduler!r} is not valid; choose one of {list(SCHEDULERS)}")
     from transformers import get_scheduler
 
     trainable = [p for p in model.parameters() if p.requires_grad]

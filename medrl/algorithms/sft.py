@@ -7,17 +7,25 @@ from torch import nn
 
 from medrl import distributed
 from medrl.algorithms.losses import masked_token_nll
-from medrl.algorithms.numeric_faults import FaultCounter, drop_gradients, update_fault
+from medrl.algorithms.numeric_faults import (
+    FaultCounter,
+    NumericFaultSettings,
+    drop_gradients,
+    update_fault,
+)
 from medrl.algorithms.optim import build_optimizer
 from medrl.algorithms.resume_state import TrainableWeightsCheckpointing
+from medrl.algorithms.sft_settings import MODULE_DEFAULTS, SFT_KEY, sft_module_problems
 from medrl.algorithms.sharded import ShardablePolicy
 from medrl.rollout import EngineSettings, UsesRolloutEngine
+from medrl.utils.settings import raise_errors
 
 
 class SFTModule(UsesRolloutEngine, ShardablePolicy, TrainableWeightsCheckpointing):
     """Trains `model` on batches from medrl.algorithms.sft_batches.SFTCollator.
 
-    Args (all but `model` come from conf/sft/):
+    Args (all but `model` come from conf/sft/; the defaults are the values conf/sft/default.yaml
+    writes, read from there: one definition):
         model: the policy (plain, or peft-wrapped so that only adapters train).
         lr, weight_decay: AdamW settings (decay is not applied to biases and norms).
         warmup_ratio: fraction of the optimizer steps spent warming the learning rate up.
@@ -40,14 +48,18 @@ class SFTModule(UsesRolloutEngine, ShardablePolicy, TrainableWeightsCheckpointin
     def __init__(
         self,
         model: nn.Module,
-        lr: float = 2.0e-4,
-        weight_decay: float = 0.0,
-        warmup_ratio: float = 0.03,
-        scheduler: str = "cosine",
-        max_consecutive_faults: int = 3,
+        lr: float = MODULE_DEFAULTS["lr"],
+        weight_decay: float = MODULE_DEFAULTS["weight_decay"],
+        warmup_ratio: float = MODULE_DEFAULTS["warmup_ratio"],
+        scheduler: str = MODULE_DEFAULTS["scheduler"],
+        max_consecutive_faults: int = NumericFaultSettings.max_consecutive,
         engine: EngineSettings | None = None,
     ) -> None:
         super().__init__()
+        optim = dict(
+            lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio, scheduler=scheduler
+        )
+        raise_errors(sft_module_problems(optim), f"{SFT_KEY}.module.")
         self.engine_settings = engine or EngineSettings()
         # from_pretrained returns eval mode; dropout (e.g. LoRA's) must be active in training.
         self.model = model.train()

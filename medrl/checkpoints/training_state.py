@@ -23,6 +23,7 @@ import random
 import re
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,9 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from medrl.algorithms.numeric_faults import NumericFaultError
+from medrl.utils.config import defaults_from_config
 from medrl.utils.io import write_atomic
+from medrl.utils.settings import SettingsBlock, bool_rule, count_rule
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +146,27 @@ def fingerprint_differences(saved: dict[str, Any], current: dict[str, Any]) -> l
     ]
 
 
-# --- the callback ---------------------------------------------------------------------------
+# --- the settings and the callback ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+@defaults_from_config("train", "checkpointing")
+class CheckpointingSettings(SettingsBlock):
+    """The `checkpointing` block (conf/train.yaml, which holds the defaults), read by the SFT
+    and GRPO stages: a
+    training-state checkpoint every `every_n_steps` optimizer steps, the newest `keep_last`
+    kept, removed once the stage checkpoint is written unless `keep_after_stage`."""
+
+    BLOCK = "checkpointing"
+    RULES = (
+        ("every_n_steps", *count_rule(1, "optimizer steps")),
+        ("keep_last", *count_rule(1, "files kept per stage")),
+        ("keep_after_stage", *bool_rule()),
+    )
+
+    every_n_steps: int
+    keep_last: int
+    keep_after_stage: bool
 
 
 class TrainingStateCheckpoint(pl.Callback):
@@ -162,11 +185,7 @@ class TrainingStateCheckpoint(pl.Callback):
         keep_last: int,
         fingerprint: dict[str, Any],
     ) -> None:
-        if every_n_steps < 1 or keep_last < 1:
-            raise ValueError(
-                "checkpointing.every_n_steps and checkpointing.keep_last must be >= 1, got "
-                f"{every_n_steps} and {keep_last}"
-            )
+        CheckpointingSettings(every_n_steps=every_n_steps, keep_last=keep_last)  # checks them
         self.folder = Path(folder)
         self.every_n_steps = every_n_steps
         self.keep_last = keep_last

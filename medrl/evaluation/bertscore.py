@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from medrl.utils.config import defaults_from_config
 from medrl.utils.io import atomic_directory
 
 EMBEDDED_PREFIX = "embedded:"
@@ -36,6 +37,7 @@ EMBEDDED_ENCODERS = {"all-MiniLM-L6-v2": ("all_minilm_l6_v2", "model.zip")}
 
 
 @dataclass(frozen=True)
+@defaults_from_config("evaluation/default", "text_metrics.bertscore", keep=("cache_dir",))
 class BertScoreSettings:
     """How BERTScore is computed (evaluation.text_metrics.bertscore).
 
@@ -48,12 +50,14 @@ class BertScoreSettings:
     cache_dir:   where embedded encoders are unpacked.
     """
 
-    enabled: bool = True
-    model: str = "embedded:all-MiniLM-L6-v2"
-    num_layers: int = 6
-    batch_size: int = 32
-    idf: bool = False
-    device: str = "auto"
+    # Defaults: conf/evaluation/default.yaml's evaluation.text_metrics.bertscore (cache_dir
+    # there is the run's paths.cache_dir; this one is for the Python API).
+    enabled: bool
+    model: str
+    num_layers: int
+    batch_size: int
+    idf: bool
+    device: str
     cache_dir: str = "~/.cache/medrl"
 
     def __post_init__(self) -> None:

@@ -17,9 +17,11 @@ from medrl.evaluation.metrics import bootstrap_mean, proportion
 from medrl.evaluation.predictions import Prediction
 from medrl.rewards import overlap
 from medrl.rewards.judge.setup import RUBRICS_DIR
+from medrl.utils.config import defaults_from_config
 
 
 @dataclass(frozen=True)
+@defaults_from_config("evaluation/default", "text_metrics", keep=("bertscore",))
 class TextMetricSettings:
     """evaluation.text_metrics: how open-ended answers are scored.
 
@@ -30,9 +32,10 @@ class TextMetricSettings:
                         medrl/evaluation/judge_metrics.py); ignored without one.
     """
 
-    rouge_use_stemmer: bool = True
+    # Defaults: conf/evaluation/default.yaml's evaluation.text_metrics.
+    rouge_use_stemmer: bool
     bertscore: BertScoreSettings = field(default_factory=BertScoreSettings)
-    judge_rubrics: tuple[str, ...] = ("correctness",)
+    judge_rubrics: tuple[str, ...]
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "judge_rubrics", tuple(self.judge_rubrics))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from medrl.components import RunSpecs
 from medrl.data.records import QARecord
@@ -50,12 +50,13 @@ from medrl.preflight.strategy import strategy_checks
 from medrl.preflight.values import (
     evaluation_checks,
     grpo_checks,
-    is_count,
     select,
     sft_checks,
     training_checks,
 )
 from medrl.stages.start import base_point
+from medrl.utils.config import defaults_from_config
+from medrl.utils.settings import SettingsBlock, bool_rule, count_rule, is_count
 
 log = logging.getLogger(__name__)
 # Only GRPO reads the reward set (SFT learns from targets, evaluation from the parser).
@@ -70,20 +71,24 @@ Pools = Mapping[str, Sequence[QARecord]]
 
 
 @dataclass(frozen=True)
-class PreflightSettings:
-    """The `preflight` config block; configs without one (conf/eval.yaml) get the defaults."""
+@defaults_from_config("train", "preflight")
+class PreflightSettings(SettingsBlock):
+    """The `preflight` config block; configs without one (conf/eval.yaml) get the defaults
+    (conf/train.yaml's)."""
 
-    enabled: bool = True
-    show_prompts: int = 3
+    BLOCK = "preflight"
+    RULES = (
+        ("enabled", *bool_rule()),
+        ("show_prompts", *count_rule(0, "prompts shown as the model will see them")),
+    )
+
+    enabled: bool
+    show_prompts: int
 
 
 def preflight_settings(cfg: DictConfig) -> PreflightSettings:
-    node = cfg.get("preflight") or {}
-    defaults = PreflightSettings()
-    return PreflightSettings(
-        enabled=bool(node.get("enabled", defaults.enabled)),
-        show_prompts=max(0, int(node.get("show_prompts", defaults.show_prompts))),
-    )
+    node = cfg.get("preflight")
+    return PreflightSettings(**(OmegaConf.to_container(node, resolve=True) if node else {}))
 
 
 def _stages(cfg: DictConfig, stages: Sequence[str] | None) -> tuple[str, ...]:

@@ -9,7 +9,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from medrl.preflight.report import CheckResult, failed, passed
-from medrl.preflight.values import processes, select, show
+from medrl.preflight.values import processes, select
+from medrl.utils.settings import show
 
 KEY = "trainer.strategy"
 # Lightning's own FSDP, by registry name or class: it wraps the whole LightningModule.

@@ -8,14 +8,31 @@ other samples than transformers' generate.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
+
+from medrl.utils.config import config_values, defaults_from_config
+from medrl.utils.settings import (
+    Problem,
+    SettingsBlock,
+    bool_rule,
+    choice_rule,
+    count_rule,
+    is_count,
+    is_number,
+    positive,
+)
 
 SAMPLERS = ("medrl", "hf")
 CPU_LINEARS = ("onednn", "torch")
+# The fields greedy decoding ignores (it takes the argmax).
+SAMPLING_ONLY = ("temperature", "top_p", "top_k", "min_p")
 
 
 @dataclass(frozen=True)
-class SamplingSettings:
+@defaults_from_config("grpo/standard", "module.sampling")
+class SamplingSettings(SettingsBlock):
     """How completions are decoded.
 
     greedy=True decodes with argmax (``do_sample=False``); temperature, top_p, top_k and min_p
@@ -28,30 +45,36 @@ class SamplingSettings:
     i.e. top_k=0, top_p=1, min_p=0 and the same temperature.
     """
 
-    temperature: float = 1.0
-    top_p: float = 1.0
-    min_p: float = 0.0
-    max_new_tokens: int = 256
-    greedy: bool = False
-    top_k: int = 0
+    # A block of grpo.module and of evaluation: its users prefix the key where they report it.
+    BLOCK = "sampling"
+    RULES = (
+        ("max_new_tokens", *count_rule(1, "tokens generated per completion")),
+        ("greedy", *bool_rule()),
+        ("temperature", positive, "must be a number > 0 when sampling (greedy=false)"),
+        ("top_p", lambda v: is_number(v) and 0 < v <= 1, "must be in (0, 1] (1 = off)"),
+        ("min_p", lambda v: is_number(v) and 0 <= v < 1, "must be in [0, 1) (0 = off)"),
+        ("top_k", *count_rule(0, "0 = off")),
+    )
 
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.greedy:
-            return
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not 0 <= self.min_p < 1:
-            raise ValueError(f"min_p must be in [0, 1), got {self.min_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+    # Defaults: conf/grpo/standard.yaml's grpo.module.sampling (evaluation's differ: greedy).
+    temperature: float
+    top_p: float
+    min_p: float
+    max_new_tokens: int
+    greedy: bool
+    top_k: int
+
+    @classmethod
+    def check(cls, values: Mapping[str, Any]) -> list[Problem]:
+        problems = super().check(values)
+        if {**cls.defaults(), **values}.get("greedy") is True:  # argmax: the knobs are unread
+            problems = [p for p in problems if p.key not in SAMPLING_ONLY]
+        return problems
 
 
 @dataclass(frozen=True)
-class EngineSettings:
+@defaults_from_config("engine/default")
+class EngineSettings(SettingsBlock):
     """How rollouts are produced and their log-probs computed; none of these changes the math.
 
     medrl.rollout.engine resolves them for a device: the CPU pieces (cpu_linear,
@@ -94,47 +117,43 @@ class EngineSettings:
                    and cost about 1.3 s per update (the pages are faulted in again).
     """
 
-    sampler: str = "medrl"
-    merge_adapter: bool = True
-    shared_prompt_logprobs: bool = True
-    pack_completions: bool = True
-    cpu_linear: str = "onednn"
-    fused_head: bool = True
-    lean_activations: bool = True
-    release_heap: bool = False
-    decode_attention: bool = True
-    kernel_cache_capacity: int | None = 64
+    BLOCK = "engine"  # the top-level config group conf/engine/
+    RULES = (
+        ("sampler", *choice_rule(SAMPLERS)),
+        ("cpu_linear", *choice_rule(CPU_LINEARS)),
+        (
+            "kernel_cache_capacity",
+            lambda v: v is None or is_count(v, 1),
+            "must be an integer >= 1, or null for oneDNN's default",
+        ),
+        *(
+            (name, *bool_rule())
+            for name in (
+                "merge_adapter",
+                "shared_prompt_logprobs",
+                "pack_completions",
+                "fused_head",
+                "lean_activations",
+                "release_heap",
+                "decode_attention",
+            )
+        ),
+    )
 
-    def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise ValueError(
-                f"sampler={self.sampler!r} is not valid; choose one of {list(SAMPLERS)}"
-            )
-        if self.cpu_linear not in CPU_LINEARS:
-            raise ValueError(
-                f"cpu_linear={self.cpu_linear!r} is not valid; choose one of {list(CPU_LINEARS)}"
-            )
-        capacity = self.kernel_cache_capacity
-        if capacity is not None and (isinstance(capacity, bool) or capacity < 1):
-            raise ValueError(
-                f"kernel_cache_capacity={capacity!r} is not valid; an integer >= 1, or null for "
-                "oneDNN's default"
-            )
+    # Defaults: conf/engine/default.yaml (engine=default), written once there.
+    sampler: str
+    merge_adapter: bool
+    shared_prompt_logprobs: bool
+    pack_completions: bool
+    cpu_linear: str
+    fused_head: bool
+    lean_activations: bool
+    release_heap: bool
+    decode_attention: bool
+    kernel_cache_capacity: int | None
 
 
 # The straightforward path: transformers' generate through peft's unmerged layers, every row's
-# prompt in every log-prob pass, no CPU piece. generate() uses it unless given an engine;
-# conf/engine/straightforward.yaml (engine=straightforward) is the same preset in config,
-# tests/rollout/test_engine_pieces.py checks that the two agree.
-STRAIGHTFORWARD = EngineSettings(
-    sampler="hf",
-    merge_adapter=False,
-    shared_prompt_logprobs=False,
-    pack_completions=False,
-    cpu_linear="torch",
-    fused_head=False,
-    lean_activations=False,
-    release_heap=False,
-    decode_attention=False,
-    kernel_cache_capacity=None,
-)
+# prompt in every log-prob pass, no CPU piece. generate() uses it unless given an engine; its
+# one definition is conf/engine/straightforward.yaml (engine=straightforward).
+STRAIGHTFORWARD = EngineSettings(**config_values("engine/straightforward"))

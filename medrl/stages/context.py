@@ -15,7 +15,11 @@ from hydra.utils import get_object, instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from medrl.checkpoints.training_state import AtomicCheckpointIO, TrainingStateCheckpoint
+from medrl.checkpoints.training_state import (
+    AtomicCheckpointIO,
+    CheckpointingSettings,
+    TrainingStateCheckpoint,
+)
 from medrl.components import RunSpecs
 from medrl.data import DatasetPools
 from medrl.distributed import is_rank_zero
@@ -133,7 +137,7 @@ class RunContext:
         """A Trainer for a training stage that writes training-state checkpoints, and the
         checkpoint to continue from when resuming (None: start the stage from its beginning).
         """
-        settings = self.cfg.checkpointing
+        settings = CheckpointingSettings(**OmegaConf.to_container(self.cfg.checkpointing))
         resume_from = training_checkpoint(self.output_dir, stage) if self.resuming else None
         version = None
         if resume_from is not None:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from medrl import distributed
 from medrl.checkpoints import load_checkpoint
@@ -37,11 +37,13 @@ from medrl.evaluation import (
     write_predictions,
 )
 from medrl.evaluation.judge_metrics import judge_metrics
+from medrl.evaluation.settings import EVALUATION_KEY, evaluation_problems
 from medrl.models import FullFinetune, load_policy, resolve_dtype
 from medrl.prompts import OutputFormat, reference_text
 from medrl.rollout import SamplingSettings
 from medrl.stages.context import RunContext, StageOutcome, StagePoint
 from medrl.stages.start import trained_format
+from medrl.utils.settings import raise_errors
 
 log = logging.getLogger(__name__)
 POOL = "eval"
@@ -95,18 +97,12 @@ def load_for_eval(ctx: RunContext, point: StagePoint):
 
 
 def eval_sampling(settings: DictConfig) -> tuple[SamplingSettings, int]:
-    """(decoding settings, samples per item) of an `evaluation` block, checked; call it before
-    any training so a bad evaluation setting fails before hours of work."""
-    sampling: SamplingSettings = instantiate(settings.sampling)
-    num_samples = int(settings.num_samples)
-    if num_samples < 1:
-        raise ValueError(f"evaluation.num_samples must be >= 1, got {num_samples}")
-    if num_samples > 1 and sampling.greedy:
-        raise ValueError(
-            f"evaluation.num_samples={num_samples} needs evaluation.sampling.greedy=false "
-            "(greedy decoding gives k identical completions)"
-        )
-    return sampling, num_samples
+    """(decoding settings, samples per item) of an `evaluation` block, checked by its one
+    validation (evaluation_problems, which preflight reports too); call it before any training
+    so a bad evaluation setting fails before hours of work."""
+    values = OmegaConf.to_container(settings, resolve=True)
+    raise_errors(evaluation_problems(values), f"{EVALUATION_KEY}.")
+    return instantiate(settings.sampling), int(settings.num_samples)
 
 
 def check_open_ended(output_format: OutputFormat, records: Sequence[QARecord], num_samples: int):

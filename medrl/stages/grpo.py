@@ -10,10 +10,14 @@ import logging
 from collections.abc import Sequence
 
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
+from medrl import distributed
+from medrl.algorithms.grpo_settings import STAGE_KEY, grpo_stage_problems
 from medrl.data.resumable import ResumableDataLoader
 from medrl.stages.context import RunContext, StageOutcome, StagePoint
 from medrl.stages.start import finish_stage, load_start, trained_policy
+from medrl.utils.settings import raise_errors
 
 log = logging.getLogger(__name__)
 POOL = "grpo"
@@ -22,6 +26,9 @@ POOL = "grpo"
 def run_grpo(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
     """Run `grpo.max_steps` rollout steps from the last point of `chain`; return its checkpoint."""
     settings = ctx.cfg.grpo
+    # The one validation of the block (preflight reports the same), before any weights load.
+    values = OmegaConf.to_container(settings, resolve=True)
+    raise_errors(grpo_stage_problems(values, distributed.world_size()), f"{STAGE_KEY}.")
     specs = ctx.specs
     stage = ctx.stage_name(POOL)
     policy, parent = load_start(chain[-1], specs.adapter, specs.output_format)

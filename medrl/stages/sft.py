@@ -6,14 +6,17 @@ import logging
 from collections.abc import Sequence
 
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from medrl import distributed
 from medrl.algorithms.sft_batches import SFTCollator, encode_sft_pool
+from medrl.algorithms.sft_settings import SFT_KEY, sft_problems
 from medrl.data.records import QARecord
 from medrl.data.resumable import ResumableDataLoader
 from medrl.stages.context import RunContext, StageOutcome, StagePoint
 from medrl.stages.start import finish_stage, load_start, trained_policy
+from medrl.utils.settings import raise_errors
 
 log = logging.getLogger(__name__)
 POOL = "sft"
@@ -24,24 +27,13 @@ def split_validation(
 ) -> tuple[list[QARecord], list[QARecord]]:
     """(train, validation): the validation slice is the pool's tail (the pool is pre-shuffled).
 
-    A positive fraction holds out at least one record and always leaves one to train on.
+    A positive fraction (in [0, 1): sft_problems) holds out at least one record and always
+    leaves one to train on.
     """
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"sft.val_fraction must be in [0, 1), got {fraction}")
     if fraction == 0.0 or len(records) < 2:
         return list(records), []
     n_val = min(max(1, round(fraction * len(records))), len(records) - 1)
     return list(records[:-n_val]), list(records[-n_val:])
-
-
-def per_rank_batch_size(batch_size: int, world_size: int) -> int:
-    """sft.batch_size is the global batch; each of `world_size` processes takes an equal part."""
-    if batch_size % world_size:
-        raise ValueError(
-            f"sft.batch_size={batch_size} must be a multiple of the number of processes "
-            f"({world_size}): it is the global batch, split evenly across them"
-        )
-    return batch_size // world_size
 
 
 def validation_shard(examples: Sequence, rank: int, world_size: int) -> list:
@@ -59,6 +51,9 @@ def run_sft(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
     """Fine-tune the last point of `chain` on the SFT pool of the stage's dataset (rendered in
     its format) and return its checkpoint (checkpoints/<stage>)."""
     settings = ctx.cfg.sft
+    world, rank = distributed.world_size(), distributed.rank()
+    # The one validation of the block (preflight reports the same), before any weights load.
+    raise_errors(sft_problems(OmegaConf.to_container(settings, resolve=True), world), f"{SFT_KEY}.")
     specs = ctx.specs
     stage = ctx.stage_name(POOL)
     policy, parent = load_start(chain[-1], specs.adapter, specs.output_format)
@@ -76,8 +71,7 @@ def run_sft(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
         raise ValueError("sft: no training example left; raise sft.max_seq_length")
 
     collate = SFTCollator(pad_token_id=policy.tokenizer.pad_token_id)
-    world, rank = distributed.world_size(), distributed.rank()
-    rank_batch = per_rank_batch_size(settings.batch_size, world)
+    rank_batch = settings.batch_size // world  # a multiple of world: sft_problems
     # Order fixed by (seed, epoch); its position is saved in training-state checkpoints. On
     # several processes each rank takes its part of every global batch of sft.batch_size.
     train_loader = ResumableDataLoader(

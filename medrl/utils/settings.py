@@ -39,7 +39,10 @@ class Problem:
         return f"{prefix}{self.key}={show(self.value)}: {self.requirement.format(prefix=prefix)}"
 
     def under(self, block: str) -> Problem:
-        return dataclasses.replace(self, key=f"{block}.{self.key}")
+        """The problem as seen from the block above: its key and the keys its requirement
+        names both gain `block`."""
+        requirement = self.requirement.replace("{prefix}", f"{{prefix}}{block}.")
+        return dataclasses.replace(self, key=f"{block}.{self.key}", requirement=requirement)
 
 
 class SettingsError(ValueError):
@@ -92,6 +95,15 @@ def is_bool(v: Any) -> bool:
     return isinstance(v, bool)
 
 
+def bool_rule() -> tuple[Callable[[Any], bool], str]:
+    return is_bool, "must be true or false"
+
+
+def fraction_rule(what: str) -> tuple[Callable[[Any], bool], str]:
+    """A number in [0, 1)."""
+    return (lambda v: is_number(v) and 0 <= v < 1), f"must be in [0, 1) ({what})"
+
+
 def apply_rules(rules: Sequence[Rule], values: Mapping[str, Any]) -> list[Problem]:
     return [
         Problem(name, values.get(name), requirement)
@@ -109,15 +121,25 @@ class SettingsBlock:
     RULES: ClassVar[tuple[Rule, ...]] = ()
 
     @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """The fields that have a default, with it (what a block left out of a config gets)."""
+        return {
+            f.name: f.default
+            for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+            if f.default is not dataclasses.MISSING
+        }
+
+    @classmethod
     def check(cls, values: Mapping[str, Any]) -> list[Problem]:
-        """What is wrong with these raw values (keys relative to the block)."""
+        """What is wrong with these raw values (keys relative to the block; a key left out
+        takes the field's default, as building the block would)."""
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(values) - names - {"_target_"})
         problems = [
             Problem(name, values[name], f"is not a setting of {cls.BLOCK}; valid: {sorted(names)}")
             for name in unknown
         ]
-        return problems + apply_rules(cls.RULES, values)
+        return problems + apply_rules(cls.RULES, {**cls.defaults(), **values})
 
     def __post_init__(self) -> None:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]

@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 from medrl import distributed
 from medrl.algorithms import grpo, grpo_metrics
 from medrl.algorithms.core import grpo_loss
-from medrl.stages.sft import per_rank_batch_size, validation_shard
+from medrl.algorithms.sft_settings import sft_problems
+from medrl.stages.sft import validation_shard
 
 LOSS_SETTINGS = dict(
     eps_low=0.2,
@@ -53,10 +54,13 @@ def test_micro_batch_metrics_summed_by_tokens_equal_the_whole_batch_metrics():
 
 
 def test_sft_batch_size_is_global_and_must_split_evenly():
-    assert per_rank_batch_size(8, 1) == 8
-    assert per_rank_batch_size(8, 4) == 2
-    with pytest.raises(ValueError, match=r"sft.batch_size=6 must be a multiple of .* \(4\)"):
-        per_rank_batch_size(6, 4)
+    assert not [p for p in sft_problems({"batch_size": 8}, 4) if p.key == "batch_size"]
+    (problem,) = [p for p in sft_problems({"batch_size": 6}, 4) if p.key == "batch_size"]
+    assert problem.message("sft.").startswith("sft.batch_size=6: is the global batch and must")
+    assert "a multiple of the 4 processes" in problem.message()
+    assert not [p for p in sft_problems({"batch_size": 6}) if p.key == "batch_size"], (
+        "without a number of processes the split is not checked"
+    )
 
 
 def test_validation_is_sharded_without_repeats_and_needs_an_example_per_rank():

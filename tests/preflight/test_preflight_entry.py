@@ -65,7 +65,7 @@ def test_a_passing_preflight_writes_its_checks_and_prompts_then_the_stages_start
     assert len(written["prompts"]) == 3
     assert all(p["template"] == "chat" and p["tokens"] > 0 for p in written["prompts"])
     checked = {check["key"] for check in written["checks"]}
-    assert {"grpo.module", "dataset.pools.eval", "reward", "sft.max_seq_length"} <= (checked)
+    assert {"grpo", "dataset.pools.eval", "reward", "sft.max_seq_length"} <= (checked)
 
 
 def test_disabled_preflight_goes_straight_to_the_stages(compose, shared_dir, no_weights):

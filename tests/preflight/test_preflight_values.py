@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from medrl.preflight import PreflightError, config_checks, preflight_config
+from medrl.stages.evaluate import eval_sampling
+from medrl.utils.settings import SettingsError
 
 
 def config_error(compose, *overrides: str) -> PreflightError:
@@ -47,8 +49,8 @@ def test_a_micro_batch_that_does_not_divide_b_times_g_warns_naming_all_three_key
 def test_a_micro_batch_holding_the_whole_step_passes(compose):
     results = preflight_config(compose("train", ["debug=smoke", "grpo.module.micro_batch_size=16"]))
     assert all(r.status == "pass" for r in results)
-    (grpo,) = [r for r in results if r.key == "grpo.module"]
-    assert grpo.message == "grpo.module: every setting valid over 1 process(es)"
+    (grpo,) = [r for r in results if r.key == "grpo"]
+    assert grpo.message == "grpo: every setting valid over 1 process(es)"
 
 
 @pytest.mark.parametrize(
@@ -65,7 +67,12 @@ def test_a_micro_batch_holding_the_whole_step_passes(compose):
         ("grpo.max_steps=0", "grpo.max_steps"),
         ("grpo.module.loss_aggregation=sum", "grpo.module.loss_aggregation"),
         ("grpo.module.advantage.std_scope=global", "grpo.module.advantage.std_scope"),
-        ("grpo.module.sampling.temperature=0", "grpo.module.sampling"),
+        ("grpo.module.sampling.temperature=0", "grpo.module.sampling.temperature"),
+        ("grpo.module.sampling.top_k=-1", "grpo.module.sampling.top_k"),
+        ("grpo.module.scheduler=step", "grpo.module.scheduler"),
+        ("grpo.module.warmup_ratio=1.0", "grpo.module.warmup_ratio"),
+        ("grpo.module.grad_clip=-1", "grpo.module.grad_clip"),
+        ("grpo.module.sample_table_every=-1", "grpo.module.sample_table_every"),
         ("grpo.module.advantage.eps=-0.5", "grpo.module.advantage.eps"),
         ("grpo.module.advantage.estimator=loo", "grpo.module.advantage.estimator"),
         ("grpo.module.advantage.aggregation=gdpo", "grpo.module.advantage.aggregation"),
@@ -111,6 +118,10 @@ def test_dual_clip_with_cispo_fails_naming_the_key_and_the_way_out(compose):
         ("sft.max_seq_length=0", "sft.max_seq_length"),
         ("sft.module.lr=-1e-4", "sft.module.lr"),
         ("sft.val_fraction=1.0", "sft.val_fraction"),
+        ("sft.module.scheduler=step", "sft.module.scheduler"),
+        ("sft.module.weight_decay=-1", "sft.module.weight_decay"),
+        ("sft.val_check_interval=0", "sft.val_check_interval"),
+        ("sft.num_workers=-1", "sft.num_workers"),
     ],
 )
 def test_each_bad_sft_value_fails_naming_its_key(compose, override, key):
@@ -121,7 +132,7 @@ def test_each_bad_sft_value_fails_naming_its_key(compose, override, key):
 
 def test_sft_that_would_not_train_names_epochs_and_max_steps(compose):
     error = config_error(compose, "sft.epochs=0", "sft.max_steps=-1")
-    assert "sft.epochs=0, sft.max_steps=-1: SFT would not train" in str(error)
+    assert "sft.epochs=0: with sft.max_steps=-1 SFT would not train" in str(error)
 
 
 @pytest.mark.parametrize(
@@ -155,7 +166,10 @@ def test_each_bad_evaluation_value_fails_naming_its_key(compose, override, key):
 
 def test_sampled_evaluation_with_greedy_decoding_is_eval_samplings_own_message(compose):
     error = config_error(compose, "evaluation.num_samples=4")
-    assert "evaluation.num_samples=4 needs evaluation.sampling.greedy=false" in str(error)
+    message = "evaluation.num_samples=4: needs evaluation.sampling.greedy=false"
+    assert message in str(error)
+    with pytest.raises(SettingsError, match=message):  # the stage's own check, same words
+        eval_sampling(compose("train", ["debug=smoke", "evaluation.num_samples=4"]).evaluation)
 
 
 def test_a_bad_length_does_not_hide_the_other_sampling_errors(compose):
@@ -163,7 +177,7 @@ def test_a_bad_length_does_not_hide_the_other_sampling_errors(compose):
         compose, "evaluation.sampling.max_new_tokens=-1", "evaluation.num_samples=0"
     )
     keys = [failure.key for failure in error.failures]
-    assert keys == ["evaluation.sampling.max_new_tokens", "evaluation.num_samples"]
+    assert keys == ["evaluation.num_samples", "evaluation.sampling.max_new_tokens"]
 
 
 def test_only_the_stages_that_run_are_checked(compose):
@@ -219,9 +233,9 @@ def test_global_batches_that_split_over_the_processes_pass(compose):
         "train", ["debug=smoke", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
     )
     results = {r.key: r for r in preflight_config(cfg)}
-    assert results["grpo.module"].message == "grpo.module: every setting valid over 2 process(es)"
-    assert results["grpo.module"].status == "pass"
-    assert results["sft.batch_size"].status == "pass"
+    assert results["grpo"].message == "grpo: every setting valid over 2 process(es)"
+    assert results["sft"].message == "sft: every setting valid over 2 process(es)"
+    assert results["grpo"].status == results["sft"].status == "pass"
 
 
 def test_dynamic_sampling_on_several_processes_fails_naming_the_way_out(compose):

@@ -63,7 +63,9 @@ def test_the_counter_stops_only_after_k_faults_in_a_row():
 
 
 def test_max_consecutive_below_one_is_refused_naming_the_key():
-    with pytest.raises(ValueError, match="numeric_faults.max_consecutive must be >= 1"):
+    with pytest.raises(
+        ValueError, match=r"numeric_faults.max_consecutive=0: must be an integer >= 1"
+    ):
         FaultCounter(0)
 
 

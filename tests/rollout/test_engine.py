@@ -457,7 +457,7 @@ def test_medrl_engine_reports_prefill_and_decode_time(tiny_policy):
 
 
 def test_engine_settings_reject_unknown_samplers():
-    with pytest.raises(ValueError, match="sampler='vllm' is not valid"):
+    with pytest.raises(ValueError, match=r"engine.sampler=vllm: must be one of \[.medrl., .hf.\]"):
         EngineSettings(sampler="vllm")
 
 

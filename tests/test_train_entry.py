@@ -51,7 +51,7 @@ def test_sampled_evaluation_with_greedy_decoding_fails_before_training(compose, 
         raise AssertionError("specs were built before the evaluation settings were checked")
 
     monkeypatch.setattr("medrl.train.build_specs", must_not_run)
-    with pytest.raises(ValueError, match=r"evaluation.num_samples=4 needs .*greedy=false"):
+    with pytest.raises(ValueError, match=r"evaluation.num_samples=4: needs .*greedy=false"):
         run(compose("train", ["evaluation.num_samples=4"]))
 
 

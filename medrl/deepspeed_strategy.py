@@ -34,9 +34,12 @@ Rules the rest of medrl follows under ZeRO-3 (these helpers make them short):
 from __future__ import annotations
 
 import argparse
-import logging
+import os
+import shutil
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -178,6 +181,26 @@ class PolicyDeepSpeedStrategy(DeepSpeedStrategy):
             dist_init_required=False,
         )
 
+    # --- training-state checkpoints ---------------------------------------------------------
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None
+    ) -> None:
+        """Lightning's DeepSpeed checkpoint (a folder: every process writes its partitions of
+        the optimizer states, rank zero the trainable weights, `exclude_frozen_parameters`),
+        written into a staging folder beside `filepath` and renamed to it once every process
+        has finished, so a crash mid-write leaves the earlier checkpoints as they were
+        (medrl.checkpoints.training_state reads and prunes such folders)."""
+        target = Path(self.broadcast(str(filepath)))
+        staging = target.with_name(f".{target.name}.{self.broadcast(uuid.uuid4().hex)}.tmp")
+        super().save_checkpoint(checkpoint, staging, storage_options)
+        self.barrier()
+        if self.is_global_zero:
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        self.barrier()
+
     # --- accumulation and clipping ----------------------------------------------------------
 
     @property
@@ -250,6 +273,3 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 @contextmanager
 def _nothing() -> Iterator[None]:
     yield
-
-
-log = logging.getLogger(__name__)

@@ -34,6 +34,8 @@ Rules the rest of medrl follows under ZeRO-3 (these helpers make them short):
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
 import shutil
 import uuid
@@ -50,6 +52,7 @@ from torch import nn
 from medrl import distributed
 
 ZERO_STAGES = (1, 2, 3)
+log = logging.getLogger(__name__)
 
 
 class PolicyDeepSpeedStrategy(DeepSpeedStrategy):
@@ -209,6 +212,13 @@ class PolicyDeepSpeedStrategy(DeepSpeedStrategy):
         # micro-batches are its own. DeepSpeed steps whenever asked (unmanaged, below).
         return False
 
+    @contextmanager
+    def block_backward_sync(self) -> Iterator[None]:
+        """Around the backward of a batch Lightning accumulates: nothing to block. Lightning
+        would enter the engine's no_sync, which ZeRO-2/3 refuse (they reduce each backward's
+        gradients into their partitions as it runs)."""
+        yield
+
     def _format_batch_size_and_grad_accum_config(self) -> None:
         assert isinstance(self.config, dict)
         module = self.lightning_module
@@ -222,6 +232,7 @@ class PolicyDeepSpeedStrategy(DeepSpeedStrategy):
         if clip is None:
             clip = module.trainer.gradient_clip_val
         self.config["gradient_clipping"] = float(clip or 0.0)
+        log.info("DeepSpeed config: %s", json.dumps(self.config, sort_keys=True))
 
 
 # --- helpers for code that reads weights -------------------------------------------------------

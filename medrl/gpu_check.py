@@ -28,9 +28,9 @@ run's metrics) and the end of each check's log. It exits non-zero if any check f
 without TRL, whose CPU side tests/bench runs; QLoRA composed but not run: bitsandbytes' 4-bit
 kernels need CUDA; the engine's device tests on "cpu" alone; the DeepSpeed runs in float32 on
 one CPU process through the tests' opt-in trainer.strategy.allow_cpu=true where deepspeed is
-installed, else composed only), so `make test` proves the script, its commands and their configs still
-work. Only torch, transformers, peft and lightning
-need to be installed on the GPU machine; `make gpu-wheels` downloads the rest (README).
+installed, else composed only), so `make test` proves the script, its commands and their
+configs still work. Only torch, transformers, peft and lightning need to be installed on the GPU
+machine; `make gpu-wheels` downloads the rest, deepspeed included (README).
 """
 
 from __future__ import annotations

@@ -189,7 +189,11 @@ def is_zero3_partitioned(model: nn.Module) -> bool:
     """True when DeepSpeed ZeRO-3 partitions `model`'s weights (trainer=deepspeed with stage 3,
     medrl.deepspeed_strategy): DeepSpeed marks each parameter it converts with a `ds_id`, and
     between forwards the parameter is an empty placeholder for this process's partition."""
-    return any(hasattr(param, "ds_id") for param in model.parameters())
+    return any(
+        hasattr(param, "ds_id")
+        for module in model.modules()
+        for param in module.parameters(recurse=False)
+    )
 
 
 def weights_sharded(model: nn.Module) -> bool:

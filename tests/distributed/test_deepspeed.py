@@ -220,3 +220,40 @@ def test_grpo_resumed_from_deepspeeds_training_state_ends_as_the_straight_run(ze
         return json.loads(manifest.read_text())["weights_hash"]
 
     assert weights_hash(resumed) == weights_hash(straight)
+
+
+# --- the strategy alone (no process group) --------------------------------------------------
+
+
+def test_the_strategy_builds_deepspeeds_config_from_its_keys():
+    from medrl.deepspeed_strategy import PolicyDeepSpeedStrategy
+
+    strategy = PolicyDeepSpeedStrategy(stage=3, offload_parameters=True, reduce_bucket_size=5)
+    zero = strategy.config["zero_optimization"]
+    assert (zero["stage"], zero["reduce_bucket_size"]) == (3, 5)
+    assert zero["offload_param"] == {"device": "cpu"} and "offload_optimizer" not in zero
+    assert strategy.config["zero_allow_untested_optimizer"] is True  # torch's AdamW
+    assert strategy.zero_stage_3 and not strategy.handles_gradient_accumulation
+    with pytest.raises(ValueError, match=r"trainer\.strategy\.stage=4"):
+        PolicyDeepSpeedStrategy(stage=4)
+
+
+def test_a_cpu_accelerator_without_the_opt_in_is_refused_when_preflight_was_skipped():
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    from medrl.deepspeed_strategy import PolicyDeepSpeedStrategy
+
+    strategy = PolicyDeepSpeedStrategy()
+    strategy.accelerator = CPUAccelerator()
+    with pytest.raises(RuntimeError, match=r"set trainer\.accelerator=gpu on a CUDA machine"):
+        strategy.setup_environment()
+
+
+def test_an_unpartitioned_model_gives_its_state_dict_as_it_is():
+    from medrl.deepspeed_strategy import full_state_dict, is_partitioned
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2))
+    assert not is_partitioned(model)
+    state = full_state_dict(model)
+    assert state.keys() == model.state_dict().keys()
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())

@@ -40,7 +40,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 from torch import nn
 
 from medrl import distributed
+from medrl.sharding import is_zero3_partitioned
 
 ZERO_STAGES = (1, 2, 3)
 log = logging.getLogger(__name__)
@@ -241,16 +242,7 @@ class PolicyDeepSpeedStrategy(DeepSpeedStrategy):
 def is_partitioned(model: nn.Module) -> bool:
     """True when DeepSpeed ZeRO-3 partitions `model`'s weights: between forwards each parameter
     is an empty placeholder (its data lives in 1 / N partitions over the processes)."""
-    return any(hasattr(param, "ds_id") for param in model.parameters())
-
-
-def engine_of(module: Any) -> Any | None:
-    """The DeepSpeed engine training `module` (a LightningModule), or None."""
-    trainer = getattr(module, "_trainer", None)
-    strategy = getattr(trainer, "strategy", None)
-    if not isinstance(strategy, DeepSpeedStrategy):
-        return None
-    return strategy.model if strategy.model is not module else None
+    return is_zero3_partitioned(model)
 
 
 @contextmanager
@@ -275,12 +267,7 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     rank_zero = distributed.is_rank_zero()
     state: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict(keep_vars=True).items():
-        with gathered([tensor]) if isinstance(tensor, nn.Parameter) else _nothing():
+        with gathered([tensor]) if isinstance(tensor, nn.Parameter) else nullcontext():
             if rank_zero:
                 state[name] = tensor.detach().to("cpu", copy=True)
     return state
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield

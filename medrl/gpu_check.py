@@ -13,6 +13,12 @@ On a GPU (within about 10 minutes on one H100) it runs, each in its own process:
 - qlora_grpo:     two GRPO steps with adapter=qlora (bitsandbytes' 4-bit base)
 - engine_cuda:    tests/rollout/test_engine_devices.py on "cpu,cuda": the engine built for CUDA
                   (transformers' path + device-independent pieces) against the plain path there
+- deepspeed_zero2, deepspeed_zero3: 2 SFT steps, then 2 GRPO steps from the SFT checkpoint, with
+                  trainer=deepspeed (torch's AdamW, nothing compiled) on one device: ZeRO-2 in
+                  32-true, ZeRO-3 (weights partitioned, gathered for the stage checkpoints) in
+                  bf16-mixed
+- deepspeed_cpu:  trainer=deepspeed with trainer.accelerator=cpu is refused before any weights
+                  load, naming trainer.accelerator (medrl/preflight/strategy.py)
 
 and writes report.md and report.json to --out (default outputs/gpu_check/<date>_<time>): the
 device, the versions, every check's status, seconds and figures (the bench's table, the smoke
@@ -20,14 +26,17 @@ run's metrics) and the end of each check's log. It exits non-zero if any check f
 
 --dry-run runs the same checks on a CPU, sized down (the tiny model; one medrl bench step
 without TRL, whose CPU side tests/bench runs; QLoRA composed but not run: bitsandbytes' 4-bit
-kernels need CUDA; the engine's device tests on "cpu" alone), so `make test` proves the script,
-its commands and their configs still work. Only torch, transformers, peft and lightning
-need to be installed on the GPU machine; `make gpu-wheels` downloads the rest (README).
+kernels need CUDA; the engine's device tests on "cpu" alone; the DeepSpeed runs in float32 on
+one CPU process through the tests' opt-in trainer.strategy.allow_cpu=true where deepspeed is
+installed, else composed only), so `make test` proves the script, its commands and their
+configs still work. Only torch, transformers, peft and lightning need to be installed on the GPU
+machine; `make gpu-wheels` downloads the rest, deepspeed included (README).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -43,7 +52,7 @@ from typing import Any
 from medrl.bench.environment import device_name, versions
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("torch", "transformers", "peft", "lightning", "trl", "bitsandbytes")
+PACKAGES = ("torch", "transformers", "peft", "lightning", "trl", "bitsandbytes", "deepspeed")
 LOG_TAIL_LINES = 30
 
 
@@ -93,6 +102,13 @@ def checks(out: Path, dry_run: bool, model: str) -> list[Check]:
               "trl=true", "steps=4", "warmup=1", "rounds=2"]
     )  # fmt: skip
     fsdp_device = ["trainer.accelerator=cpu"] if dry_run else []
+    deepspeed_runs = [
+        deepspeed_check(name, stage, precision, smoke, out, dry_run)
+        for name, stage, precision in (
+            ("deepspeed_zero2", 2, "32-true"),
+            ("deepspeed_zero3", 3, "bf16-mixed"),
+        )
+    ]
     qlora = [
         *smoke,
         gpu,
@@ -158,7 +174,57 @@ def checks(out: Path, dry_run: bool, model: str) -> list[Check]:
             "the engine's equivalence tests on " + ("cpu" if dry_run else "cpu and cuda"),
             env={"MEDRL_TEST_DEVICES": "cpu" if dry_run else "cpu,cuda"},
         ),  # fmt: skip
+        *deepspeed_runs,
+        Check(
+            "deepspeed_cpu",
+            train(
+                *smoke,
+                "trainer=deepspeed",
+                "trainer.accelerator=cpu",
+                "trainer.devices=1",
+                run_dir("deepspeed_cpu"),
+            ),
+            120,
+            "trainer=deepspeed on a CPU: refused before loading, naming trainer.accelerator",
+            refusal="trainer.accelerator=cpu with trainer=deepspeed",
+        ),
     ]
+
+
+def deepspeed_check(
+    name: str, stage: int, precision: str, smoke: list[str], out: Path, dry_run: bool
+) -> Check:
+    """2 SFT then 2 GRPO steps under DeepSpeed ZeRO-`stage` on one device. The dry run trains on
+    one CPU process in float32 (as the bench's dry run; bf16 matmuls are slow there: 75 s
+    against 35 s) through the tests' opt-in (allow_cpu) where deepspeed is installed, and only
+    composes the run where it is not (`make install-deepspeed` installs it)."""
+    if dry_run:
+        precision = "32-true"
+    overrides = [
+        *smoke,
+        "trainer=deepspeed",
+        "trainer.devices=1",
+        f"trainer.strategy.stage={stage}",
+        f"trainer.precision={precision}",
+        "stages=[sft,grpo]",
+        f"hydra.run.dir={out / name}",
+    ]
+    what = f"2 SFT + 2 GRPO steps, trainer=deepspeed ZeRO-{stage}, {precision}, 1 device"
+    if not dry_run:
+        return Check(name, train(*overrides), 180, what, results=out / name)
+    cpu = ["trainer.accelerator=cpu", "trainer.strategy.allow_cpu=true"]
+    if deepspeed_installed():
+        return Check(name, train(*overrides, *cpu), 240, what + ", CPU opt-in", results=out / name)
+    return Check(
+        name,
+        train(*overrides, *cpu, "--cfg", "job"),
+        120,
+        what + " (composed only: deepspeed is not installed)",
+    )
+
+
+def deepspeed_installed() -> bool:
+    return importlib.util.find_spec("deepspeed") is not None
 
 
 def run_check(check: Check, log_dir: Path) -> Outcome:

@@ -7,7 +7,9 @@ Each package of CARRIED is fetched at the version constraints.txt pins (pip down
 GPU machine's platform and Python; a package published only as a source archive is built into
 a pure-Python wheel here). transformers and peft are carried too, because medrl needs newer ones
 than such machines often have (transformers >= 5.24 for the model forward's `cache=`). The
-total size is printed against the 64 MiB a device call may carry. On the GPU machine:
+total size is printed against the 64 MiB a device call may carry. DeepSpeed's wheel is built
+here from its source archive without build isolation (it needs the installed torch and
+`wheel`: `make install-deepspeed` installs both). On the GPU machine:
 
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site:$PWD; python3 -m medrl.gpu_check
@@ -19,6 +21,8 @@ be installed there, the bench check runs on another model group (--model).
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +44,25 @@ CARRIED = (
     "gguf",
     "rouge-score",
     "bert-score",
+    # trainer=deepspeed: DeepSpeed (a source archive only, built here into a pure-Python wheel
+    # with no op compiled) and what it imports that such images lack. pydantic (its config)
+    # comes with the ones lightning's images often lack too.
+    "deepspeed",
+    "hjson",
+    "msgpack",
+    "ninja",
+    "py-cpuinfo",
+    "einops",
+    "psutil",
+    "pydantic",
+    "pydantic-core",
+    "annotated-types",
+    "typing-inspection",
 )
+# Packages whose source archive builds against the installed torch (no isolated build env),
+# with the environment their build needs: DeepSpeed with no op compiled (DS_BUILD_OPS=0; it
+# compiles an op only if one is used, and trainer=deepspeed uses none on a GPU).
+BUILT_AGAINST_TORCH = {"deepspeed": {"DS_BUILD_OPS": "0"}}
 CARRY_LIMIT_BYTES = 64 * 2**20
 PLATFORMS = (
     "manylinux_2_28_x86_64",
@@ -52,16 +74,21 @@ PLATFORMS = (
 )
 
 
+def normalized(name: str) -> str:
+    """A package name as pip compares them (PEP 503): pydantic_core is pydantic-core."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def pinned_versions(constraints: Path) -> dict[str, str]:
     lines = constraints.read_text().splitlines()
     pairs = (line.split("==", 1) for line in lines if line and not line.startswith("#"))
-    return {name.lower(): version for name, version in pairs}
+    return {normalized(name): version for name, version in pairs}
 
 
 def requirement(name: str, pins: dict[str, str]) -> str:
-    if name not in pins:
+    if normalized(name) not in pins:
         raise SystemExit(f"constraints.txt pins no version of {name}: run `make lock` first")
-    return f"{name}=={pins[name]}"
+    return f"{name}=={pins[normalized(name)]}"
 
 
 def download(spec: str, dest: Path, python: str) -> None:
@@ -75,10 +102,24 @@ def download(spec: str, dest: Path, python: str) -> None:
     )  # fmt: skip
     if binary.returncode == 0:
         return
+    name = spec.split("==")[0]
+    isolation = ["--no-build-isolation"] if name in BUILT_AGAINST_TORCH else []
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dest), spec],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            *isolation,
+            "-w",
+            str(dest),
+            spec,
+        ],
         capture_output=True,
         text=True,
+        env={**os.environ, **BUILT_AGAINST_TORCH.get(name, {})},
     )
     if built.returncode != 0:
         raise SystemExit(f"could not get a wheel of {spec}:\n{binary.stderr}\n{built.stderr}")

@@ -185,6 +185,26 @@ def is_fsdp_managed(model: nn.Module) -> bool:
     )
 
 
+def is_zero3_partitioned(model: nn.Module) -> bool:
+    """True when DeepSpeed ZeRO-3 partitions `model`'s weights (trainer=deepspeed with stage 3,
+    medrl.deepspeed_strategy): DeepSpeed marks each parameter it converts with a `ds_id`, and
+    between forwards the parameter is an empty placeholder for this process's partition."""
+    return any(
+        hasattr(param, "ds_id")
+        for module in model.modules()
+        for param in module.parameters(recurse=False)
+    )
+
+
+def weights_sharded(model: nn.Module) -> bool:
+    """True when a process holds only part of `model`'s weights between forwards (FSDP, or
+    DeepSpeed ZeRO-3): a weight is then whole only inside its module's forward, where the
+    strategy gathers it from all processes. Code that reads or swaps weights directly (merged
+    adapters, the fused LM head, oneDNN Linears) must stay off, and every process must run the
+    same forwards (lockstep sampling)."""
+    return is_fsdp_managed(model) or is_zero3_partitioned(model)
+
+
 def is_fsdp_root(model: nn.Module) -> bool:
     return isinstance(model, FullyShardedDataParallel)
 

@@ -12,12 +12,15 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
-FRAGILE = ("transformers", "peft", "lightning", "trl", "bitsandbytes")
+FRAGILE = ("transformers", "peft", "lightning", "trl", "bitsandbytes", "deepspeed")
+# Extras the suite's environment may lack (their tests skip): pinned, checked where installed.
+OPTIONAL = ("trl", "deepspeed")
 
 
 def requirements() -> dict[str, Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    listed = [*project["dependencies"], *project["optional-dependencies"]["bench"]]
+    extras = project["optional-dependencies"]
+    listed = [*project["dependencies"], *extras["bench"], *extras["deepspeed"]]
     found: dict[str, Requirement] = {}
     for line in listed:
         requirement = Requirement(line)
@@ -42,11 +45,22 @@ def test_a_fragile_dependency_has_an_upper_bound_that_admits_its_pinned_version(
     )
 
 
-@pytest.mark.parametrize("name", [n for n in FRAGILE if n != "trl"] + ["hydra-core", "datasets"])
+@pytest.mark.parametrize(
+    "name", [n for n in FRAGILE if n not in OPTIONAL] + ["hydra-core", "datasets"]
+)
 def test_the_suite_runs_on_the_pinned_versions(name):
     """The environment under test is the one constraints.txt reproduces (else: `make lock`
     after checking the new versions, or `make install` to get the pinned ones)."""
     assert metadata.version(name) == pinned()[name]
+
+
+@pytest.mark.parametrize("name", OPTIONAL)
+def test_an_installed_extra_is_the_pinned_version(name):
+    try:
+        installed = metadata.version(name)
+    except metadata.PackageNotFoundError:
+        pytest.skip(f"{name} is not installed")
+    assert installed == pinned()[name]
 
 
 def test_make_install_installs_with_the_constraints_and_never_pins_torch_there():

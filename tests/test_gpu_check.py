@@ -10,9 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from medrl.gpu_check import checks, main
+from medrl.gpu_check import checks, deepspeed_installed, main
 
-CHECKS = ["smoke", "bench_grpo", "fsdp_1_device", "qlora_grpo", "engine_cuda"]
+CHECKS = [
+    "smoke",
+    "bench_grpo",
+    "fsdp_1_device",
+    "qlora_grpo",
+    "engine_cuda",
+    "deepspeed_zero2",
+    "deepspeed_zero3",
+    "deepspeed_cpu",
+]
 
 
 def test_the_cuda_plan_runs_every_check_on_the_gpu_in_bf16(tmp_path):
@@ -27,7 +36,16 @@ def test_the_cuda_plan_runs_every_check_on_the_gpu_in_bf16(tmp_path):
     assert {"adapter=qlora", "grpo.max_steps=2"} <= set(plan["qlora_grpo"].command)
     assert "--cfg" not in plan["qlora_grpo"].command  # it trains on the GPU
     assert plan["engine_cuda"].env == {"MEDRL_TEST_DEVICES": "cpu,cuda"}
-    assert sum(check.timeout_s for check in plan.values()) <= 30 * 60
+    for name, stage in (("deepspeed_zero2", 2), ("deepspeed_zero3", 3)):
+        command = set(plan[name].command)
+        assert {"trainer=deepspeed", f"trainer.strategy.stage={stage}"} <= command
+        assert {"stages=[sft,grpo]", "trainer.devices=1"} <= command
+        assert not {"trainer.strategy.allow_cpu=true", "--cfg"} & command  # trains on the GPU
+        assert plan[name].results == tmp_path / name
+    assert "trainer.precision=bf16-mixed" in plan["deepspeed_zero3"].command
+    assert plan["deepspeed_cpu"].refusal == "trainer.accelerator=cpu with trainer=deepspeed"
+    # Worst case, every check at its limit; a passing run takes about a third of it.
+    assert sum(check.timeout_s for check in plan.values()) <= 35 * 60
 
 
 def test_without_cuda_the_real_check_refuses_and_names_the_dry_run(tmp_path, capsys):
@@ -57,7 +75,15 @@ def test_the_dry_run_passes_on_this_cpu_and_reports_every_check(tmp_path):
     assert "eval/accuracy" in by_name["smoke"]["figures"]["metrics"]
     assert "| medrl |" in by_name["bench_grpo"]["figures"]["bench_report"]
     assert "passed" in by_name["engine_cuda"]["log_tail"]
-    assert "# medrl GPU check (dry run on a CPU)" in (out / "report.md").read_text()
+    for name in ("deepspeed_zero2", "deepspeed_zero3"):
+        if deepspeed_installed():  # trained on one CPU process through the tests' opt-in
+            metrics = by_name[name]["figures"]["metrics"]
+            assert {"train/loss", "val/loss", "reward/total", "train/grad_norm"} <= set(metrics)
+            assert metrics["rollout/step"] == 2.0 and metrics["faults/skipped_updates"] == 0
+        else:  # composed only
+            log = (out / "logs" / f"{name}.log").read_text()
+            assert "_target_: medrl.deepspeed_strategy.PolicyDeepSpeedStrategy" in log
+    assert "trainer.accelerator=cpu with trainer=deepspeed" in by_name["deepspeed_cpu"]["log_tail"]
 
 
 def test_the_cuda_plan_composes_to_gpu_runs(compose, tmp_path):
@@ -76,6 +102,13 @@ def test_the_cuda_plan_composes_to_gpu_runs(compose, tmp_path):
     assert fsdp.trainer.devices == 1 and fsdp.trainer.strategy._target_.endswith(
         "PolicyFSDPStrategy"
     )
+    for name, precision in (("deepspeed_zero2", "32-true"), ("deepspeed_zero3", "bf16-mixed")):
+        deepspeed = compose("train", overrides(name))
+        assert deepspeed.trainer.strategy._target_.endswith("PolicyDeepSpeedStrategy")
+        assert (deepspeed.trainer.accelerator, deepspeed.trainer.precision) == ("gpu", precision)
+        assert deepspeed.trainer.strategy.allow_cpu is False
+        assert list(deepspeed.stages) == ["sft", "grpo"]
+        assert deepspeed.sft.max_steps == deepspeed.grpo.max_steps == 2
     qlora = compose("train", overrides("qlora_grpo"))
     assert qlora.adapter._target_.endswith("QLoraAdapter") and list(qlora.stages) == ["grpo"]
     assert qlora.trainer.accelerator == "gpu" and qlora.grpo.max_steps == 2

@@ -62,6 +62,7 @@ from medrl.algorithms.numeric_faults import (
     FaultCounter,
     NumericFaultSettings,
     drop_gradients,
+    stepped_update_fault,
     update_fault,
 )
 from medrl.algorithms.optim import build_optimizer
@@ -516,6 +517,7 @@ class GRPOModule(UsesRolloutEngine, ShardablePolicy, TrainableWeightsCheckpointi
             local: Counter[str] = Counter()
             for rows in self._micro_batches(len(rollout)):
                 self.engine.before_micro_batch()  # e.g. the last one's freed heap, to the OS
+                self.start_micro_batch()  # DeepSpeed: this backward adds to the update
                 with timed(timings, "policy_forward"):
                     loss, metrics, entropy = self._micro_batch_loss(
                         step, rows, old_logp, ref_logp, mask, totals, pg_mask
@@ -611,10 +613,18 @@ class GRPOModule(UsesRolloutEngine, ShardablePolicy, TrainableWeightsCheckpointi
         """Clip and step, or skip a non-finite update (numeric_faults); the pre-clip norm.
 
         `batch_loss` is the whole batch's (all ranks), and the gradients are reduced already,
-        so every rank takes the same decision."""
+        so every rank takes the same decision. Under DeepSpeed its step does all of it (the
+        norm over every partition, clipping to grad_clip, skipping a non-finite norm), and the
+        fault is recorded from the norm it reports."""
+        where = f"grpo rollout step {self.rollout_step + 1}, update {update + 1}/{self.mu}"
+        if self.strategy_steps_update():
+            optimizer.step()
+            grad_norm = self.stepped_gradient_norm()
+            self.faults.record(stepped_update_fault([batch_loss], grad_norm), where)
+            scheduler.step()
+            return grad_norm
         grad_norm = self.gradient_norm()  # before clipping; over every shard under FSDP
         fault = update_fault([batch_loss], self.model, grad_norm)
-        where = f"grpo rollout step {self.rollout_step + 1}, update {update + 1}/{self.mu}"
         self.faults.record(fault, where)
         if fault is None:
             self.clip_gradient_norm(optimizer, self.grad_clip)
@@ -623,6 +633,10 @@ class GRPOModule(UsesRolloutEngine, ShardablePolicy, TrainableWeightsCheckpointi
         optimizer.step()
         scheduler.step()
         return grad_norm
+
+    def strategy_gradient_clip(self) -> float:
+        """grad_clip, for DeepSpeed's gradient_clipping (0: no clipping)."""
+        return max(self.grad_clip, 0.0)
 
     def _loss_mask(self, rollout: Rollout) -> torch.Tensor:
         mask = rollout.completion_mask.float()  # [N, C]

@@ -105,6 +105,19 @@ def update_fault(
     return None  # finite gradients whose squared norm overflowed: not a fault
 
 
+def stepped_update_fault(losses: Iterable[float], grad_norm: float) -> str | None:
+    """What was non-finite in an update that the strategy checked at its own step (DeepSpeed:
+    it skips an update whose gradient norm over every partition is not finite, and reports
+    that norm as inf), or None. Its gradients are partitioned, so no tensor can be named.
+    A non-finite loss whose gradients were all finite is counted, but DeepSpeed applied it."""
+    bad_losses = [value for value in losses if not math.isfinite(value)]
+    if bad_losses:
+        return f"non-finite loss {bad_losses[0]}"
+    if not math.isfinite(grad_norm):
+        return f"non-finite gradient norm {grad_norm} (DeepSpeed skipped the update)"
+    return None
+
+
 def drop_gradients(model: nn.Module) -> None:
     """Make the next optimizer step a no-op for every parameter."""
     for param in model.parameters():

@@ -11,6 +11,7 @@ from medrl.algorithms.numeric_faults import (
     FaultCounter,
     NumericFaultSettings,
     drop_gradients,
+    stepped_update_fault,
     update_fault,
 )
 from medrl.algorithms.optim import build_optimizer
@@ -99,12 +100,26 @@ class SFTModule(UsesRolloutEngine, ShardablePolicy, TrainableWeightsCheckpointin
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # Lightning calls this once the update's gradients are accumulated, before clipping.
-        losses = torch.stack(self._step_losses).tolist() if self._step_losses else []
-        self._step_losses.clear()
-        fault = update_fault(losses, self.model, self.gradient_norm())
-        self.faults.record(fault, f"sft step {self.global_step + 1}")
+        if self.strategy_steps_update():
+            return  # DeepSpeed checks the gradients at its step: see optimizer_step
+        fault = update_fault(self._take_step_losses(), self.model, self.gradient_norm())
+        self._record_fault(fault)
         if fault is not None:
             drop_gradients(self.model)
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        if self.strategy_steps_update():  # the norm DeepSpeed measured (and acted on)
+            losses = self._take_step_losses()
+            self._record_fault(stepped_update_fault(losses, self.stepped_gradient_norm()))
+
+    def _take_step_losses(self) -> list[float]:
+        losses = torch.stack(self._step_losses).tolist() if self._step_losses else []
+        self._step_losses.clear()
+        return losses
+
+    def _record_fault(self, fault: str | None) -> None:
+        self.faults.record(fault, f"sft step {self.global_step + 1}")
         self.log("faults/skipped_updates", float(self.faults.total))
 
     def extra_state(self) -> dict:

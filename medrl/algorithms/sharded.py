@@ -1,13 +1,17 @@
-"""What medrl's LightningModules share to train under FSDP (medrl.sharding) as under DDP or
-in one process: the policy becomes the root FSDP module in `configure_model`, and gradient
-norms and clipping see every shard.
+"""What medrl's LightningModules share to train under FSDP (medrl.sharding) and DeepSpeed
+(medrl.deepspeed_strategy) as under DDP or in one process: under FSDP the policy becomes the
+root FSDP module in `configure_model`, and gradient norms and clipping see every shard; under
+DeepSpeed the engine's step reduces, measures, clips and (when not finite) skips each update,
+and the modules read the norm it measured.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.strategies import DeepSpeedStrategy
 from torch import nn
 
 from medrl import sharding
@@ -39,6 +43,40 @@ class ShardablePolicy(pl.LightningModule):
         reference = getattr(self, "reference", None)
         if reference is not None and not sharding.is_fsdp_root(reference):
             self.reference = strategy.shard(reference)
+
+    def strategy_steps_update(self) -> bool:
+        """True under trainer=deepspeed: DeepSpeed's step reduces the gradients (partitioned
+        over the processes, so `param.grad` holds none), computes their norm over every
+        partition, clips them to its gradient_clipping (`strategy_gradient_clip`) and skips
+        the update when that norm is not finite. The module records the norm afterwards
+        (`stepped_gradient_norm`) instead of measuring and clipping before the step."""
+        trainer = self._trainer
+        return trainer is not None and isinstance(trainer.strategy, DeepSpeedStrategy)
+
+    def strategy_gradient_clip(self) -> float | None:
+        """The norm bound a strategy that clips at its own step applies (DeepSpeed's
+        gradient_clipping); None: the Trainer's gradient_clip_val (automatic optimization).
+        Modules with manual optimization and their own bound override it."""
+        return None
+
+    def stepped_gradient_norm(self) -> float:
+        """The gradient norm before clipping that DeepSpeed computed at its last step, over
+        every partition (inf when it skipped the update for a non-finite norm)."""
+        norm = self.trainer.strategy.deepspeed_engine.get_global_grad_norm()
+        return math.nan if norm is None else float(norm)
+
+    def start_micro_batch(self) -> None:
+        """Call before the forward of each micro-batch whose backward adds to one update inside
+        a training_step (GRPO). DeepSpeed resets its per-backward state (the count that makes
+        ZeRO-3 add a backward's gradients to the earlier ones instead of replacing them) only
+        in its engine's forward, which Lightning runs once, around the whole training_step:
+        without this, ZeRO-3 kept only the last micro-batch's gradients (DeepSpeed 0.19.8)."""
+        if not self.strategy_steps_update():
+            return
+        optimizer = self.trainer.strategy.deepspeed_engine.optimizer
+        clear = getattr(optimizer, "clear_backward_seen_flag", None)  # ZeRO optimizers
+        if clear is not None:
+            clear()
 
     def gradient_norm(self) -> float:
         """The norm of all the policy's gradients (over every shard under FSDP)."""

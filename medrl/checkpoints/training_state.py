@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -89,18 +90,36 @@ def latest_readable(folder: Path) -> Path | None:
     """The newest checkpoint in `folder` whose archive is intact (CRC-checked), or None.
 
     torch.save writes a zip archive; testzip reads every member and checks its CRC, which
-    catches a truncated or damaged file without unpickling it.
+    catches a truncated or damaged file without unpickling it. A checkpoint may also be a
+    folder (trainer=deepspeed: one file per process, medrl.deepspeed_strategy, renamed into
+    place once complete): then every .pt file in it must be intact, and there must be one.
     """
     for step, path in reversed(step_checkpoints(folder)):
+        archives = sorted(path.rglob("*.pt")) if path.is_dir() else [path]
         try:
-            with zipfile.ZipFile(path) as archive:
-                bad = archive.testzip()
-            if bad is None:
+            if not archives:
+                raise OSError("the checkpoint folder holds no .pt file")
+            damaged = [(a, member) for a in archives if (member := _damaged_member(a))]
+            if not damaged:
                 return path
-            log.warning("skipping checkpoint %s: member %s is damaged", path, bad)
+            archive, member = damaged[0]
+            log.warning("skipping checkpoint %s: member %s of %s is damaged", path, member, archive)
         except (zipfile.BadZipFile, OSError) as error:
             log.warning("skipping unreadable checkpoint %s (step %s): %s", path, step, error)
     return None
+
+
+def _damaged_member(archive: Path) -> str | None:
+    with zipfile.ZipFile(archive) as opened:
+        return opened.testzip()
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint file, or a checkpoint folder (trainer=deepspeed), if it is there."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 # --- RNG state ------------------------------------------------------------------------------
@@ -219,9 +238,9 @@ class TrainingStateCheckpoint(pl.Callback):
         # The settings, readable without loading a checkpoint: a resume checks them first.
         write_atomic(self.folder / SETTINGS_FILE, json.dumps(self.fingerprint, indent=1))
         for _, old in step_checkpoints(self.folder)[: -self.keep_last]:
-            old.unlink(missing_ok=True)
+            remove_checkpoint(old)
         for leftover in self.folder.glob(".step-*.tmp"):  # from a write that was killed
-            leftover.unlink(missing_ok=True)
+            remove_checkpoint(leftover)
 
     # Lightning stores this in checkpoint["callbacks"] and hands it back on resume, before
     # the first training batch.

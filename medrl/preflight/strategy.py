@@ -1,11 +1,14 @@
 """Checks of the trainer's strategy against what the training stages can run: combinations
-that cannot work under FSDP are refused before any process starts, naming the key to change.
+that cannot work under FSDP or DeepSpeed are refused before any process starts, naming the key
+to change.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
+import torch
 from omegaconf import DictConfig
 
 from medrl.preflight.report import CheckResult, failed, passed
@@ -17,6 +20,25 @@ KEY = "trainer.strategy"
 LIGHTNING_FSDP = ("fsdp", "fsdp_cpu_offload", "lightning.pytorch.strategies.FSDPStrategy")
 MEDRL_FSDP = "medrl.sharding.PolicyFSDPStrategy"
 SHARDING_STRATEGIES = ("FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD")
+# Lightning's own DeepSpeed, by registry name or class: it lets DeepSpeed count accumulation
+# steps (a second division of each loss) and leaves GRPO's gradients unclipped.
+LIGHTNING_DEEPSPEED = (
+    "deepspeed",
+    "deepspeed_stage_1",
+    "deepspeed_stage_2",
+    "deepspeed_stage_2_offload",
+    "deepspeed_stage_3",
+    "deepspeed_stage_3_offload",
+    "deepspeed_stage_3_offload_nvme",
+    "lightning.pytorch.strategies.DeepSpeedStrategy",
+    "lightning.pytorch.strategies.deepspeed.DeepSpeedStrategy",
+)
+MEDRL_DEEPSPEED = "medrl.deepspeed_strategy.PolicyDeepSpeedStrategy"
+ZERO_STAGES = (1, 2, 3)
+# The precisions trainer=deepspeed was run with: 32-true, and bf16-mixed (DeepSpeed's bf16
+# mode: bf16 weights, fp32 master copies in the optimizer).
+DEEPSPEED_PRECISIONS = ("32-true", "32", "bf16-mixed")
+CUDA_ACCELERATORS = ("gpu", "cuda")
 
 
 def strategy_name(node: Any) -> str | None:
@@ -31,8 +53,11 @@ def is_fsdp(cfg: DictConfig) -> bool:
 
 
 def strategy_checks(cfg: DictConfig) -> list[CheckResult]:
-    """FSDP's requirements, for the SFT and GRPO stages (evaluation does not shard weights)."""
+    """FSDP's and DeepSpeed's requirements, for the SFT and GRPO stages (evaluation does not
+    shard weights)."""
     name = strategy_name(select(cfg, KEY))
+    if name in LIGHTNING_DEEPSPEED or name == MEDRL_DEEPSPEED:
+        return deepspeed_checks(cfg, name)
     if name in LIGHTNING_FSDP:
         return [
             failed(
@@ -131,3 +156,113 @@ def check_setting(cfg: DictConfig, key: str, test, requirement: str) -> CheckRes
     if test(value):
         return passed("strategy", f"{key}={show(value)}", key)
     return failed("strategy", f"{key}={show(value)}: {requirement}", key)
+
+
+# --- trainer=deepspeed ----------------------------------------------------------------------
+
+
+def deepspeed_checks(cfg: DictConfig, name: str) -> list[CheckResult]:
+    """trainer=deepspeed's requirements (medrl.deepspeed_strategy)."""
+    if name != MEDRL_DEEPSPEED:
+        return [
+            failed(
+                "strategy",
+                f"{KEY}={name}: Lightning's own DeepSpeed counts accumulation steps itself "
+                "(each loss divided twice) and leaves GRPO's gradients unclipped; use "
+                f"trainer=deepspeed ({MEDRL_DEEPSPEED})",
+                KEY,
+            )
+        ]
+    return [
+        check_deepspeed_installed(),
+        check_cuda_accelerator(cfg),
+        check_setting(
+            cfg,
+            f"{KEY}.stage",
+            lambda value: value in ZERO_STAGES,
+            f"must be one of {list(ZERO_STAGES)} (ZeRO stages)",
+        ),
+        check_parameter_offload(cfg),
+        check_no_quantized_base_under_zero(cfg),
+        check_deepspeed_precision(cfg),
+        check_backend(cfg),
+    ]
+
+
+def deepspeed_installed() -> bool:
+    return importlib.util.find_spec("deepspeed") is not None
+
+
+def check_deepspeed_installed() -> CheckResult:
+    if deepspeed_installed():
+        return passed("strategy", "deepspeed is installed", KEY)
+    return failed(
+        "strategy",
+        "trainer=deepspeed: the deepspeed package is not installed; `make install-deepspeed` "
+        "installs it without compiling any CUDA extension (or use trainer=fsdp / ddp)",
+        KEY,
+    )
+
+
+def check_cuda_accelerator(cfg: DictConfig) -> CheckResult:
+    """DeepSpeed runs on CUDA GPUs (Lightning's DeepSpeedStrategy refuses anything else). Its
+    CPU accelerator is let through only with trainer.strategy.allow_cpu=true, for tests."""
+    key = "trainer.accelerator"
+    accelerator = select(cfg, key)
+    if accelerator == "cpu" and select(cfg, f"{KEY}.allow_cpu") is True:
+        return passed(
+            "strategy", f"{key}=cpu with {KEY}.allow_cpu=true (tests: DeepSpeed on CPUs)", key
+        )
+    cuda = torch.cuda.is_available()
+    if accelerator in (*CUDA_ACCELERATORS, "auto") and cuda:
+        return passed("strategy", f"{key}={show(accelerator)}: CUDA for DeepSpeed", key)
+    why = "no CUDA device is available here" if not cuda else "DeepSpeed needs CUDA GPUs"
+    return failed(
+        "strategy",
+        f"{key}={show(accelerator)} with trainer=deepspeed: {why}; run trainer=deepspeed with "
+        f"{key}=gpu on a CUDA machine, or pick another trainer here (trainer=cpu / ddp / "
+        f"fsdp; {KEY}.allow_cpu=true is for tests only)",
+        key,
+    )
+
+
+def check_parameter_offload(cfg: DictConfig) -> CheckResult:
+    key = f"{KEY}.offload_parameters"
+    offload, stage = select(cfg, key), select(cfg, f"{KEY}.stage")
+    if not offload or stage == 3:
+        return passed("strategy", f"{key}={show(offload)} with stage {show(stage)}", key)
+    return failed(
+        "strategy",
+        f"{key}=true with {KEY}.stage={show(stage)}: only ZeRO-3 partitions the weights it "
+        f"would offload; set {KEY}.stage=3 or {key}=false",
+        key,
+    )
+
+
+def check_no_quantized_base_under_zero(cfg: DictConfig) -> CheckResult:
+    """ZeRO-3 partitions every weight as a flat float tensor; bitsandbytes keeps 4-bit weights
+    packed in integer storage with a quantization state beside them. Stages 1-2 leave frozen
+    weights alone, but DeepSpeed casts and broadcasts the whole module at setup, which has not
+    been run with 4-bit weights (they need CUDA, which this project's tests lack)."""
+    kind = select(cfg, "adapter._target_")
+    if kind != "medrl.models.QLoraAdapter":
+        return passed("strategy", f"adapter: {show(kind)} under DeepSpeed", "adapter")
+    return failed(
+        "strategy",
+        "adapter=qlora with trainer=deepspeed: ZeRO-3 cannot partition bitsandbytes' packed "
+        "4-bit weights (it flattens every weight into a float partition), and QLoRA under "
+        "ZeRO-1/2 is untried; use adapter=lora with trainer=deepspeed, or adapter=qlora with "
+        "trainer=ddp",
+        "adapter",
+    )
+
+
+def check_deepspeed_precision(cfg: DictConfig) -> CheckResult:
+    key = "trainer.precision"
+    return check_setting(
+        cfg,
+        key,
+        lambda value: str(value) in DEEPSPEED_PRECISIONS,
+        "must be 32-true or bf16-mixed with trainer=deepspeed (the precisions it was run "
+        "with; fp16 would bring DeepSpeed's loss scaling into GRPO's update)",
+    )

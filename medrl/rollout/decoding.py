@@ -19,9 +19,10 @@ prompts are shared or not (the tests check it). With `prompt_seeds`, each prompt
 own stream (PromptStreams): a prompt's samples then do not depend on which other prompts share
 its batch, or its rank in a multi-process run.
 
-Under FSDP (medrl.sharding) every forward gathers each layer's weights from all processes, so
-every process must run as many forwards as the others: with `lockstep`, a process whose rows
-have all ended keeps running a one-token filler forward until every process's rows have.
+Under FSDP and DeepSpeed ZeRO-3 (medrl.sharding.weights_sharded) every forward gathers each
+layer's weights from all processes, so every process must run as many forwards as the others:
+with `lockstep`, a process whose rows have all ended keeps running a one-token filler forward
+until every process's rows have.
 
 Shapes: b prompts, G samples each, N = b*G rows, P prompt width, C completion width, V vocab.
 """

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from medrl.rollout.onednn_linear import onednn_linear
-from medrl.sharding import is_fsdp_managed
+from medrl.sharding import weights_sharded
 
 # Model types whose causal-LM logits are exactly lm_head(final hidden states).
 PLAIN_HEAD_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
@@ -39,8 +39,9 @@ HEAD_CHUNK_ELEMENTS = 1 << 22
 
 def fused_head_supported(model: nn.Module) -> bool:
     """Whether the model's logits are a plain, bias-free Linear of its final hidden states,
-    whose weight stays whole after the forward (under FSDP it is a shard again by then)."""
-    if is_fsdp_managed(model):
+    whose weight stays whole after the forward (under FSDP or ZeRO-3 it is a shard again by
+    then)."""
+    if weights_sharded(model):
         return False
     config = getattr(model, "config", None)
     config = getattr(config, "get_text_config", lambda: config)()

@@ -22,7 +22,7 @@ from torch import nn
 from medrl import distributed
 from medrl.rollout.decoding import decode
 from medrl.rollout.settings import SAMPLERS, SamplingSettings
-from medrl.sharding import is_fsdp_managed, root_weights_gathered
+from medrl.sharding import root_weights_gathered, weights_sharded
 from medrl.utils.timing import timed
 
 
@@ -263,6 +263,8 @@ def _generate_chunk(
     # without sampling): decode each prompt once and repeat it.
     per_call = 1 if settings.greedy else num_samples
     ids, mask = ids.to(device), mask.to(device)
+    # Sharded weights (FSDP, ZeRO-3) are gathered from all processes in every forward.
+    lockstep = weights_sharded(model) and distributed.world_size() > 1
     if sampler == "medrl":
         completion = decode(
             model,
@@ -274,16 +276,17 @@ def _generate_chunk(
             pad_id,
             timings=timings,
             prompt_seeds=prompt_seeds,
-            lockstep=is_fsdp_managed(model) and distributed.world_size() > 1,
+            lockstep=lockstep,
         )
     else:
         # Under FSDP generate runs the policy's inner modules, not its root forward: the root
-        # unit's weights are gathered around it; transformers keeps the processes in step
-        # (synced_gpus) when it sees an FSDP-managed model on several processes.
+        # unit's weights are gathered around it. synced_gpus keeps the processes in step
+        # (transformers sees an FSDP-managed model itself, but not Lightning's ZeRO-3).
         with timed(timings, "decode"), root_weights_gathered(model):
             sequences = model.generate(
                 input_ids=ids,
                 attention_mask=mask,
+                synced_gpus=lockstep,
                 num_return_sequences=per_call,
                 eos_token_id=eos_ids,
                 pad_token_id=pad_id,

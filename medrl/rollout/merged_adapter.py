@@ -24,7 +24,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from medrl.sharding import is_fsdp_managed
+from medrl.sharding import weights_sharded
 
 
 def lora_layers(model: nn.Module) -> list[nn.Module]:
@@ -46,8 +46,9 @@ def can_merge_exactly(model: nn.Module) -> bool:
     Under FSDP (medrl.sharding) each weight is, between forwards, a view of this process's
     flat shard, and each forward re-points the layers at the gathered flat parameter: a weight
     cannot be merged there, and a swapped one would be replaced by the next forward (with the
-    adapters disabled meanwhile, they would silently drop out). Sharded models sample unmerged."""
-    if is_fsdp_managed(model):
+    adapters disabled meanwhile, they would silently drop out). Under DeepSpeed ZeRO-3 a weight
+    is an empty placeholder between forwards. Sharded models sample unmerged."""
+    if weights_sharded(model):
         return False
     layers = lora_layers(model)
     if not layers or not hasattr(model, "disable_adapter"):
@@ -118,8 +119,8 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
 def autocast_weights(model: nn.Module, device: torch.device) -> Iterator[torch.dtype | None]:
     """Inside the block every frozen plain nn.Linear weight of `model` is a copy cast once to
     the autocast dtype; yields that dtype, or None (nothing changes) when autocast is off on
-    `device` or FSDP manages the weights. The weights the model holds on entry (merged ones
-    inside merged_lora) are the ones cast, and the ones put back on exit.
+    `device` or the weights are sharded (FSDP, ZeRO-3). The weights the model holds on entry
+    (merged ones inside merged_lora) are the ones cast, and the ones put back on exit.
 
     Exactly the numbers autocast computes: it casts a Linear's weight to its dtype on every
     call, and caches the cast only for weights that require gradients (which are left to it
@@ -128,7 +129,7 @@ def autocast_weights(model: nn.Module, device: torch.device) -> Iterator[torch.d
     the whole model once per token, and the log-prob passes once per micro-batch.
     """
     dtype = autocast_dtype(device)
-    if dtype is None or is_fsdp_managed(model):  # sharded weights: see can_merge_exactly
+    if dtype is None or weights_sharded(model):  # sharded weights: see can_merge_exactly
         yield None
         return
     frozen = (

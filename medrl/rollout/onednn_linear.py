@@ -14,8 +14,8 @@ reduced-precision math (the results equal F.linear's to float32 rounding, anothe
 order), with its own backward (the input's gradient through oneDNN as well; the weight's and
 bias's, when they train, as torch computes them). Everything else is ``F.linear`` as before:
 other dtypes, autocast (torch already runs bfloat16 matmuls in oneDNN), other devices, and
-models whose weights are FSDP-managed. The graph keeps the routed function, so a backward
-after the block still runs it.
+models whose weights are sharded (FSDP, DeepSpeed ZeRO-3). The graph keeps the routed
+function, so a backward after the block still runs it.
 
 The op is torch's own `torch.ops.mkldnn._linear_pointwise` (what torch.compile's CPU backend
 emits for a Linear); where a torch build lacks it, `onednn_linear_supported()` is False and
@@ -40,7 +40,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from medrl.sharding import is_fsdp_managed
+from medrl.sharding import weights_sharded
 from medrl.utils.forwards import instance_forwards
 
 # Entries of oneDNN's primitive cache and of ideep's LRU; both read their variable on first use.
@@ -121,11 +121,11 @@ def onednn_linear(
 def onednn_linears(model: nn.Module, enabled: bool = True) -> Iterator[int]:
     """Inside the block every plain nn.Linear of `model` runs `onednn_linear` (yields how many).
 
-    Nothing changes when `enabled` is false, the build lacks the op, the model is FSDP-managed,
-    or for a Linear whose forward is already replaced on the instance (e.g. by accelerate's
-    hooks, or an enclosing onednn_linears). Each module's own forward is back on exit, also
-    when the block raises."""
-    if not enabled or not onednn_linear_supported() or is_fsdp_managed(model):
+    Nothing changes when `enabled` is false, the build lacks the op, the model's weights are
+    sharded (FSDP, DeepSpeed ZeRO-3), or for a Linear whose forward is already replaced on the
+    instance (e.g. by accelerate's hooks, or an enclosing onednn_linears). Each module's own
+    forward is back on exit, also when the block raises."""
+    if not enabled or not onednn_linear_supported() or weights_sharded(model):
         yield 0
         return
     with instance_forwards(model, lambda m: type(m) is nn.Linear, _routed_forward) as routed:

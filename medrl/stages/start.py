@@ -10,7 +10,7 @@ from pathlib import Path
 
 from torch import nn
 
-from medrl import distributed, sharding
+from medrl import deepspeed_strategy, distributed, sharding
 from medrl.checkpoints import (
     LineageError,
     Manifest,
@@ -92,14 +92,19 @@ def load_start(
 def trained_policy(policy: Policy, trained: nn.Module) -> Policy:
     """The policy a stage checkpoint saves, given `trained`, the training module's policy.
 
-    Without sharding `trained` is `policy.model`, trained in place. Under FSDP it is the root
-    FSDP module around it, holding shards: every rank must call this; the full weights are
-    gathered to rank zero and loaded (strictly: every tensor) into a fresh load of the model
-    the stage started from, which rank zero then writes. Other ranks get `policy` back, as is.
+    Without sharding `trained` is `policy.model`, trained in place (so under DeepSpeed ZeRO-1
+    and 2, whose weights stay whole on every process). Under FSDP it is the root FSDP module
+    around it, holding shards, and under DeepSpeed ZeRO-3 `policy.model` with its weights
+    partitioned: every rank must call this; the full weights are gathered to rank zero and
+    loaded (strictly: every tensor) into a fresh load of the model the stage started from,
+    which rank zero then writes. Other ranks get `policy` back, as is.
     """
-    if not sharding.is_fsdp_root(trained):
+    if sharding.is_fsdp_root(trained):
+        state = sharding.full_state_dict(trained)
+    elif deepspeed_strategy.is_partitioned(trained):
+        state = deepspeed_strategy.full_state_dict(trained)
+    else:
         return policy
-    state = sharding.full_state_dict(trained)
     if not distributed.is_rank_zero():
         return policy
     fresh = load_policy(policy.spec, policy.adapter)

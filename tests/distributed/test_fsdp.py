@@ -143,3 +143,24 @@ def test_plain_models_are_not_fsdp_managed_and_keep_their_gradient_norm():
 def test_fsdp_wrapper_segments_are_removed_from_names():
     name = "model._fsdp_wrapped_module.base.layers.0._fsdp_wrapped_module.q.lora_A.weight"
     assert sharding.clean_name(name) == "model.base.layers.0.q.lora_A.weight"
+
+
+def test_zero3_partitioned_weights_count_as_sharded_and_are_never_read_directly():
+    """DeepSpeed ZeRO-3 marks each parameter it partitions with a ds_id (an empty placeholder
+    between forwards): the pieces that read or swap weights stand aside, as under FSDP."""
+    from medrl.rollout.fused_head import fused_head_supported
+    from medrl.rollout.onednn_linear import onednn_linear_supported, onednn_linears
+
+    head = nn.Linear(4, 10, bias=False)
+    model = nn.Sequential(nn.Linear(4, 4), head)
+    model.config = type("Config", (), {"model_type": "llama"})()
+    model.get_output_embeddings = lambda: head
+    assert not sharding.weights_sharded(model) and fused_head_supported(model)
+    with onednn_linears(model) as routed:
+        assert routed == (2 if onednn_linear_supported() else 0)
+    head.weight.ds_id = 0
+    assert sharding.is_zero3_partitioned(model) and sharding.weights_sharded(model)
+    assert not sharding.is_fsdp_managed(model)
+    assert not fused_head_supported(model)
+    with onednn_linears(model) as routed:
+        assert routed == 0

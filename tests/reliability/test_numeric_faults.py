@@ -15,7 +15,12 @@ from torch.utils.data import DataLoader
 
 from medrl.algorithms import grpo as grpo_module
 from medrl.algorithms.grpo import GRPOModule
-from medrl.algorithms.numeric_faults import FaultCounter, NumericFaultError, update_fault
+from medrl.algorithms.numeric_faults import (
+    FaultCounter,
+    NumericFaultError,
+    stepped_update_fault,
+    update_fault,
+)
 from medrl.checkpoints.training_state import AtomicCheckpointIO, TrainingStateCheckpoint
 from medrl.data.records import QARecord
 from medrl.models import LoraAdapter, load_policy
@@ -47,6 +52,15 @@ def test_a_non_finite_gradient_is_reported_with_the_first_tensor_named():
     assert update_fault([0.5], model) is None
     model.bias.grad[0] = math.inf
     assert update_fault([0.5], model) == "non-finite gradient in 1 tensors (first: bias)"
+
+
+def test_an_update_the_strategy_checked_is_judged_by_its_losses_and_reported_norm():
+    """Under DeepSpeed the gradients are partitioned: the norm its step reports decides."""
+    assert stepped_update_fault([0.5, 0.25], 0.7) is None
+    assert stepped_update_fault([0.5, math.inf], 0.7) == "non-finite loss inf"
+    fault = stepped_update_fault([0.5], math.inf)
+    assert fault == "non-finite gradient norm inf (DeepSpeed skipped the update)"
+    assert stepped_update_fault([0.5], math.nan).startswith("non-finite gradient norm nan")
 
 
 def test_the_counter_stops_only_after_k_faults_in_a_row():

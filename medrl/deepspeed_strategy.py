@@ -51,8 +51,11 @@ from torch import nn
 
 from medrl import distributed
 from medrl.sharding import is_zero3_partitioned
+from medrl.utils.config import config_values
 
 ZERO_STAGES = (1, 2, 3)
+# The strategy's defaults: the values conf/trainer/deepspeed.yaml writes (one definition).
+DEFAULTS = config_values("trainer/deepspeed", "strategy")
 log = logging.getLogger(__name__)
 
 
@@ -76,16 +79,16 @@ class PolicyDeepSpeedStrategy(DeepSpeedStrategy):
 
     def __init__(
         self,
-        stage: int = 2,
-        offload_optimizer: bool = False,
-        offload_parameters: bool = False,
-        contiguous_gradients: bool = True,
-        overlap_comm: bool = True,
-        reduce_bucket_size: int = 200_000_000,
-        allgather_bucket_size: int = 200_000_000,
-        exclude_frozen_parameters: bool = True,
-        process_group_backend: str | None = None,
-        allow_cpu: bool = False,
+        stage: int = DEFAULTS["stage"],
+        offload_optimizer: bool = DEFAULTS["offload_optimizer"],
+        offload_parameters: bool = DEFAULTS["offload_parameters"],
+        contiguous_gradients: bool = DEFAULTS["contiguous_gradients"],
+        overlap_comm: bool = DEFAULTS["overlap_comm"],
+        reduce_bucket_size: int = DEFAULTS["reduce_bucket_size"],
+        allgather_bucket_size: int = DEFAULTS["allgather_bucket_size"],
+        exclude_frozen_parameters: bool = DEFAULTS["exclude_frozen_parameters"],
+        process_group_backend: str | None = DEFAULTS["process_group_backend"],
+        allow_cpu: bool = DEFAULTS["allow_cpu"],
     ) -> None:
         if stage not in ZERO_STAGES:
             raise ValueError(f"trainer.strategy.stage={stage}: must be one of {ZERO_STAGES}")

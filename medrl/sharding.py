@@ -39,8 +39,12 @@ from torch.distributed.fsdp import (
 )
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
+from medrl.utils.config import config_values
+
 # The name segment FSDP inserts between a wrapper and the module it wraps.
 _FSDP_WRAPPED = "_fsdp_wrapped_module."
+# PolicyFSDPStrategy's defaults: the values conf/trainer/fsdp.yaml writes (one definition).
+FSDP_DEFAULTS = config_values("trainer/fsdp", "strategy")
 
 
 class PolicyFSDPStrategy(FSDPStrategy):
@@ -70,12 +74,12 @@ class PolicyFSDPStrategy(FSDPStrategy):
 
     def __init__(
         self,
-        sharding_strategy: str = "FULL_SHARD",
-        wrap_layers: Sequence[str] | None = None,
-        use_orig_params: bool = True,
-        state_dict_type: str = "full",
-        cpu_offload: bool = False,
-        process_group_backend: str | None = None,
+        sharding_strategy: str = FSDP_DEFAULTS["sharding_strategy"],
+        wrap_layers: Sequence[str] | None = FSDP_DEFAULTS["wrap_layers"],
+        use_orig_params: bool = FSDP_DEFAULTS["use_orig_params"],
+        state_dict_type: str = FSDP_DEFAULTS["state_dict_type"],
+        cpu_offload: bool = FSDP_DEFAULTS["cpu_offload"],
+        process_group_backend: str | None = FSDP_DEFAULTS["process_group_backend"],
     ) -> None:
         super().__init__(
             sharding_strategy=sharding_strategy,

@@ -16,9 +16,11 @@ from medrl.algorithms.grpo import GRPOModule
 from medrl.algorithms.numeric_faults import NumericFaultSettings
 from medrl.algorithms.sft import SFTModule
 from medrl.checkpoints.training_state import CheckpointingSettings
+from medrl.deepspeed_strategy import PolicyDeepSpeedStrategy
 from medrl.evaluation.text_metrics import TextMetricSettings
 from medrl.preflight.runner import PreflightSettings
 from medrl.rollout import STRAIGHTFORWARD, EngineSettings, SamplingSettings
+from medrl.sharding import PolicyFSDPStrategy
 from medrl.utils.config import config_values, defaults_from_config
 
 # (config key of the block in a default run, the class whose defaults must equal it)
@@ -68,19 +70,33 @@ def test_the_text_metric_defaults_are_the_evaluation_yamls(compose):
     ), "only the cache folder comes from the run's paths"
 
 
+SIGNATURES = [
+    (GRPOModule, [], "grpo.module"),
+    (SFTModule, [], "sft.module"),
+    (PolicyFSDPStrategy, ["trainer=fsdp"], "trainer.strategy"),
+    (PolicyDeepSpeedStrategy, ["trainer=deepspeed"], "trainer.strategy"),
+]
+
+
 @pytest.mark.parametrize(
-    ("module", "key"), [(GRPOModule, "grpo.module"), (SFTModule, "sft.module")]
+    ("owner", "overrides", "key"), SIGNATURES, ids=[owner.__name__ for owner, *_ in SIGNATURES]
 )
-def test_a_modules_signature_defaults_are_its_yamls_values(compose, module, key):
-    values = plain(compose("train", []), key)
+def test_a_signatures_defaults_are_its_yamls_values(compose, owner, overrides, key):
+    values = plain(compose("train", overrides), key)
     defaults = {
         name: p.default
-        for name, p in inspect.signature(module.__init__).parameters.items()
+        for name, p in inspect.signature(owner.__init__).parameters.items()
         if p.default is not inspect.Parameter.empty
     }
     scalars = {k: v for k, v in values.items() if not isinstance(v, dict)}
     assert scalars and all(defaults[k] == v for k, v in scalars.items()), scalars
-    assert defaults["max_consecutive_faults"] == compose("train", []).numeric_faults.max_consecutive
+
+
+def test_the_modules_fault_limit_is_the_numeric_faults_block(compose):
+    limit = compose("train", []).numeric_faults.max_consecutive
+    for module in (GRPOModule, SFTModule):
+        parameters = inspect.signature(module.__init__).parameters
+        assert parameters["max_consecutive_faults"].default == limit
 
 
 def test_a_field_the_yaml_does_not_write_is_named():

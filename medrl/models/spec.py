@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from medrl.utils.config import defaults_from_config
+
 MODEL_SOURCES = ("pretrained", "gguf", "tiny_random", "checkpoint")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -74,16 +76,16 @@ class FullFinetune:
 
 
 @dataclass
+@defaults_from_config("adapter/lora", keep=("kind",))
 class LoraAdapter:
-    """LoRA adapters (peft) on `target_modules`; only the adapter weights train."""
+    """LoRA adapters (peft) on `target_modules`; only the adapter weights train. The defaults
+    are conf/adapter/lora.yaml's (read from there)."""
 
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: list[str] | str = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
-    )
-    bias: str = "none"
+    r: int
+    alpha: int
+    dropout: float
+    target_modules: list[str] | str  # the yaml's list arrives as a tuple: made a list below
+    bias: str
     kind: str = "lora"
 
     def __post_init__(self) -> None:
@@ -94,15 +96,17 @@ class LoraAdapter:
 
 
 @dataclass
+@defaults_from_config("adapter/qlora", keep=("kind",))
 class QLoraAdapter(LoraAdapter):
     """LoRA on a base model quantized to 4 bits by bitsandbytes (QLoRA, Dettmers et al. 2023).
+    The defaults are conf/adapter/qlora.yaml's (over lora.yaml's).
 
     compute_dtype: dtype of the 4-bit matmuls; `auto` as for ModelSpec.dtype.
     """
 
-    quant_type: str = "nf4"
-    double_quant: bool = True
-    compute_dtype: str = "auto"
+    quant_type: str
+    double_quant: bool
+    compute_dtype: str
     kind: str = "qlora"
 
     def __post_init__(self) -> None:

@@ -19,6 +19,7 @@ from typing import ClassVar
 from medrl.data.records import QARecord
 from medrl.prompts._text import truncate_words
 from medrl.prompts.base import OutputFormat, ParsedCompletion
+from medrl.utils.config import defaults_from_config
 
 
 class MissingReferenceError(ValueError):
@@ -39,6 +40,7 @@ def reference_text(record: QARecord) -> str:
 
 
 @dataclass(frozen=True)
+@defaults_from_config("format/free_text")  # the defaults: conf/format/free_text.yaml
 class FreeTextFormat(OutputFormat):
     """A prose answer of a few sentences, no tags, no answer label.
 
@@ -49,8 +51,8 @@ class FreeTextFormat(OutputFormat):
     name: ClassVar[str] = "free_text"
     open_ended: ClassVar[bool] = True
 
-    answer_prefix: str = "Answer:"
-    max_reference_chars: int = 600
+    answer_prefix: str
+    max_reference_chars: int
 
     def __post_init__(self) -> None:
         if self.max_reference_chars < 1:

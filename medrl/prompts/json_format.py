@@ -31,6 +31,7 @@ from medrl.prompts._text import (
     target_explanation,
 )
 from medrl.prompts.base import OutputFormat, ParsedCompletion
+from medrl.utils.config import defaults_from_config
 
 CATEGORY_KEY = "predicted_category"
 CONFIDENCE_KEY = "confidence"
@@ -102,6 +103,7 @@ def _schema_error(obj: Mapping[str, object], answer: str | None) -> str | None:
 
 
 @dataclass(frozen=True)
+@defaults_from_config("format/json")  # the defaults: conf/format/json.yaml
 class JsonFormat(OutputFormat):
     """One JSON object (see the module docstring for the exact rules).
 
@@ -113,10 +115,10 @@ class JsonFormat(OutputFormat):
 
     name: ClassVar[str] = "json"
 
-    case_sensitive: bool = True
-    target_confidence: float = 0.95
-    explanation_fallback: str = "The correct answer is {label}: {text}."
-    max_explanation_chars: int = 200
+    case_sensitive: bool
+    target_confidence: float
+    explanation_fallback: str
+    max_explanation_chars: int
 
     def __post_init__(self) -> None:
         if not _confidence_ok(self.target_confidence):

@@ -9,9 +9,11 @@ from typing import ClassVar
 from medrl.data.records import QARecord
 from medrl.prompts._text import join_labels, match_label, preview
 from medrl.prompts.base import OutputFormat, ParsedCompletion
+from medrl.utils.config import defaults_from_config
 
 
 @dataclass(frozen=True)
+@defaults_from_config("format/letter")  # the defaults: conf/format/letter.yaml
 class LetterFormat(OutputFormat):
     """Only the label, optionally followed by one of `allowed_suffixes` (``"B."``, ``"B)"``).
 
@@ -25,8 +27,8 @@ class LetterFormat(OutputFormat):
 
     name: ClassVar[str] = "letter"
 
-    case_sensitive: bool = True
-    allowed_suffixes: str = ".)"
+    case_sensitive: bool
+    allowed_suffixes: str
 
     def system_prompt(self, labels: Sequence[str]) -> str:
         listed = join_labels(labels)  # first: it rejects an empty label list

@@ -10,11 +10,13 @@ from medrl.data.records import QARecord
 from medrl.prompts._tags import parse_tagged_answer, tag_strings
 from medrl.prompts._text import check_explanation_fields, join_labels, target_explanation
 from medrl.prompts.base import OutputFormat, ParsedCompletion
+from medrl.utils.config import defaults_from_config
 
 _NAMES = ("reasoning", "answer")
 
 
 @dataclass(frozen=True)
+@defaults_from_config("format/tags")  # the defaults: conf/format/tags.yaml
 class TagsFormat(OutputFormat):
     """Reasoning first, then the answer, each in its own tag.
 
@@ -31,9 +33,9 @@ class TagsFormat(OutputFormat):
 
     name: ClassVar[str] = "tags"
 
-    case_sensitive: bool = True
-    explanation_fallback: str = "The correct answer is {label}: {text}."
-    max_explanation_chars: int = 200
+    case_sensitive: bool
+    explanation_fallback: str
+    max_explanation_chars: int
 
     def __post_init__(self) -> None:
         check_explanation_fields(

@@ -42,8 +42,8 @@ def _load_option(path: str) -> DictConfig:
 
 def config_values(path: str, key: str | None = None) -> dict[str, Any]:
     """The plain values the yaml conf/<path>.yaml writes (below the dotted `key`): what a run
-    that picks that option gets. Interpolations (`${...}`, filled in by a composed run) and
-    Hydra's own keys (`_target_`) are left out."""
+    that picks that option gets. Interpolations (`${...}`, filled in by a composed run),
+    required values (`???`) and Hydra's own keys (`_target_`) are left out."""
     node = _load_option(path)
     if key:
         node = OmegaConf.select(node, key)
@@ -52,6 +52,8 @@ def config_values(path: str, key: str | None = None) -> dict[str, Any]:
     values = {}
     for name in node:
         if str(name).startswith("_") or OmegaConf.is_interpolation(node, name):
+            continue
+        if OmegaConf.is_missing(node, name):  # `???`: the user must give it, no default
             continue
         values[str(name)] = (
             OmegaConf.to_container(node[name]) if OmegaConf.is_config(node[name]) else node[name]

@@ -18,7 +18,10 @@ from medrl.algorithms.sft import SFTModule
 from medrl.checkpoints.training_state import CheckpointingSettings
 from medrl.deepspeed_strategy import PolicyDeepSpeedStrategy
 from medrl.evaluation.text_metrics import TextMetricSettings
+from medrl.models import LoraAdapter, QLoraAdapter
 from medrl.preflight.runner import PreflightSettings
+from medrl.prompts import FreeTextFormat, JsonFormat, LetterFormat, TagsFormat, XmlFormat
+from medrl.rewards.judge import JudgeSettings, JudgeSetup
 from medrl.rollout import STRAIGHTFORWARD, EngineSettings, SamplingSettings
 from medrl.sharding import PolicyFSDPStrategy
 from medrl.utils.config import config_values, defaults_from_config
@@ -113,3 +116,34 @@ def test_interpolations_and_hydra_keys_are_left_to_the_composed_run():
     values = config_values("grpo/standard", "module")
     assert "_target_" not in values and "engine" not in values  # engine: ${engine}
     assert values["sampling"]["max_new_tokens"] == SamplingSettings().max_new_tokens
+
+
+# (overrides, config key, class, fields the run fills from elsewhere: interpolations)
+OPTIONS = [
+    (["adapter=lora"], "adapter", LoraAdapter, ()),
+    (["adapter=qlora"], "adapter", QLoraAdapter, ()),
+    (["format=xml"], "format", XmlFormat, ()),
+    (["format=json"], "format", JsonFormat, ()),
+    (["format=tags"], "format", TagsFormat, ()),
+    (["format=letter"], "format", LetterFormat, ()),
+    (["format=free_text"], "format", FreeTextFormat, ()),
+    (["judge=local"], "judge.settings", JudgeSettings, ("base_url",)),
+    (["judge=local"], "judge", JudgeSetup, ("settings", "cache_file")),
+]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "cls", "filled"),
+    OPTIONS,
+    ids=[f"{cls.__name__}-{overrides[0]}" for overrides, _, cls, _ in OPTIONS],
+)
+def test_a_groups_option_and_its_class_defaults_are_the_same_values(
+    compose, overrides, key, cls, filled
+):
+    composed = plain(compose("train", overrides), key)
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    as_list = lambda value: list(value) if isinstance(value, tuple) else value  # noqa: E731
+    checked = [name for name in composed if name not in filled]
+    assert checked
+    for name in checked:
+        assert as_list(defaults[name]) == composed[name], name

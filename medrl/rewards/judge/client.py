@@ -20,6 +20,7 @@ import openai
 from medrl.data.records import QARecord
 from medrl.rewards.judge.cache import JudgeCache, cache_key
 from medrl.rewards.judge.rubrics import Rubric, parse_score, render_judge_messages
+from medrl.utils.config import defaults_from_config
 
 T = TypeVar("T")
 
@@ -27,6 +28,7 @@ FAILURES = ("unparsed", "timeout", "unreachable", "refused")
 
 
 @dataclass(frozen=True)
+@defaults_from_config("judge/local", "settings", keep=("base_url",))
 class JudgeSettings:
     """The `judge` config group: where the judge is and how it is asked.
 
@@ -41,14 +43,16 @@ class JudgeSettings:
     temperature, max_tokens: of the judge's reply; 0 makes a greedy judge deterministic.
     """
 
+    # Defaults: conf/judge/local.yaml's judge.settings (hosted.yaml changes some); base_url has
+    # none (the yaml's is an interpolation).
     base_url: str
-    model: str | None = None
-    api_key_env: str | None = None
-    concurrency: int = 8
-    timeout_s: float = 60.0
-    retries: int = 2
-    temperature: float = 0.0
-    max_tokens: int = 8
+    model: str | None
+    api_key_env: str | None
+    concurrency: int
+    timeout_s: float
+    retries: int
+    temperature: float
+    max_tokens: int
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:

@@ -10,6 +10,7 @@ from medrl.rewards.judge.cache import JudgeCache
 from medrl.rewards.judge.client import JudgeClient, JudgeSettings
 from medrl.rewards.judge.reward import ON_FAILURE, JudgeReward
 from medrl.rewards.judge.rubrics import load_rubric
+from medrl.utils.config import defaults_from_config
 
 PREFLIGHT = ("fail", "warn", "off")
 RUBRICS_DIR = Path(__file__).with_name("rubrics")  # the shipped rubric files
@@ -27,16 +28,19 @@ def shipped_rubric(name: str) -> Path:
 
 
 @dataclass(frozen=True)
+@defaults_from_config("judge/local", keep=("settings", "cache_file"))
 class JudgeSetup:
     """settings: the endpoint (`JudgeSettings`). on_failure: batch_mean | zero | raise (see
     medrl/rewards/judge/reward.py). cache_file: the run folder's verdict cache (null: memory
     only). preflight: what preflight's judge check does when the gold reference does not score
     above a wrong answer on the pool's first records: fail | warn | off."""
 
+    # Defaults: conf/judge/local.yaml's (cache_file's there is the run folder's, an
+    # interpolation; here null).
     settings: JudgeSettings
-    on_failure: str = "batch_mean"
+    on_failure: str
     cache_file: str | None = None
-    preflight: str = "fail"
+    preflight: str
 
     def __post_init__(self) -> None:
         if self.on_failure not in ON_FAILURE:

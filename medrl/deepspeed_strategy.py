@@ -23,12 +23,13 @@ What this subclass changes, and why:
 
 Rules the rest of medrl follows under ZeRO-3 (these helpers make them short):
 - a weight is only read inside a forward of its module (DeepSpeed's hooks gather it there and
-  partition it again after), or inside `gathered(...)`; between forwards each process holds a
+  partition it again after); between forwards each process holds a
   1 / N partition and the parameter itself is an empty tensor (`is_partitioned`);
 - every process runs the same number of forwards, in the same order (sampling runs in
   lockstep, as under FSDP);
-- the full weights for a stage checkpoint are gathered parameter by parameter
-  (`full_state_dict`), never the whole model at once.
+- a stage checkpoint takes the trainable weights from DeepSpeed's float32 masters, gathered
+  parameter by parameter (`trainable_state_dict`), never the whole model at once, and the
+  frozen ones from a fresh load of the stage's start point.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +53,83 @@ from torch import nn
 
 from medrl import distributed
 from medrl.sharding import is_zero3_partitioned
-from medrl.utils.config import config_values
+from medrl.utils.config import defaults_from_config
+from medrl.utils.settings import (
+    Problem,
+    SettingsBlock,
+    bool_rule,
+    choice_rule,
+    count_rule,
+)
 
 ZERO_STAGES = (1, 2, 3)
-# The strategy's defaults: the values conf/trainer/deepspeed.yaml writes (one definition).
-DEFAULTS = config_values("trainer/deepspeed", "strategy")
+BACKENDS = (None, "nccl", "gloo")
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+@defaults_from_config("trainer/deepspeed", "strategy")
+class DeepSpeedSettings(SettingsBlock):
+    """trainer.strategy of trainer=deepspeed, checked once: PolicyDeepSpeedStrategy raises on
+    these problems when built, preflight reports them (medrl/preflight/strategy.py). The
+    defaults are conf/trainer/deepspeed.yaml's; the keys are PolicyDeepSpeedStrategy's."""
+
+    BLOCK, PARENT = "strategy", "trainer"
+    RULES = (
+        ("stage", *choice_rule(ZERO_STAGES)),
+        ("reduce_bucket_size", *count_rule(1, "elements per gradient reduction")),
+        ("allgather_bucket_size", *count_rule(1, "elements per weight gather")),
+        ("process_group_backend", *choice_rule(BACKENDS)),
+        *(
+            (name, *bool_rule())
+            for name in (
+                "offload_optimizer",
+                "offload_parameters",
+                "contiguous_gradients",
+                "overlap_comm",
+                "exclude_frozen_parameters",
+                "allow_cpu",
+            )
+        ),
+    )
+
+    stage: int
+    offload_optimizer: bool
+    offload_parameters: bool
+    contiguous_gradients: bool
+    overlap_comm: bool
+    reduce_bucket_size: int
+    allgather_bucket_size: int
+    exclude_frozen_parameters: bool
+    process_group_backend: str | None
+    allow_cpu: bool
+
+    @classmethod
+    def check(cls, values: Mapping[str, Any]) -> list[Problem]:
+        problems = super().check(values)
+        merged = {**cls.defaults(), **values}
+        stage = merged.get("stage")
+        if merged.get("overlap_comm") is True and stage == 1:
+            # DeepSpeed asserts it at initialize when the accumulation is not its own.
+            problems.append(
+                Problem(
+                    "overlap_comm",
+                    True,
+                    "overlaps the gradient reduction with the backward, which DeepSpeed allows "
+                    "only where it partitions gradients (stage 2 or 3) when the accumulation "
+                    "is medrl's; set {prefix}overlap_comm=false with {prefix}stage=1",
+                )
+            )
+        if merged.get("offload_parameters") is True and stage != 3:
+            problems.append(
+                Problem(
+                    "offload_parameters",
+                    True,
+                    f"only ZeRO-3 partitions the weights it would offload (stage={stage}); set "
+                    "{prefix}stage=3 or {prefix}offload_parameters=false",
+                )
+            )
+        return problems
 
 
 class PolicyDeepSpeedStrategy(DeepSpeedStrategy):
@@ -79,19 +152,29 @@ class PolicyDeepSpeedStrategy(DeepSpeedStrategy):
 
     def __init__(
         self,
-        stage: int = DEFAULTS["stage"],
-        offload_optimizer: bool = DEFAULTS["offload_optimizer"],
-        offload_parameters: bool = DEFAULTS["offload_parameters"],
-        contiguous_gradients: bool = DEFAULTS["contiguous_gradients"],
-        overlap_comm: bool = DEFAULTS["overlap_comm"],
-        reduce_bucket_size: int = DEFAULTS["reduce_bucket_size"],
-        allgather_bucket_size: int = DEFAULTS["allgather_bucket_size"],
-        exclude_frozen_parameters: bool = DEFAULTS["exclude_frozen_parameters"],
-        process_group_backend: str | None = DEFAULTS["process_group_backend"],
-        allow_cpu: bool = DEFAULTS["allow_cpu"],
+        stage: int = DeepSpeedSettings.stage,
+        offload_optimizer: bool = DeepSpeedSettings.offload_optimizer,
+        offload_parameters: bool = DeepSpeedSettings.offload_parameters,
+        contiguous_gradients: bool = DeepSpeedSettings.contiguous_gradients,
+        overlap_comm: bool = DeepSpeedSettings.overlap_comm,
+        reduce_bucket_size: int = DeepSpeedSettings.reduce_bucket_size,
+        allgather_bucket_size: int = DeepSpeedSettings.allgather_bucket_size,
+        exclude_frozen_parameters: bool = DeepSpeedSettings.exclude_frozen_parameters,
+        process_group_backend: str | None = DeepSpeedSettings.process_group_backend,
+        allow_cpu: bool = DeepSpeedSettings.allow_cpu,
     ) -> None:
-        if stage not in ZERO_STAGES:
-            raise ValueError(f"trainer.strategy.stage={stage}: must be one of {ZERO_STAGES}")
+        DeepSpeedSettings(  # checks every key, naming it (preflight reports the same)
+            stage=stage,
+            offload_optimizer=offload_optimizer,
+            offload_parameters=offload_parameters,
+            contiguous_gradients=contiguous_gradients,
+            overlap_comm=overlap_comm,
+            reduce_bucket_size=reduce_bucket_size,
+            allgather_bucket_size=allgather_bucket_size,
+            exclude_frozen_parameters=exclude_frozen_parameters,
+            process_group_backend=process_group_backend,
+            allow_cpu=allow_cpu,
+        )
         zero: dict[str, Any] = {
             "stage": stage,
             "contiguous_gradients": contiguous_gradients,
@@ -110,6 +193,9 @@ class PolicyDeepSpeedStrategy(DeepSpeedStrategy):
                 "zero_allow_untested_optimizer": True,
                 # One line per 10 k steps instead of DeepSpeed's default of every 10.
                 "steps_per_print": 10_000,
+                # Offloaded states with torch's AdamW (not DeepSpeed's compiled CPU Adam):
+                # DeepSpeed refuses that pairing unless told it is meant.
+                "zero_force_ds_cpu_optimizer": False,
             },
             process_group_backend=process_group_backend,
             exclude_frozen_parameters=exclude_frozen_parameters,
@@ -248,29 +334,38 @@ def is_partitioned(model: nn.Module) -> bool:
     return is_zero3_partitioned(model)
 
 
-@contextmanager
-def gathered(params: list[nn.Parameter]) -> Iterator[None]:
-    """Inside the block, ZeRO-3-partitioned `params` are whole on every process (read-only:
-    changes are not written back). A collective: every process must enter it. A no-op for
-    parameters DeepSpeed does not partition."""
-    params = [p for p in params if hasattr(p, "ds_id")]
-    if not params:
-        yield
-        return
-    import deepspeed
+def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """`model`'s trainable parameters as DeepSpeed's optimizer holds them: its float32 master
+    copies (with bf16-mixed the module's own weights are rounded to bfloat16; under ZeRO the
+    masters are partitioned over the processes), gathered whole one parameter at a time, on
+    rank zero (on the CPU); an empty dict on the other ranks. A collective: every process
+    calls it after training. Frozen weights never change, so a stage checkpoint takes them
+    from a fresh load of its start point (medrl.stages.start.trained_policy)."""
+    from deepspeed.utils import safe_get_full_fp32_param
 
-    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-        yield
-
-
-def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every entry of `model`'s state dict, whole, on rank zero (on the CPU); an empty dict on
-    the other ranks. ZeRO-3 partitions are gathered one parameter at a time, so no process
-    ever holds more than one whole parameter beyond its partitions. A collective."""
     rank_zero = distributed.is_rank_zero()
     state: dict[str, torch.Tensor] = {}
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        with gathered([tensor]) if isinstance(tensor, nn.Parameter) else nullcontext():
-            if rank_zero:
-                state[name] = tensor.detach().to("cpu", copy=True)
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        master = safe_get_full_fp32_param(param)
+        if master is None:
+            raise RuntimeError(f"DeepSpeed holds no float32 master copy of {name}")
+        if rank_zero:
+            state[name] = master.detach().to("cpu", copy=True)
     return state
+
+
+def load_trainable(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy `state` (trainable_state_dict's) into `model`'s trainable parameters, in their
+    dtype; every trainable parameter must be in it, and nothing else."""
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    missing, unexpected = sorted(set(trainable) - set(state)), sorted(set(state) - set(trainable))
+    if missing or unexpected:
+        raise RuntimeError(
+            f"the trained weights do not match the model's trainable parameters: missing "
+            f"{missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    with torch.no_grad():
+        for name, param in trainable.items():
+            param.copy_(state[name].to(param.dtype))

@@ -158,3 +158,37 @@ def test_preflight_and_the_training_code_report_the_same_problem(
     with pytest.raises(SettingsError) as built:
         build(tmp_path)
     assert str(built.value) == message
+
+
+# --- values that are not blocks, unknown keys, the stages' own check ------------------------
+
+
+def test_a_value_where_a_block_belongs_is_named_not_a_crash(compose):
+    error = preflight_failure(compose, "grpo.module.clip=0.2")
+    assert error.startswith("grpo.module.clip=0.2: must be a block of settings")
+    assert keys(evaluation_problems(dict(EVALUATION, sampling=0.5))) == ["sampling"]
+    assert keys(sft_problems(dict(SFT, module=1e-4))) == ["module"]
+
+
+def test_building_a_block_from_config_values_names_an_unknown_key():
+    from medrl.checkpoints.training_state import CheckpointingSettings
+
+    with pytest.raises(SettingsError, match=r"checkpointing.every_n_step=5: is not a setting"):
+        CheckpointingSettings.from_values({"every_n_step": 5})
+
+
+def test_the_training_stages_check_their_shared_blocks_before_loading_weights(compose):
+    from medrl.stages.context import check_training_blocks
+
+    check_training_blocks(compose("train", ["debug=smoke"]))  # valid: nothing raised
+    cfg = compose("train", ["debug=smoke", "engine.sampler=vllm", "checkpointing.keep_last=0"])
+    with pytest.raises(SettingsError, match=r"checkpointing.keep_last=0"):
+        check_training_blocks(cfg)
+
+
+@pytest.mark.parametrize(
+    "override", ["sft.grad_clip=null", "sft.module.warmup_ratio=1.0", "sft.val_check_interval=null"]
+)
+def test_the_edges_lightning_and_the_schedule_accept_pass(compose, override):
+    results = preflight_config(compose("train", ["debug=smoke", override]))
+    assert all(r.status == "pass" for r in results if r.name == "sft")

@@ -11,7 +11,6 @@ config spells them, before anything loads. The valid names come from medrl.algor
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +42,7 @@ from medrl.utils.settings import (
     lower_clip,
     non_negative,
     positive,
+    sub_block,
 )
 
 # The config keys of the grpo stage's block and of its module: problems are keyed below them.
@@ -203,26 +203,17 @@ MODULE_RULES: tuple[Rule, ...] = (
 STAGE_RULES: tuple[Rule, ...] = (("max_steps", *count_rule(1, "rollout steps")),)
 
 
-def block_values(value: Any) -> dict[str, Any]:
-    """A block as raw values: a built settings object, a config mapping, or None (defaults)."""
-    if value is None:
-        return {}
-    if dataclasses.is_dataclass(value):
-        return dataclasses.asdict(value)
-    return dict(value)
-
-
 def grpo_problems(values: Mapping[str, Any], world_size: int | None = None) -> list[Problem]:
     """Every problem of the grpo.module settings `values` (GRPOModule's keyword arguments, built
     or raw), keyed below grpo.module; with `world_size`, also the rules that depend on the number
     of processes (None: not known yet, not checked). Errors first, then warnings."""
-    # A block left out takes its defaults, as the module does.
-    blocks = {
-        name: {**cls.defaults(), **block_values(values.get(name))} for name, cls in BLOCKS.items()
-    }
     problems = apply_rules(MODULE_RULES, values)
+    blocks = {}
     for name, cls in BLOCKS.items():
-        problems += [p.under(name) for p in cls.check(blocks[name])]
+        raw, not_a_block = sub_block(values, name)
+        problems += not_a_block
+        problems += [p.under(name) for p in cls.check(raw)]
+        blocks[name] = {**cls.defaults(), **raw}  # a block left out takes its defaults
     problems += _between_settings(values, blocks)
     if world_size is not None:
         problems += _over_processes(values, blocks, world_size)
@@ -239,7 +230,7 @@ def _between_settings(values: Mapping[str, Any], blocks: dict[str, dict]) -> lis
                     "group_size",
                     size,
                     "GRPO divides advantages by the group's std, so group_size must be >= 2 "
-                    "(or advantage.std_scope=none)",
+                    "(or {prefix}advantage.std_scope=none)",
                 )
             )
         else:
@@ -247,8 +238,8 @@ def _between_settings(values: Mapping[str, Any], blocks: dict[str, dict]) -> lis
                 Problem(
                     "group_size",
                     size,
-                    "with advantage.std_scope=none a group of one is its own baseline, so every "
-                    "advantage is 0 and only the KL term trains",
+                    "with {prefix}advantage.std_scope=none a group of one is its own baseline, so "
+                    "every advantage is 0 and only the KL term trains",
                     warning=True,
                 )
             )
@@ -259,7 +250,7 @@ def _between_settings(values: Mapping[str, Any], blocks: dict[str, dict]) -> lis
                 "clip.dual_clip",
                 dual,
                 "applies to {prefix}policy_loss=clip only (CISPO bounds its weight with "
-                "clip.eps_low / eps_high); set it to null",
+                "{prefix}clip.eps_low / eps_high); set it to null",
             )
         )
     prompts, micro = values.get("prompts_per_step"), values.get("micro_batch_size")
@@ -292,8 +283,9 @@ def _over_processes(
                 "prompts_per_step",
                 prompts,
                 f"is the global batch and must be a multiple of the {world} processes "
-                "(trainer.devices x trainer.num_nodes): each rank samples prompts_per_step / "
-                f"{world} prompts; e.g. {max(world, prompts - prompts % world)}",
+                "(trainer.devices x trainer.num_nodes): each rank samples "
+                f"{{prefix}}prompts_per_step / {world} prompts; e.g. "
+                f"{max(world, prompts - prompts % world)}",
             )
         )
     if world > 1 and blocks["dynamic_sampling"].get("enabled"):
@@ -311,7 +303,8 @@ def _over_processes(
 def grpo_stage_problems(values: Mapping[str, Any], world_size: int | None = None) -> list[Problem]:
     """Every problem of the whole `grpo` block `values` (raw config values), keyed below
     `grpo`: the stage's own keys and its module's (grpo_problems, below `module`)."""
-    module = values.get("module") or {}
-    problems = apply_rules(STAGE_RULES, values)
-    problems += [p.under("module") for p in grpo_problems(module, world_size)]
+    module, not_a_block = sub_block(values, "module")
+    problems = not_a_block + apply_rules(STAGE_RULES, values)
+    if not not_a_block:
+        problems += [p.under("module") for p in grpo_problems(module, world_size)]
     return sorted(problems, key=lambda p: p.warning)

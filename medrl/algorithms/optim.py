@@ -7,7 +7,7 @@ from collections.abc import Collection
 import torch
 from torch import nn
 
-from medrl.utils.settings import Rule, choice_rule, fraction_rule, non_negative, positive
+from medrl.utils.settings import Rule, choice_rule, is_number, non_negative, positive
 
 SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 # The optimizer keys of grpo.module and sft.module (build_optimizer's arguments), checked by
@@ -15,7 +15,11 @@ SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with
 OPTIMIZER_RULES: tuple[Rule, ...] = (
     ("lr", positive, "must be a number > 0"),
     ("weight_decay", non_negative, "must be a number >= 0"),
-    ("warmup_ratio", *fraction_rule("the fraction of the optimizer steps spent warming up")),
+    (
+        "warmup_ratio",
+        lambda v: is_number(v) and 0 <= v <= 1,
+        "must be in [0, 1] (the fraction of the optimizer steps spent warming up)",
+    ),
     ("scheduler", *choice_rule(tuple(SCHEDULERS))),
 )
 

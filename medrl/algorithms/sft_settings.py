@@ -24,6 +24,7 @@ from medrl.utils.settings import (
     fraction_rule,
     is_count,
     non_negative,
+    sub_block,
 )
 
 # The config key of the SFT block: problems are keyed below it.
@@ -37,17 +38,22 @@ def _integer(v: Any) -> bool:
 
 
 def _check_interval(v: Any) -> bool:
-    """Lightning's val_check_interval: a fraction of an epoch (float in (0, 1]) or a number of
-    batches (int >= 1)."""
+    """Lightning's val_check_interval: a fraction of an epoch (float in (0, 1]), a number of
+    batches (int >= 1), null (once per epoch), or a time ("DD:HH:MM:SS" or a mapping such as
+    {minutes: 30}; Lightning checks those)."""
     if isinstance(v, float):
         return 0 < v <= 1
-    return is_count(v, 1)
+    return v is None or isinstance(v, (str, Mapping)) or is_count(v, 1)
 
 
 STAGE_RULES: tuple[Rule, ...] = (
     ("batch_size", *count_rule(1, "the global batch, split over the processes")),
     ("grad_accum", *count_rule(1, "batches per optimizer step")),
-    ("grad_clip", non_negative, "must be a number >= 0 (the gradient's norm bound; 0 = off)"),
+    (
+        "grad_clip",
+        lambda v: v is None or non_negative(v),
+        "must be a number >= 0 (the gradient's norm bound), or 0 / null for none",
+    ),
     ("max_seq_length", *count_rule(1, "tokens per example")),
     ("epochs", *count_rule(0, "passes over the pool")),
     ("max_steps", _integer, "must be an integer (optimizer steps; <= 0: train by epochs)"),
@@ -55,7 +61,8 @@ STAGE_RULES: tuple[Rule, ...] = (
     (
         "val_check_interval",
         _check_interval,
-        "must be a fraction of an epoch in (0, 1] (a float) or a number of batches >= 1",
+        "must be a fraction of an epoch in (0, 1] (a float), a number of batches >= 1, null "
+        '(once per epoch) or a time ("DD:HH:MM:SS" or e.g. {minutes: 30})',
     ),
     ("num_workers", *count_rule(0, "data-loading processes; 0 = in the main process")),
 )
@@ -70,8 +77,10 @@ def sft_problems(values: Mapping[str, Any], world_size: int | None = None) -> li
     """Every problem of the `sft` block `values` (raw config values), keyed below `sft`; with
     `world_size`, also whether the global batch splits over the processes (None: not known
     yet, not checked)."""
-    problems = apply_rules(STAGE_RULES, values)
-    problems += [p.under("module") for p in sft_module_problems(values.get("module") or {})]
+    module, not_a_block = sub_block(values, "module")
+    problems = not_a_block + apply_rules(STAGE_RULES, values)
+    if not not_a_block:
+        problems += [p.under("module") for p in sft_module_problems(module)]
     problems += _schedule(values)
     batch = values.get("batch_size")
     if world_size is not None and is_count(batch, 1) and batch % world_size:

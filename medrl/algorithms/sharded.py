@@ -77,6 +77,13 @@ class ShardablePolicy(pl.LightningModule):
         clear = getattr(optimizer, "clear_backward_seen_flag", None)  # ZeRO optimizers
         if clear is not None:
             clear()
+        elif self.trainer.strategy.zero_stage_3:
+            # Without the reset ZeRO-3 keeps only the last micro-batch's gradients: stop
+            # rather than train on them (a DeepSpeed outside the pinned range renamed it).
+            raise RuntimeError(
+                "DeepSpeed's ZeRO-3 optimizer has no clear_backward_seen_flag (medrl needs it "
+                "to add micro-batches' gradients); install the pinned deepspeed (constraints.txt)"
+            )
 
     def gradient_norm(self) -> float:
         """The norm of all the policy's gradients (over every shard under FSDP)."""

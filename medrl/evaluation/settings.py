@@ -13,7 +13,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from medrl.rollout.settings import SamplingSettings
-from medrl.utils.settings import Problem, Rule, apply_rules, bool_rule, count_rule, is_count
+from medrl.utils.settings import (
+    Problem,
+    Rule,
+    apply_rules,
+    bool_rule,
+    count_rule,
+    is_count,
+    sub_block,
+)
 
 # The config key of the block: problems are keyed below it.
 EVALUATION_KEY = "evaluation"
@@ -32,8 +40,8 @@ RULES: tuple[Rule, ...] = (
 
 def evaluation_problems(values: Mapping[str, Any]) -> list[Problem]:
     """Every problem of the `evaluation` block `values` (raw config values)."""
-    sampling = dict(values.get("sampling") or {})
-    problems = apply_rules(RULES, values)
+    sampling, problems = sub_block(values, "sampling")
+    problems += apply_rules(RULES, values)
     problems += [p.under("sampling") for p in SamplingSettings.check(sampling)]
     num_samples = values.get("num_samples")
     greedy = {**SamplingSettings.defaults(), **sampling}.get("greedy")

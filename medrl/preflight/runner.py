@@ -71,10 +71,10 @@ Pools = Mapping[str, Sequence[QARecord]]
 
 
 @dataclass(frozen=True)
-@defaults_from_config("train", "preflight")
+@defaults_from_config("preflight/default")
 class PreflightSettings(SettingsBlock):
-    """The `preflight` config block; configs without one (conf/eval.yaml) get the defaults
-    (conf/train.yaml's)."""
+    """The `preflight` config group (conf/preflight/default.yaml holds the defaults, read by
+    medrl.train and medrl.eval); a config without it gets those defaults."""
 
     BLOCK = "preflight"
     RULES = (
@@ -88,7 +88,7 @@ class PreflightSettings(SettingsBlock):
 
 def preflight_settings(cfg: DictConfig) -> PreflightSettings:
     node = cfg.get("preflight")
-    return PreflightSettings(**(OmegaConf.to_container(node, resolve=True) if node else {}))
+    return PreflightSettings.from_values(OmegaConf.to_container(node, resolve=True) if node else {})
 
 
 def _stages(cfg: DictConfig, stages: Sequence[str] | None) -> tuple[str, ...]:

@@ -11,8 +11,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from medrl.deepspeed_strategy import DeepSpeedSettings
 from medrl.preflight.report import CheckResult, failed, passed
-from medrl.preflight.values import processes, select
+from medrl.preflight.values import block_results, processes, select, values_at
 from medrl.utils.settings import show
 
 KEY = "trainer.strategy"
@@ -34,10 +35,10 @@ LIGHTNING_DEEPSPEED = (
     "lightning.pytorch.strategies.deepspeed.DeepSpeedStrategy",
 )
 MEDRL_DEEPSPEED = "medrl.deepspeed_strategy.PolicyDeepSpeedStrategy"
-ZERO_STAGES = (1, 2, 3)
 # The precisions trainer=deepspeed was run with: 32-true, and bf16-mixed (DeepSpeed's bf16
 # mode: bf16 weights, fp32 master copies in the optimizer).
-DEEPSPEED_PRECISIONS = ("32-true", "32", "bf16-mixed")
+# ("32" and "bf16" are Lightning's short names of the same two.)
+DEEPSPEED_PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16")
 CUDA_ACCELERATORS = ("gpu", "cuda")
 
 
@@ -176,17 +177,17 @@ def deepspeed_checks(cfg: DictConfig, name: str) -> list[CheckResult]:
     return [
         check_deepspeed_installed(),
         check_cuda_accelerator(cfg),
-        check_setting(
-            cfg,
-            f"{KEY}.stage",
-            lambda value: value in ZERO_STAGES,
-            f"must be one of {list(ZERO_STAGES)} (ZeRO stages)",
-        ),
-        check_parameter_offload(cfg),
+        *deepspeed_settings_checks(cfg),
         check_no_quantized_base_under_zero(cfg),
         check_deepspeed_precision(cfg),
         check_backend(cfg),
     ]
+
+
+def deepspeed_settings_checks(cfg: DictConfig) -> list[CheckResult]:
+    """The strategy block's own rules (DeepSpeedSettings, which the strategy raises on too)."""
+    values = {k: v for k, v in values_at(cfg, KEY).items() if k != "_target_"}
+    return block_results("strategy", KEY, DeepSpeedSettings.check(values))
 
 
 def deepspeed_installed() -> bool:
@@ -222,19 +223,6 @@ def check_cuda_accelerator(cfg: DictConfig) -> CheckResult:
         f"{key}={show(accelerator)} with trainer=deepspeed: {why}; run trainer=deepspeed with "
         f"{key}=gpu on a CUDA machine, or pick another trainer here (trainer=cpu / ddp / "
         f"fsdp; {KEY}.allow_cpu=true is for tests only)",
-        key,
-    )
-
-
-def check_parameter_offload(cfg: DictConfig) -> CheckResult:
-    key = f"{KEY}.offload_parameters"
-    offload, stage = select(cfg, key), select(cfg, f"{KEY}.stage")
-    if not offload or stage == 3:
-        return passed("strategy", f"{key}={show(offload)} with stage {show(stage)}", key)
-    return failed(
-        "strategy",
-        f"{key}=true with {KEY}.stage={show(stage)}: only ZeRO-3 partitions the weights it "
-        f"would offload; set {KEY}.stage=3 or {key}=false",
         key,
     )
 

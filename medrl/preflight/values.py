@@ -16,13 +16,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from medrl.algorithms.grpo_settings import STAGE_KEY as GRPO_KEY
 from medrl.algorithms.grpo_settings import grpo_stage_problems
-from medrl.algorithms.numeric_faults import NumericFaultSettings
 from medrl.algorithms.sft_settings import SFT_KEY, sft_problems
-from medrl.checkpoints.training_state import CheckpointingSettings
 from medrl.evaluation.settings import EVALUATION_KEY, evaluation_problems
 from medrl.preflight.report import CheckResult, failed, passed, warned
-from medrl.rollout.settings import EngineSettings
-from medrl.utils.settings import Problem, SettingsBlock, is_count
+from medrl.stages.context import TRAINING_BLOCKS
+from medrl.utils.settings import Problem, is_count
 
 
 def select(cfg: DictConfig, key: str) -> Any:
@@ -84,14 +82,6 @@ def evaluation_checks(cfg: DictConfig) -> list[CheckResult]:
     """Check 3: the evaluation block (evaluation_problems)."""
     problems = evaluation_problems(values_at(cfg, EVALUATION_KEY))
     return block_results("evaluation", EVALUATION_KEY, problems)
-
-
-# The top-level blocks both training stages read, each a settings block that checks itself.
-TRAINING_BLOCKS: tuple[type[SettingsBlock], ...] = (
-    CheckpointingSettings,
-    NumericFaultSettings,
-    EngineSettings,
-)
 
 
 def training_checks(cfg: DictConfig) -> list[CheckResult]:

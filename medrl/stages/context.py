@@ -15,6 +15,7 @@ from hydra.utils import get_object, instantiate
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from medrl.algorithms.numeric_faults import NumericFaultSettings
 from medrl.checkpoints.training_state import (
     AtomicCheckpointIO,
     CheckpointingSettings,
@@ -25,11 +26,27 @@ from medrl.data import DatasetPools
 from medrl.distributed import is_rank_zero
 from medrl.models import ModelSpec
 from medrl.prompts.base import OutputFormat
+from medrl.rollout.settings import EngineSettings
 from medrl.stages.resume import fingerprint, training_checkpoint, training_state_dir
 from medrl.utils.io import write_atomic
+from medrl.utils.settings import SettingsBlock, raise_errors
 
 WANDB_ID_FILE = "wandb_run_id"
 log = logging.getLogger(__name__)
+# The top-level blocks both training stages read, each a settings block that checks itself.
+TRAINING_BLOCKS: tuple[type[SettingsBlock], ...] = (
+    CheckpointingSettings,
+    NumericFaultSettings,
+    EngineSettings,
+)
+
+
+def check_training_blocks(cfg: DictConfig) -> None:
+    """Raise on the training blocks' problems (their one validation; preflight reports the
+    same), before a training stage loads any weights."""
+    for block in TRAINING_BLOCKS:
+        values = OmegaConf.to_container(cfg[block.BLOCK], resolve=True)
+        raise_errors(block.check(values), f"{block.BLOCK}.")
 
 
 @dataclass(frozen=True)
@@ -137,7 +154,8 @@ class RunContext:
         """A Trainer for a training stage that writes training-state checkpoints, and the
         checkpoint to continue from when resuming (None: start the stage from its beginning).
         """
-        settings = CheckpointingSettings(**OmegaConf.to_container(self.cfg.checkpointing))
+        values = OmegaConf.to_container(self.cfg.checkpointing, resolve=True)
+        settings = CheckpointingSettings.from_values(values)
         resume_from = training_checkpoint(self.output_dir, stage) if self.resuming else None
         version = None
         if resume_from is not None:

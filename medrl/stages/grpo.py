@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from medrl import distributed
 from medrl.algorithms.grpo_settings import STAGE_KEY, grpo_stage_problems
 from medrl.data.resumable import ResumableDataLoader
-from medrl.stages.context import RunContext, StageOutcome, StagePoint
+from medrl.stages.context import RunContext, StageOutcome, StagePoint, check_training_blocks
 from medrl.stages.start import finish_stage, load_start, trained_policy
 from medrl.utils.settings import raise_errors
 
@@ -29,6 +29,7 @@ def run_grpo(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
     # The one validation of the block (preflight reports the same), before any weights load.
     values = OmegaConf.to_container(settings, resolve=True)
     raise_errors(grpo_stage_problems(values, distributed.world_size()), f"{STAGE_KEY}.")
+    check_training_blocks(ctx.cfg)
     specs = ctx.specs
     stage = ctx.stage_name(POOL)
     policy, parent = load_start(chain[-1], specs.adapter, specs.output_format)
@@ -54,5 +55,5 @@ def run_grpo(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
     trainer.fit(module, steps, ckpt_path=resume_from)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
-    policy = trained_policy(policy, module.model)
+    policy = trained_policy(policy, module.model, deepspeed=module.strategy_steps_update())
     return finish_stage(ctx, chain, stage, policy, parent, {POOL: list(ctx.pools[POOL])}, metrics)

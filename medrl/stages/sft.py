@@ -14,7 +14,7 @@ from medrl.algorithms.sft_batches import SFTCollator, encode_sft_pool
 from medrl.algorithms.sft_settings import SFT_KEY, sft_problems
 from medrl.data.records import QARecord
 from medrl.data.resumable import ResumableDataLoader
-from medrl.stages.context import RunContext, StageOutcome, StagePoint
+from medrl.stages.context import RunContext, StageOutcome, StagePoint, check_training_blocks
 from medrl.stages.start import finish_stage, load_start, trained_policy
 from medrl.utils.settings import raise_errors
 
@@ -54,6 +54,7 @@ def run_sft(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
     world, rank = distributed.world_size(), distributed.rank()
     # The one validation of the block (preflight reports the same), before any weights load.
     raise_errors(sft_problems(OmegaConf.to_container(settings, resolve=True), world), f"{SFT_KEY}.")
+    check_training_blocks(ctx.cfg)
     specs = ctx.specs
     stage = ctx.stage_name(POOL)
     policy, parent = load_start(chain[-1], specs.adapter, specs.output_format)
@@ -110,7 +111,7 @@ def run_sft(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
         ctx,
         chain,
         stage,
-        trained_policy(policy, module.model),
+        trained_policy(policy, module.model, deepspeed=module.strategy_steps_update()),
         parent,
         {"sft_train": train_records, "sft_val": val_records},
         metrics,

@@ -89,22 +89,28 @@ def load_start(
     return policy, ParentRef("checkpoint", point.name, str(point.checkpoint), parent_hash)
 
 
-def trained_policy(policy: Policy, trained: nn.Module) -> Policy:
+def trained_policy(policy: Policy, trained: nn.Module, deepspeed: bool = False) -> Policy:
     """The policy a stage checkpoint saves, given `trained`, the training module's policy.
 
-    Without sharding `trained` is `policy.model`, trained in place (so under DeepSpeed ZeRO-1
-    and 2, whose weights stay whole on every process). Under FSDP it is the root FSDP module
-    around it, holding shards, and under DeepSpeed ZeRO-3 `policy.model` with its weights
-    partitioned: every rank must call this; the full weights are gathered to rank zero and
-    loaded (strictly: every tensor) into a fresh load of the model the stage started from,
-    which rank zero then writes. Other ranks get `policy` back, as is.
+    Without sharding `trained` is `policy.model`, trained in place. Under FSDP it is the root
+    FSDP module around it, holding shards: the full weights are gathered to rank zero and
+    loaded (strictly: every tensor) into a fresh load of the model the stage started from.
+    Under DeepSpeed (`deepspeed`, any ZeRO stage) the trainable weights come from its float32
+    master copies (the module's own are bfloat16 roundings under bf16-mixed, partitions under
+    ZeRO-3) and are loaded into such a fresh load, whose frozen weights are the start point's.
+    Every rank must call this under FSDP or DeepSpeed; rank zero gets the policy it then
+    writes, the other ranks `policy` back, as is.
     """
-    if sharding.is_fsdp_root(trained):
-        state = sharding.full_state_dict(trained)
-    elif deepspeed_strategy.is_partitioned(trained):
-        state = deepspeed_strategy.full_state_dict(trained)
-    else:
+    if deepspeed:
+        state = deepspeed_strategy.trainable_state_dict(trained)
+        if not distributed.is_rank_zero():
+            return policy
+        fresh = load_policy(policy.spec, policy.adapter)
+        deepspeed_strategy.load_trainable(fresh.model, state)
+        return fresh
+    if not sharding.is_fsdp_root(trained):
         return policy
+    state = sharding.full_state_dict(trained)
     if not distributed.is_rank_zero():
         return policy
     fresh = load_policy(policy.spec, policy.adapter)

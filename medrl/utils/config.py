@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ def register_resolvers() -> None:
 # --- the yaml as the one definition of a setting's default ---------------------------------
 
 
+@functools.cache  # read once per process; callers only read the result
 def _load_option(path: str) -> DictConfig:
     """conf/<path>.yaml merged over the options of its own group that its `defaults` list
     names (e.g. engine/straightforward over engine/default), as Hydra composes them. Entries

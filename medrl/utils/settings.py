@@ -104,6 +104,19 @@ def fraction_rule(what: str) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: is_number(v) and 0 <= v < 1), f"must be in [0, 1) ({what})"
 
 
+def sub_block(values: Mapping[str, Any], name: str) -> tuple[dict[str, Any], list[Problem]]:
+    """The block `name` of `values` as raw values ({} when absent: its defaults), and the
+    problem of a value that is not a block (`clip: 0.2` where `clip.eps_low` was meant)."""
+    value = values.get(name)
+    if value is None:
+        return {}, []
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value), []
+    if isinstance(value, Mapping):
+        return dict(value), []
+    return {}, [Problem(name, value, "must be a block of settings (name: value pairs)")]
+
+
 def apply_rules(rules: Sequence[Rule], values: Mapping[str, Any]) -> list[Problem]:
     return [
         Problem(name, values.get(name), requirement)
@@ -140,6 +153,14 @@ class SettingsBlock:
             for name in unknown
         ]
         return problems + apply_rules(cls.RULES, {**cls.defaults(), **values})
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]):  # -> an instance of cls
+        """Build the block from raw config values, raising on every problem first (an unknown
+        key included, which the constructor would only name as a TypeError)."""
+        prefix = f"{cls.PARENT}.{cls.BLOCK}." if cls.PARENT else f"{cls.BLOCK}."
+        raise_errors(cls.check(values), prefix)
+        return cls(**{k: v for k, v in values.items() if k != "_target_"})
 
     def __post_init__(self) -> None:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]

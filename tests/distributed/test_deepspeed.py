@@ -249,11 +249,93 @@ def test_a_cpu_accelerator_without_the_opt_in_is_refused_when_preflight_was_skip
         strategy.setup_environment()
 
 
-def test_an_unpartitioned_model_gives_its_state_dict_as_it_is():
-    from medrl.deepspeed_strategy import full_state_dict, is_partitioned
+def test_trained_weights_load_only_into_exactly_the_trainable_parameters():
+    from medrl.deepspeed_strategy import load_trainable
 
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2))
-    assert not is_partitioned(model)
-    state = full_state_dict(model)
-    assert state.keys() == model.state_dict().keys()
-    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    model[1].requires_grad_(False)
+    frozen = model[1].weight.clone()
+    load_trainable(model, {"0.weight": torch.ones(2, 3), "0.bias": torch.zeros(2)})
+    assert torch.equal(model[0].weight, torch.ones(2, 3)) and torch.equal(model[1].weight, frozen)
+    with pytest.raises(RuntimeError, match=r"missing \['0.bias'\]"):
+        load_trainable(model, {"0.weight": torch.ones(2, 3)})
+
+
+def test_bf16_mixed_stage_checkpoints_hold_the_float32_weights(tmp_path_factory, shared_dir):
+    """Under bf16-mixed DeepSpeed rounds the module's own weights to bfloat16 and keeps float32
+    masters of the trainable ones: the stage checkpoint takes the adapters from the masters
+    and every frozen weight from the start point, unrounded (one process, ZeRO-2)."""
+    run = train(
+        tmp_path_factory.mktemp("bf16"),
+        [*SFT, *deepspeed(2), "trainer.devices=1", "trainer.precision=bf16-mixed"],
+    )
+    folder = run / "checkpoints" / "sft"
+    trained = adapter(run, "sft")
+    assert all(t.dtype == torch.float32 for t in trained.values())
+    assert any(not torch.equal(t, t.bfloat16().float()) for t in trained.values()), (
+        "the adapters are the float32 masters, not their bfloat16 roundings"
+    )
+    merged, _, _ = load_checkpoint(folder, "merged")
+    start, _, _ = load_checkpoint(folder, "adapter")  # the base it was trained on, + adapters
+    base = start.get_base_model() if hasattr(start, "get_base_model") else start
+    frozen = {n: t for n, t in base.state_dict().items() if "lora_" not in n and "proj" not in n}
+    assert frozen, "layers LoRA does not touch"
+    merged_state = merged.state_dict()
+    for name, tensor in frozen.items():
+        plain_name = name.replace("base_model.model.", "")
+        assert torch.equal(merged_state[plain_name], tensor), name
+    assert any(not torch.equal(t, t.bfloat16().float()) for t in frozen.values()), (
+        "the frozen weights are not bfloat16 roundings"
+    )
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_skips_an_update_whose_gradients_are_not_finite(stage, tmp_path):
+    """What medrl's fault counting relies on (DeepSpeed 0.19.8, float32, one CPU process): an
+    update whose gradient norm is not finite is not applied, and the engine reports that norm
+    as inf (medrl.algorithms.numeric_faults.stepped_update_fault reads it)."""
+    script = tmp_path / "nan_step.py"
+    script.write_text(NAN_STEP)
+    done = subprocess.run(
+        [sys.executable, str(script), str(stage)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**__import__("os").environ, "MASTER_PORT": str(29650 + stage)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"applied": False, "changed": False, "norm": "inf"}
+
+
+NAN_STEP = """
+import json, os, sys
+import torch
+os.environ.update(MASTER_ADDR="127.0.0.1", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+import deepspeed
+from deepspeed.utils import safe_get_full_fp32_param
+
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 1))
+config = {
+    "train_micro_batch_size_per_gpu": 1,
+    "zero_optimization": {"stage": int(sys.argv[1])},
+    "zero_allow_untested_optimizer": True,
+    "gradient_clipping": 1.0,
+}
+optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+x = torch.randn(4, 8)
+engine.backward(engine(x).pow(2).mean())
+engine.step()
+weights = lambda: torch.cat([safe_get_full_fp32_param(p).flatten() for p in model.parameters()])
+before = weights().clone()
+engine.backward(engine(x).pow(2).mean() * float("nan"))
+engine.step()
+print(json.dumps({
+    "applied": engine.was_step_applied(),
+    "changed": not torch.equal(before, weights()),
+    "norm": str(engine.get_global_grad_norm()),
+}))
+"""

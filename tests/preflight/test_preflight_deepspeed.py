@@ -97,6 +97,12 @@ def test_qlora_under_deepspeed_fails_naming_both_ways_out(compose, installed):
             "trainer.strategy.offload_parameters",
             "only ZeRO-3 partitions the weights",
         ),
+        (
+            ["trainer.strategy.stage=1"],
+            "trainer.strategy.overlap_comm",
+            "set trainer.strategy.overlap_comm=false with trainer.strategy.stage=1",
+        ),
+        (["trainer.strategy.reduce_bucket_size=0"], "trainer.strategy.reduce_bucket_size", ">= 1"),
         (["trainer.precision=16-mixed"], "trainer.precision", "32-true or bf16-mixed"),
         (
             ["trainer.strategy.process_group_backend=nccl"],
@@ -142,3 +148,24 @@ def test_the_refusal_comes_before_anything_is_built(compose, installed, no_cuda,
 def test_evaluation_alone_does_not_check_the_strategy(compose, no_cuda):
     cfg = compose("train", [*DEEPSPEED, "stages=[eval]"])
     assert not [r for r in preflight_config(cfg) if r.name == "strategy"]
+
+
+def test_stage_1_passes_without_overlapped_reduction(compose, installed):
+    overrides = ["trainer.strategy.stage=1", "trainer.strategy.overlap_comm=false"]
+    assert all(r.status == "pass" for r in strategy_results(compose, *CPU_FOR_TESTS, *overrides))
+
+
+def test_the_strategy_raises_the_problem_preflight_reports(compose, installed):
+    """One validation of trainer.strategy: building the strategy names the same key, in the
+    same words, as preflight's failure."""
+    from hydra.utils import instantiate
+
+    from medrl.utils.settings import SettingsError
+
+    failed = failures(compose, *CPU_FOR_TESTS, "trainer.strategy.stage=1")
+    cfg = compose("train", ["trainer=deepspeed", "trainer.strategy.stage=1"])
+    with pytest.raises(Exception) as built:
+        instantiate(cfg.trainer.strategy)
+    error = built.value.__cause__ or built.value
+    assert isinstance(error, SettingsError)
+    assert str(error) == failed["trainer.strategy.overlap_comm"]

@@ -25,7 +25,7 @@ def test_group_size_one_fails_naming_the_key_and_the_way_out(compose):
     assert [failure.key for failure in error.failures] == ["grpo.module.group_size"]
     assert (
         "grpo.module.group_size=1: GRPO divides advantages by the group's std, so group_size "
-        "must be >= 2 (or advantage.std_scope=none)"
+        "must be >= 2 (or grpo.module.advantage.std_scope=none)"
     ) in str(error)
 
 

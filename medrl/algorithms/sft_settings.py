@@ -62,7 +62,7 @@ STAGE_RULES: tuple[Rule, ...] = (
         "val_check_interval",
         _check_interval,
         "must be a fraction of an epoch in (0, 1] (a float), a number of batches >= 1, null "
-        '(once per epoch) or a time ("DD:HH:MM:SS" or e.g. {minutes: 30})',
+        '(once per epoch) or a time ("DD:HH:MM:SS" or e.g. {{minutes: 30}})',
     ),
     ("num_workers", *count_rule(0, "data-loading processes; 0 = in the main process")),
 )

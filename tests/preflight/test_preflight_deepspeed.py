@@ -61,7 +61,17 @@ def test_a_cpu_accelerator_is_refused_unless_the_tests_opt_in(
 
 def test_the_tests_opt_in_passes_every_deepspeed_check_on_a_cpu(compose, installed, no_cuda):
     strategy = strategy_results(compose, *CPU_FOR_TESTS)
-    assert len(strategy) == 7 and all(r.status == "pass" for r in strategy)
+    assert all(r.status == "pass" for r in strategy)
+    keys = {r.key for r in strategy}
+    # installed, accelerator, the strategy block (DeepSpeedSettings), QLoRA, precision, backend
+    assert keys == {
+        "trainer.strategy",
+        "trainer.accelerator",
+        "adapter",
+        "trainer.precision",
+        "trainer.strategy.process_group_backend",
+    }
+    assert "trainer.strategy: every setting valid" in [r.message for r in strategy]
     assert any("allow_cpu=true (tests" in r.message for r in strategy)
 
 

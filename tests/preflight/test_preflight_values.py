@@ -70,7 +70,7 @@ def test_a_micro_batch_holding_the_whole_step_passes(compose):
         ("grpo.module.sampling.temperature=0", "grpo.module.sampling.temperature"),
         ("grpo.module.sampling.top_k=-1", "grpo.module.sampling.top_k"),
         ("grpo.module.scheduler=step", "grpo.module.scheduler"),
-        ("grpo.module.warmup_ratio=1.0", "grpo.module.warmup_ratio"),
+        ("grpo.module.warmup_ratio=1.5", "grpo.module.warmup_ratio"),
         ("grpo.module.grad_clip=-1", "grpo.module.grad_clip"),
         ("grpo.module.sample_table_every=-1", "grpo.module.sample_table_every"),
         ("grpo.module.advantage.eps=-0.5", "grpo.module.advantage.eps"),

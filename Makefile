@@ -50,7 +50,7 @@ lock: ## Rewrite constraints.txt from this environment (after an upgrade that pa
 judge-server: ## Serve the embedded SmolLM2 as an LLM judge on 127.0.0.1:8000 (judge=local)
 	$(PYTHON) -m medrl.rewards.judge.server $(ARGS)
 
-test: ## Run the test suite (offline, CPU, about 30 minutes on 2 cores)
+test: ## Run the test suite (offline, CPU, about 27 minutes on 2 cores)
 	$(PYTHON) -m pytest
 
 test-slow: ## Run the slow tests too (real pretrained model, longer training)

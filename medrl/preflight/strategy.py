@@ -72,7 +72,7 @@ def strategy_checks(cfg: DictConfig) -> list[CheckResult]:
     if name != MEDRL_FSDP:
         return [passed("strategy", f"{KEY}={show(name)}: no FSDP requirement", KEY)]
     return [
-        check_no_quantized_base(cfg),
+        check_no_quantized_base(cfg, "fsdp", "FSDP", FSDP_QLORA),
         check_more_than_one_process(cfg),
         check_sharding_strategy(cfg),
         check_setting(
@@ -93,20 +93,32 @@ def strategy_checks(cfg: DictConfig) -> list[CheckResult]:
     ]
 
 
-def check_no_quantized_base(cfg: DictConfig) -> CheckResult:
-    """FSDP flattens each unit's weights into one floating-point tensor; bitsandbytes keeps
-    4-bit weights as integers (torch: "Cannot flatten integer dtype tensors", seen here)."""
+def check_no_quantized_base(cfg: DictConfig, trainer: str, label: str, why: str) -> CheckResult:
+    """adapter=qlora under a strategy that cannot hold bitsandbytes' 4-bit weights (`why`)."""
     kind = select(cfg, "adapter._target_")
     if kind != "medrl.models.QLoraAdapter":
-        return passed("strategy", f"adapter: {show(kind)} under FSDP", "adapter")
+        return passed("strategy", f"adapter: {show(kind)} under {label}", "adapter")
     return failed(
         "strategy",
-        "adapter=qlora with trainer=fsdp: FSDP cannot shard bitsandbytes' 4-bit weights (it "
-        "flattens a unit's weights into one float tensor; torch: 'Cannot flatten integer "
-        "dtype tensors'); use adapter=lora with trainer=fsdp, or adapter=qlora with "
-        "trainer=ddp",
+        f"adapter=qlora with trainer={trainer}: {why}; use adapter=lora with trainer={trainer}, "
+        "or adapter=qlora with trainer=ddp",
         "adapter",
     )
+
+
+# FSDP flattens each unit's weights into one floating-point tensor; bitsandbytes keeps 4-bit
+# weights as integers (torch's error, seen here).
+FSDP_QLORA = (
+    "FSDP cannot shard bitsandbytes' 4-bit weights (it flattens a unit's weights into one float "
+    "tensor; torch: 'Cannot flatten integer dtype tensors')"
+)
+# ZeRO-3 partitions every weight as a flat float tensor; stages 1-2 leave frozen weights
+# alone, but DeepSpeed casts and broadcasts the whole module at setup, which has not been run
+# with 4-bit weights (they need CUDA, which this project's tests lack).
+ZERO_QLORA = (
+    "ZeRO-3 cannot partition bitsandbytes' packed 4-bit weights (it flattens every weight into "
+    "a float partition), and QLoRA under ZeRO-1/2 is untried"
+)
 
 
 def check_more_than_one_process(cfg: DictConfig) -> CheckResult:
@@ -178,7 +190,7 @@ def deepspeed_checks(cfg: DictConfig, name: str) -> list[CheckResult]:
         check_deepspeed_installed(),
         check_cuda_accelerator(cfg),
         *deepspeed_settings_checks(cfg),
-        check_no_quantized_base_under_zero(cfg),
+        check_no_quantized_base(cfg, "deepspeed", "DeepSpeed", ZERO_QLORA),
         check_deepspeed_precision(cfg),
         check_backend(cfg),
     ]
@@ -224,24 +236,6 @@ def check_cuda_accelerator(cfg: DictConfig) -> CheckResult:
         f"{key}=gpu on a CUDA machine, or pick another trainer here (trainer=cpu / ddp / "
         f"fsdp; {KEY}.allow_cpu=true is for tests only)",
         key,
-    )
-
-
-def check_no_quantized_base_under_zero(cfg: DictConfig) -> CheckResult:
-    """ZeRO-3 partitions every weight as a flat float tensor; bitsandbytes keeps 4-bit weights
-    packed in integer storage with a quantization state beside them. Stages 1-2 leave frozen
-    weights alone, but DeepSpeed casts and broadcasts the whole module at setup, which has not
-    been run with 4-bit weights (they need CUDA, which this project's tests lack)."""
-    kind = select(cfg, "adapter._target_")
-    if kind != "medrl.models.QLoraAdapter":
-        return passed("strategy", f"adapter: {show(kind)} under DeepSpeed", "adapter")
-    return failed(
-        "strategy",
-        "adapter=qlora with trainer=deepspeed: ZeRO-3 cannot partition bitsandbytes' packed "
-        "4-bit weights (it flattens every weight into a float partition), and QLoRA under "
-        "ZeRO-1/2 is untried; use adapter=lora with trainer=deepspeed, or adapter=qlora with "
-        "trainer=ddp",
-        "adapter",
     )
 
 

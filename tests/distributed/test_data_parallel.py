@@ -11,28 +11,17 @@ The tests are parametrized by strategy (`-k fsdp` runs one) and share the one-pr
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from run_outputs import SMOKE_RUN as COMMON
+from run_outputs import TRAIN, adapter, metric_rows  # this folder's runs
 
 from medrl.utils.config import PROJECT_ROOT
 
-# medrl.train with a reward that varies on a random model's output, so GRPO's updates are not 0.
-TRAIN = [sys.executable, str(PROJECT_ROOT / "tests" / "reliability" / "varying_reward_train.py")]
-COMMON = [
-    "debug=smoke",
-    "~reward.components.correctness",
-    "~reward.components.format",
-    "~reward.components.explanation_length",
-    "+reward.components.distinct.weight=1.0",
-    "adapter.dropout=0",
-]
 STRATEGIES = ["ddp", "fsdp"]
 # 6 SFT examples in global batches of 4: the second batch (2 examples) is split 1 / 1.
 SFT = ["stages=[sft]", "sft.batch_size=4", "sft.max_steps=2"]
@@ -95,15 +84,6 @@ def sft_runs(request, sft_one, tmp_path_factory) -> dict[str, Path]:
 def grpo_runs(request, grpo_one, tmp_path_factory) -> dict[str, Path]:
     two = tmp_path_factory.mktemp(f"grpo_{request.param}")
     return {"one": grpo_one, "two": train(two, [*GRPO_EVAL, *two_processes(request.param)])}
-
-
-def metric_rows(run: Path, stage: str, key: str) -> list[float]:
-    with (run / "csv" / stage / "metrics.csv").open() as handle:
-        return [float(row[key]) for row in csv.DictReader(handle) if row.get(key)]
-
-
-def adapter(run: Path, stage: str) -> dict[str, torch.Tensor]:
-    return load_file(run / "checkpoints" / stage / "adapter" / "adapter_model.safetensors")
 
 
 def assert_same_update(one: dict[str, torch.Tensor], two: dict[str, torch.Tensor]) -> None:

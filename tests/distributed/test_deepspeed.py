@@ -16,7 +16,6 @@ Skipped where deepspeed is not installed (`make install-deepspeed`).
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 import subprocess
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from run_outputs import SMOKE_RUN, TRAIN, adapter, metric_rows  # this folder's runs
 
 from medrl.checkpoints import load_checkpoint
 from medrl.checkpoints.training_state import latest_readable
@@ -33,15 +32,8 @@ from medrl.utils.config import PROJECT_ROOT
 
 pytest.importorskip("deepspeed", reason="deepspeed is not installed (make install-deepspeed)")
 
-# medrl.train with a reward that varies on a random model's output, so GRPO's updates are not 0.
-TRAIN = [sys.executable, str(PROJECT_ROOT / "tests" / "reliability" / "varying_reward_train.py")]
 COMMON = [
-    "debug=smoke",
-    "~reward.components.correctness",
-    "~reward.components.format",
-    "~reward.components.explanation_length",
-    "+reward.components.distinct.weight=1.0",
-    "adapter.dropout=0",
+    *SMOKE_RUN,
     "checkpointing.every_n_steps=1",
     "checkpointing.keep_after_stage=true",
 ]
@@ -95,15 +87,6 @@ def plain(tmp_path_factory, shared_dir) -> dict[str, Path]:
 def zero(request, tmp_path_factory, shared_dir) -> tuple[int, dict[str, Path]]:
     stage = request.param
     return stage, sft_then_grpo(tmp_path_factory, f"zero{stage}", deepspeed(stage))
-
-
-def metric_rows(run: Path, stage: str, key: str) -> list[float]:
-    with (run / "csv" / stage / "metrics.csv").open() as handle:
-        return [float(row[key]) for row in csv.DictReader(handle) if row.get(key)]
-
-
-def adapter(run: Path, stage: str) -> dict[str, torch.Tensor]:
-    return load_file(run / "checkpoints" / stage / "adapter" / "adapter_model.safetensors")
 
 
 def assert_close(one: dict[str, torch.Tensor], two: dict[str, torch.Tensor]) -> None:

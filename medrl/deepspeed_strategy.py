@@ -24,7 +24,8 @@ What this subclass changes, and why:
 Rules the rest of medrl follows under ZeRO-3 (these helpers make them short):
 - a weight is only read inside a forward of its module (DeepSpeed's hooks gather it there and
   partition it again after); between forwards each process holds a
-  1 / N partition and the parameter itself is an empty tensor (`is_partitioned`);
+  1 / N partition and the parameter itself is an empty tensor
+  (medrl.sharding.is_zero3_partitioned);
 - every process runs the same number of forwards, in the same order (sampling runs in
   lockstep, as under FSDP);
 - a stage checkpoint takes the trainable weights from DeepSpeed's float32 masters, gathered
@@ -52,7 +53,6 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 from torch import nn
 
 from medrl import distributed
-from medrl.sharding import is_zero3_partitioned
 from medrl.utils.config import defaults_from_config
 from medrl.utils.settings import (
     Problem,
@@ -326,12 +326,6 @@ class PolicyDeepSpeedStrategy(DeepSpeedStrategy):
 
 
 # --- helpers for code that reads weights -------------------------------------------------------
-
-
-def is_partitioned(model: nn.Module) -> bool:
-    """True when DeepSpeed ZeRO-3 partitions `model`'s weights: between forwards each parameter
-    is an empty placeholder (its data lives in 1 / N partitions over the processes)."""
-    return is_zero3_partitioned(model)
 
 
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -5,6 +5,7 @@ from a run folder."""
 from __future__ import annotations
 
 import csv
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,6 +23,17 @@ SMOKE_RUN = [
     "+reward.components.distinct.weight=1.0",
     "adapter.dropout=0",
 ]
+
+
+def train(run_dir: Path, overrides: list[str], timeout_s: int = 900) -> Path:
+    """`python -m medrl.train` (the varying-reward entry) on SMOKE_RUN + `overrides`, writing
+    into `run_dir`; fails the test with the end of its output if the run fails."""
+    command = [*TRAIN, *SMOKE_RUN, f"hydra.run.dir={run_dir}", *overrides]
+    done = subprocess.run(
+        command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout_s, check=False
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return run_dir
 
 
 def metric_rows(run: Path, stage: str, key: str) -> list[float]:

@@ -12,15 +12,12 @@ The tests are parametrized by strategy (`-k fsdp` runs one) and share the one-pr
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from run_outputs import SMOKE_RUN as COMMON
-from run_outputs import TRAIN, adapter, metric_rows  # this folder's runs
-
-from medrl.utils.config import PROJECT_ROOT
+from run_outputs import adapter, metric_rows
+from run_outputs import train as run_smoke  # this folder's runs
 
 STRATEGIES = ["ddp", "fsdp"]
 # 6 SFT examples in global batches of 4: the second batch (2 examples) is split 1 / 1.
@@ -51,12 +48,7 @@ GRPO_KEYS = [
 
 
 def train(run_dir: Path, overrides: list[str]) -> Path:
-    command = [*TRAIN, *COMMON, f"hydra.run.dir={run_dir}", *overrides]
-    done = subprocess.run(
-        command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900, check=False
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return run_dir
+    return run_smoke(run_dir, overrides, timeout_s=900)
 
 
 def two_processes(strategy: str) -> list[str]:

@@ -24,16 +24,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from run_outputs import SMOKE_RUN, TRAIN, adapter, metric_rows  # this folder's runs
+from run_outputs import adapter, metric_rows
+from run_outputs import train as run_smoke  # this folder's runs
 
 from medrl.checkpoints import load_checkpoint
 from medrl.checkpoints.training_state import latest_readable
-from medrl.utils.config import PROJECT_ROOT
 
 pytest.importorskip("deepspeed", reason="deepspeed is not installed (make install-deepspeed)")
 
+# On top of the smoke run (run_outputs.SMOKE_RUN): a training state after every step.
 COMMON = [
-    *SMOKE_RUN,
     "checkpointing.every_n_steps=1",
     "checkpointing.keep_after_stage=true",
 ]
@@ -61,12 +61,7 @@ def deepspeed(stage: int) -> list[str]:
 
 
 def train(run_dir: Path, overrides: list[str]) -> Path:
-    command = [*TRAIN, *COMMON, f"hydra.run.dir={run_dir}", *overrides]
-    done = subprocess.run(
-        command, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600, check=False
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return run_dir
+    return run_smoke(run_dir, [*COMMON, *overrides], timeout_s=600)
 
 
 def sft_then_grpo(tmp_path_factory, name: str, strategy: list[str]) -> dict[str, Path]:

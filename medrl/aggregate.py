@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed-key", action="append", help="override key of replicates (repeat; default: seed)"
     )
     parser.add_argument("--direction", choices=DIRECTIONS, help="best = highest or lowest mean")
+    parser.add_argument(
+        "--curve",
+        action="append",
+        help="learning curve <stage>/<metric> to draw per group over steps (repeat), e.g. "
+        "grpo/val/accuracy; default: the jobs' aggregate.curves",
+    )
     return parser
 
 
@@ -51,6 +57,7 @@ def resolve_settings(sweep_dir: Path, args: argparse.Namespace) -> Settings:
         "baseline": tuple(args.baseline) if args.baseline else None,
         "seed_keys": tuple(args.seed_key) if args.seed_key else None,
         "direction": args.direction,
+        "curves": tuple(args.curve) if args.curve else None,
     }
     return replace(settings, **{name: v for name, v in flags.items() if v is not None})
 

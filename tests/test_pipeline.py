@@ -121,6 +121,7 @@ def test_sft_grpo_eval_chain_with_sampled_eval_logs_the_report_to_wandb_offline(
     records = run_file.read_bytes()
     assert b"max_new_tokens" in records and b"grpo_conventions" in records, "config + record"
     assert b"sft-train/loss" in records and b"grpo-reward/total" in records, "stage prefixes"
+    assert b"sft-val/accuracy" in records and b"grpo-val/accuracy" in records, "validation"
     import wandb
 
     assert wandb.run is None, "the job closed its W&B run"

@@ -30,6 +30,7 @@ def test_smoke_config_builds_small_pools_and_a_tiny_trainable_policy(compose, sh
         "sft": 8,
         "grpo": 8,
         "eval": 8,
+        "val": 4,
     }
     policy, _ = load_start(base_point(specs.model), specs.adapter, specs.output_format)
     trainable, total = policy.parameter_counts()

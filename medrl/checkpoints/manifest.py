@@ -61,6 +61,10 @@ class Manifest:
     code_version: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     version: int = MANIFEST_VERSION
+    # Which training step the weights are and why (validation.select: last | best), e.g.
+    # {"select": "best", "metric": "val/accuracy", "step": 8, "last_step": 12, "reason": ...};
+    # {} for checkpoints written without validation (and by earlier medrl versions).
+    selection: dict[str, Any] = field(default_factory=dict)
 
     def write(self, folder: Path) -> None:
         payload = asdict(self)

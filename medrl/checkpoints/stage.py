@@ -7,6 +7,7 @@ Layout::
     <stage dir>/metrics.json    the stage's final metrics (reused when a killed run resumes)
     <stage dir>/merged/         full weights with adapters merged + tokenizer and chat template
     <stage dir>/adapter/        the peft adapter (LoRA / QLoRA stages only)
+    <stage dir>/validation.jsonl  validations during training, one per line (when enabled)
 
 The merged form needs no peft to run; the adapter form is loaded onto its parent, whose content
 hash must equal the one the manifest recorded.
@@ -15,6 +16,7 @@ hash must equal the one the manifest recorded.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -57,8 +59,14 @@ def save_stage_checkpoint(
     root_model: str,
     resolved_config: str = "",
     metrics: Mapping[str, float] | None = None,
+    selection: Mapping[str, Any] | None = None,
+    extra_files: Mapping[str, Path] | None = None,
 ) -> Manifest:
-    """Write a complete stage checkpoint atomically (a crash leaves no half-written folder)."""
+    """Write a complete stage checkpoint atomically (a crash leaves no half-written folder).
+
+    selection: which training step the weights are and why (validation.select), recorded in
+    the manifest. extra_files: name in the folder -> file copied there (the validation
+    history)."""
     with atomic_directory(folder) as staging:
         merged = merged_model(model)
         merged.save_pretrained(staging / MERGED_DIR, safe_serialization=True)
@@ -69,6 +77,8 @@ def save_stage_checkpoint(
             forms.append("adapter")
         (staging / "config.yaml").write_text(resolved_config)
         (staging / "metrics.json").write_text(json.dumps(dict(metrics or {}), indent=2))
+        for name, source in (extra_files or {}).items():
+            shutil.copyfile(source, staging / name)
         manifest = Manifest(
             stage=stage,
             weights_hash=weights_hash(merged),
@@ -86,6 +96,7 @@ def save_stage_checkpoint(
             forms=tuple(forms),
             code_version=code_version(),
             created=utc_now(),
+            selection=dict(selection or {}),
         )
         manifest.write(staging)
     return manifest

@@ -20,7 +20,7 @@ from torch import nn
 
 from medrl.data.records import QARecord
 from medrl.prompts import OutputFormat, build_messages, reference_text, render_prompt
-from medrl.rollout import SamplingSettings, encode_prompts, generate
+from medrl.rollout import RolloutEngine, SamplingSettings, encode_prompts, generate
 from medrl.utils.io import write_atomic
 
 # The two-sided 95% normal quantile, Phi^-1(0.975).
@@ -127,6 +127,7 @@ def predict(
     num_samples: int = 1,
     seed: int | None = None,
     shard: tuple[int, int] = (0, 1),
+    engine: RolloutEngine | None = None,
 ) -> list[Prediction]:
     """`num_samples` predictions per record (samples 0..k-1 together), in the order of `records`.
 
@@ -141,6 +142,9 @@ def predict(
     records' predictions (still in record order). Batches, and the seed of each, are the same
     as in one process, so the shards of all ranks together are exactly the one-process result
     (`merge_shards`).
+
+    engine: the rollout engine to sample with (validation during training passes the stage's
+    own); None = the straightforward one. Greedy decoding gives the same tokens either way.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -178,6 +182,7 @@ def predict(
                 settings,
                 num_samples=num_samples,
                 generator_seed=None if seed is None else seed + number,
+                engine=engine,
             )
             for row, position in enumerate(rollout.group_index):
                 index = batch[position]  # rows are prompt-major: sample = row % num_samples

@@ -166,17 +166,29 @@ def write_markdown_report(
     path: str | os.PathLike[str],
     results: Mapping[str, Mapping[str, Any]],
     pairs: Mapping[str, PairedResult] | None = None,
+    checkpoints: Mapping[str, str] | None = None,
 ) -> Path:
     """The metrics table, the sampling table when results were sampled (k > 1; the metrics and
     paired tables then score the majority vote), accuracy per source for a mixture's items, and
-    the paired table when `pairs` is non-empty, in one markdown file."""
+    the paired table when `pairs` is non-empty, in one markdown file; then, when given,
+    `checkpoints` (model -> which training step its weights are and why)."""
+    text = _report_text(results, pairs)
+    if checkpoints:
+        lines = [f"- {name}: {note}" for name, note in checkpoints.items()]
+        text += "\n## Checkpoints\n\n" + "\n".join(lines) + "\n"
+    return write_atomic(path, text.encode("utf-8"))
+
+
+def _report_text(
+    results: Mapping[str, Mapping[str, Any]], pairs: Mapping[str, PairedResult] | None
+) -> str:
     if is_open_ended(results):
         text = "## Metrics\n\n" + text_metrics_table_markdown(results) + _TEXT_NOTE
         if any(m.startswith("judge_") for m in chart_metrics(results)):
             text += _JUDGE_NOTE
         if pairs:
             text += "\n## Paired comparisons\n\n" + paired_table_markdown(pairs)
-        return write_atomic(path, text.encode("utf-8"))
+        return text
     text = "## Metrics\n\n" + metrics_table_markdown(results)
     if any("pass_at_k" in m for m in results.values()):
         text += (
@@ -188,7 +200,7 @@ def write_markdown_report(
         text += "\n## Accuracy per source\n\n" + source_table_markdown(results)
     if pairs:
         text += "\n## Paired comparisons\n\n" + paired_table_markdown(pairs)
-    return write_atomic(path, text.encode("utf-8"))
+    return text
 
 
 _JUDGE_NOTE = (

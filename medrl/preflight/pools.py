@@ -42,6 +42,42 @@ def pool_checks(
     return results
 
 
+def validation_pool_checks(
+    pools: Mapping[str, Sequence[QARecord]],
+    stages: Sequence[str],
+    validation: Mapping[str, object] | None,
+    eval_pool: str | None = EVAL_POOL,
+) -> list[CheckResult]:
+    """When a training stage validates (validation.every > 0): its pool (validation.pool) is
+    filled, is not the evaluation pool, and shares no id or question text with the evaluation
+    and training pools (checkpoint selection must not read the items evaluation scores, and
+    validating on trained-on items would only measure memorization)."""
+    if validation is None or not any(stage in TRAIN_POOLS for stage in stages):
+        return []
+    every, name = validation.get("every"), validation.get("pool")
+    if not isinstance(every, int) or every <= 0 or not isinstance(name, str):
+        return []  # off, or a bad value the training block's check reports
+    key = pool_key(name)
+    if name == eval_pool:
+        message = (
+            f"validation.pool={name!r} is the evaluation pool; checkpoint selection would read "
+            "the items evaluation scores: set validation.pool=val (a training-side pool)"
+        )
+        return [failed("pools", message, "validation.pool")]
+    if name not in pools:
+        message = (
+            f"validation.pool={name!r}: the dataset has no such pool (pools: {list(pools)}); "
+            f"declare {key} or set validation.every=0"
+        )
+        return [failed("pools", message, "validation.pool")]
+    if not pools[name]:
+        message = f"{key}: empty; validation needs at least one record (or validation.every=0)"
+        return [failed("pools", message, key)]
+    results = [passed("pools", f"{key}: {len(pools[name])} records for validation", key)]
+    others = [eval_pool, *TRAIN_POOLS]
+    return results + [check_disjoint(pools, name, o) for o in others if o in pools and o != name]
+
+
 def check_pool_filled(pools: Mapping[str, Sequence[QARecord]], stage: str) -> CheckResult:
     name = STAGE_POOLS[stage]
     key = pool_key(name)
@@ -71,8 +107,9 @@ def check_disjoint(pools: Mapping[str, Sequence[QARecord]], name: str, other: st
     return failed(
         "pools",
         f"{key} overlaps {pool_key(other)}: {by_id} shared record ids, {by_text} shared "
-        "question texts; evaluation would score questions the model trained on (give the "
-        "pools disjoint rows: their split, size, range or ids_file)",
+        "question texts; evaluation or validation would score questions the model trained on, "
+        "or selection would read evaluated items (give the pools disjoint rows: their split, "
+        "size, range or ids_file)",
         key,
     )
 

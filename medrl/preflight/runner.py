@@ -37,6 +37,7 @@ from medrl.preflight.pools import (
     check_references,
     pool_checks,
     pools_in_use,
+    validation_pool_checks,
 )
 from medrl.preflight.report import (
     CheckResult,
@@ -53,6 +54,7 @@ from medrl.preflight.values import (
     select,
     sft_checks,
     training_checks,
+    values_at,
 )
 from medrl.stages.start import base_point
 from medrl.utils.config import defaults_from_config
@@ -148,6 +150,9 @@ def run_preflight(
     probe = probe_model(spec, tokenizer)
     renderer = Renderer(specs.output_format, probe.tokenizer, spec.chat_template_kwargs)
     results = config_checks(cfg, stages) + pool_checks(pools, stages)
+    validation = values_at(cfg, "validation") or None
+    eval_pool = getattr(pools, "eval_pool", EVAL_POOL)
+    results += validation_pool_checks(pools, stages, validation, eval_pool)
     references = (
         check_references(pools, stages, specs.output_format.name)
         if specs.output_format.open_ended
@@ -219,10 +224,7 @@ def context_checks(
     if renderer.tokenizer is None:
         return [skipped("context", "no tokenizer: prompt lengths not checked")]
     results = []
-    for stage in stages:
-        if stage not in GENERATING_STAGES:
-            continue
-        pool, key = GENERATING_STAGES[stage]
+    for stage, pool, key in generations(cfg, stages):
         records = generated_records(cfg, stage, pools.get(pool) or [])
         max_new_tokens = select(cfg, key)
         if not records or not is_count(max_new_tokens, 1):
@@ -237,9 +239,21 @@ def context_checks(
     return results
 
 
+def generations(cfg: DictConfig, stages: Sequence[str]) -> list[tuple[str, str, str]]:
+    """(stage, pool, key of its generation length) of every generation the run makes: the
+    generating stages, and validation during the training stages when it is on."""
+    found = [(stage, *GENERATING_STAGES[stage]) for stage in stages if stage in GENERATING_STAGES]
+    every, pool = select(cfg, "validation.every"), select(cfg, "validation.pool")
+    training = any(stage in ("sft", "grpo") for stage in stages)
+    if training and is_count(every, 1) and isinstance(pool, str):
+        found.append(("validation", pool, "validation.max_new_tokens"))
+    return found
+
+
 def generated_records(
     cfg: DictConfig, stage: str, records: Sequence[QARecord]
 ) -> Sequence[QARecord]:
-    """The records a stage generates for: evaluation reads only the first evaluation.limit."""
-    limit = select(cfg, "evaluation.limit")
-    return records[:limit] if stage == "eval" and is_count(limit, 1) else records
+    """The records a generation reads: evaluation and validation only their first `limit`."""
+    limits = {"eval": "evaluation.limit", "validation": "validation.limit"}
+    limit = select(cfg, limits[stage]) if stage in limits else None
+    return records[:limit] if is_count(limit, 1) else records

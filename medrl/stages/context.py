@@ -24,6 +24,7 @@ from medrl.checkpoints.training_state import (
 from medrl.components import RunSpecs
 from medrl.data import DatasetPools
 from medrl.distributed import is_rank_zero
+from medrl.evaluation.validation import ValidationSettings
 from medrl.models import ModelSpec
 from medrl.prompts.base import OutputFormat
 from medrl.rollout.settings import EngineSettings
@@ -38,6 +39,7 @@ TRAINING_BLOCKS: tuple[type[SettingsBlock], ...] = (
     CheckpointingSettings,
     NumericFaultSettings,
     EngineSettings,
+    ValidationSettings,
 )
 
 
@@ -150,9 +152,13 @@ class RunContext:
         """The configured Lightning Trainer with this stage's loggers, callbacks and `kwargs`."""
         return self._build_trainer(stage, **kwargs)
 
-    def training_trainer(self, stage: str, **kwargs: Any) -> tuple[pl.Trainer, Path | None]:
+    def training_trainer(
+        self, stage: str, callbacks: Sequence[pl.Callback] = (), **kwargs: Any
+    ) -> tuple[pl.Trainer, Path | None]:
         """A Trainer for a training stage that writes training-state checkpoints, and the
         checkpoint to continue from when resuming (None: start the stage from its beginning).
+        `callbacks` (the stage's validation) run before the training-state saver, so a saved
+        state includes what they did at that step.
         """
         values = OmegaConf.to_container(self.cfg.checkpointing, resolve=True)
         settings = CheckpointingSettings.from_values(values)
@@ -168,7 +174,7 @@ class RunContext:
             fingerprint(self.cfg),
         )
         trainer = self._build_trainer(
-            stage, version, [saver], plugins=[AtomicCheckpointIO()], **kwargs
+            stage, version, [*callbacks, saver], plugins=[AtomicCheckpointIO()], **kwargs
         )
         return trainer, resume_from
 

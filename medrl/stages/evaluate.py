@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from medrl import distributed
-from medrl.checkpoints import load_checkpoint
+from medrl.checkpoints import Manifest, load_checkpoint
 from medrl.data.records import QARecord
 from medrl.evaluation import (
     Prediction,
@@ -168,7 +168,7 @@ def run_eval(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
         results, pairs = closed_metrics(predictions, records[0].labels, num_samples, ctx.seed)
     with distributed.rank_zero_writes() as writer:
         if writer:
-            write_outputs(out_dir, results, pairs)
+            write_outputs(out_dir, results, pairs, checkpoint_notes(points))
     metrics = {
         f"eval/{name}/{key}": value
         for name, result in results.items()
@@ -227,12 +227,35 @@ def consecutive_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def write_outputs(out_dir: Path, results: dict, pairs: dict) -> None:
+def checkpoint_notes(points: Sequence[StagePoint]) -> dict[str, str]:
+    """Point name -> which training step its weights are and why, for the points whose stage
+    checkpoint records a selection (validation during training); the report names them."""
+    notes = {}
+    for point in points:
+        if point.checkpoint is None:
+            continue
+        selection = Manifest.read(point.checkpoint).selection
+        if selection:
+            notes[point.name] = selection_note(selection)
+    return notes
+
+
+def selection_note(selection: dict) -> str:
+    """ "step 8 of 12 (select=best: the highest val/accuracy (0.3400) of 5 validations)"."""
+    return (
+        f"step {selection['step']} of {selection['last_step']} "
+        f"(select={selection['select']}: {selection['reason']})"
+    )
+
+
+def write_outputs(
+    out_dir: Path, results: dict, pairs: dict, checkpoints: dict[str, str] | None = None
+) -> None:
     """summary.json (flat metrics per model), report.md and comparison.png in `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     flat = {name: flat_metrics(result) for name, result in results.items()}
     (out_dir / "summary.json").write_text(json.dumps(flat, indent=2))
-    write_markdown_report(out_dir / "report.md", results, pairs or None)
+    write_markdown_report(out_dir / "report.md", results, pairs or None, checkpoints)
     bar_chart(results, out_dir / "comparison.png", chart_metrics(results))
 
 

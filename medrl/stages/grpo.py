@@ -16,7 +16,8 @@ from medrl import distributed
 from medrl.algorithms.grpo_settings import STAGE_KEY, grpo_stage_problems
 from medrl.data.resumable import ResumableDataLoader
 from medrl.stages.context import RunContext, StageOutcome, StagePoint, check_training_blocks
-from medrl.stages.start import finish_stage, load_start, trained_policy
+from medrl.stages.start import finish_stage, load_start
+from medrl.stages.validation import build_validation, kept_policy
 from medrl.utils.settings import raise_errors
 
 log = logging.getLogger(__name__)
@@ -49,11 +50,27 @@ def run_grpo(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
     steps = ResumableDataLoader(
         range(settings.max_steps), batch_size=1, seed=ctx.seed, shuffle=False
     )
+    validation = build_validation(ctx, stage, policy)
     trainer, resume_from = ctx.training_trainer(
-        stage, max_steps=settings.max_steps * module.mu, max_epochs=1
+        stage,
+        callbacks=[validation] if validation else [],
+        max_steps=settings.max_steps * module.mu,
+        max_epochs=1,
     )
     trainer.fit(module, steps, ckpt_path=resume_from)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
-    policy = trained_policy(policy, module.model, deepspeed=module.strategy_steps_update())
-    return finish_stage(ctx, chain, stage, policy, parent, {POOL: list(ctx.pools[POOL])}, metrics)
+    policy, selection, val_metrics = kept_policy(
+        policy, module.model, validation, trainer.global_step, module.strategy_steps_update()
+    )
+    return finish_stage(
+        ctx,
+        chain,
+        stage,
+        policy,
+        parent,
+        {POOL: list(ctx.pools[POOL])},
+        metrics | val_metrics,
+        selection=selection,
+        validation_file=validation.history_file if validation else None,
+    )

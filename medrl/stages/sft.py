@@ -15,7 +15,8 @@ from medrl.algorithms.sft_settings import SFT_KEY, sft_problems
 from medrl.data.records import QARecord
 from medrl.data.resumable import ResumableDataLoader
 from medrl.stages.context import RunContext, StageOutcome, StagePoint, check_training_blocks
-from medrl.stages.start import finish_stage, load_start, trained_policy
+from medrl.stages.start import finish_stage, load_start
+from medrl.stages.validation import build_validation, kept_policy
 from medrl.utils.settings import raise_errors
 
 log = logging.getLogger(__name__)
@@ -92,8 +93,10 @@ def run_sft(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
         model=policy.model, max_consecutive_faults=ctx.cfg.numeric_faults.max_consecutive
     )
     by_steps = settings.max_steps > 0
+    validation = build_validation(ctx, stage, policy)
     trainer, resume_from = ctx.training_trainer(
         stage,
+        callbacks=[validation] if validation else [],
         max_steps=settings.max_steps if by_steps else -1,
         max_epochs=-1 if by_steps else settings.epochs,
         accumulate_grad_batches=settings.grad_accum,
@@ -107,14 +110,19 @@ def run_sft(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
     if val_examples:  # a final val/loss, whether or not the schedule ended on a check
         metrics.update({k: float(v) for k, v in trainer.validate(module, val_loader)[0].items()})
 
+    policy, selection, val_metrics = kept_policy(
+        policy, module.model, validation, trainer.global_step, module.strategy_steps_update()
+    )
     return finish_stage(
         ctx,
         chain,
         stage,
-        trained_policy(policy, module.model, deepspeed=module.strategy_steps_update()),
+        policy,
         parent,
         {"sft_train": train_records, "sft_val": val_records},
-        metrics,
+        metrics | val_metrics,
+        selection=selection,
+        validation_file=validation.history_file if validation else None,
     )
 
 

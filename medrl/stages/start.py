@@ -25,6 +25,9 @@ from medrl.prompts.base import OutputFormat
 from medrl.stages.context import RunContext, StageOutcome, StagePoint
 from medrl.stages.resume import discard_training_state, finished_stage_metrics
 
+# The stage checkpoint's copy of its validation history (medrl.stages.validation).
+HISTORY_FILE = "validation.jsonl"
+
 log = logging.getLogger(__name__)
 
 
@@ -137,9 +140,12 @@ def finish_stage(
     parent: ParentRef,
     pools: Mapping[str, Sequence[QARecord]],
     metrics: dict[str, float],
+    selection: Mapping[str, object] | None = None,
+    validation_file: Path | None = None,
 ) -> StageOutcome:
-    """Write the stage's checkpoint (lineage: `parent`, the `pools` it trained on) and return
-    the chain's new point."""
+    """Write the stage's checkpoint (lineage: `parent`, the `pools` it trained on; with
+    validation, the `selection` record of the step it holds and a copy of `validation_file`,
+    the stage's validation history) and return the chain's new point."""
     folder = ctx.output_dir / "checkpoints" / stage
     # Rank zero writes; every rank leaves the block once the folder is complete, then reads it.
     with distributed.rank_zero_writes() as writer:
@@ -159,6 +165,8 @@ def finish_stage(
                 root_model=chain[-1].root_model,
                 resolved_config=ctx.resolved_config(),
                 metrics=metrics,
+                selection=selection,
+                extra_files={HISTORY_FILE: validation_file} if validation_file else None,
             )
             log.info("%s checkpoint written to %s", stage, folder)
             if not ctx.cfg.checkpointing.keep_after_stage:

@@ -11,10 +11,9 @@ from medrl.sweeps.aggregate import (
     paired_stat,
     settings_from_mapping,
     summarize,
-    t_interval,
-    t_quantile_975,
 )
 from medrl.sweeps.collect import Job, collect_jobs, find_job_dirs, load_job, parse_override
+from medrl.sweeps.stats import t_interval, t_quantile_975
 
 __all__ = [
     "AggregateResult",

@@ -57,6 +57,8 @@ from medrl.sweeps.collect import (
     parse_override,
     seed_of,
 )
+from medrl.sweeps.curves import parse_curve, write_curves
+from medrl.sweeps.stats import t_interval
 from medrl.utils.io import write_atomic
 
 DIRECTIONS = ("maximize", "minimize")
@@ -78,16 +80,6 @@ _PAIRED_FIELDS = (
     "p_value",
 )
 
-# Two-sided 95% Student t quantiles t_{0.975, df} for df = 1..30 (scipy.stats.t.ppf, 9 digits).
-_T_975 = (
-    12.706204736, 4.302652730, 3.182446305, 2.776445105, 2.570581836, 2.446911851,
-    2.364624252, 2.306004135, 2.262157163, 2.228138852, 2.200985160, 2.178812830,
-    2.160368656, 2.144786688, 2.131449546, 2.119905299, 2.109815578, 2.100922040,
-    2.093024054, 2.085963447, 2.079613845, 2.073873068, 2.068657610, 2.063898562,
-    2.059538553, 2.055529439, 2.051830516, 2.048407142, 2.045229642, 2.042272456,
-)  # fmt: skip
-_Z_975 = 1.959963984540054
-
 GroupKey = tuple[tuple[str, str], ...]  # sorted (key, value) overrides, seed keys removed
 
 
@@ -104,16 +96,22 @@ class Settings:
     baseline:  override strings that pick the baseline group; empty: no paired tests.
     seed_keys: override keys that are replicates, not configurations.
     direction: whether the best group has the highest (maximize) or lowest primary mean.
+    curves:    learning curves to draw, `<stage>/<metric>` (grpo/val/accuracy,
+               grpo/reward/total): per group, the mean and 95% band across seeds over steps
+               (medrl.sweeps.curves); a curve no job logged is left out.
     """
 
     metrics: tuple[str, ...] = ()
     baseline: tuple[str, ...] = ()
     seed_keys: tuple[str, ...] = ("seed",)
     direction: str = "maximize"
+    curves: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
             raise ValueError(f"direction={self.direction!r}; expected one of {list(DIRECTIONS)}")
+        for name in self.curves:
+            parse_curve(name)  # a malformed name fails before any job is read
 
 
 @dataclass(frozen=True)
@@ -206,12 +204,12 @@ def settings_from_mapping(block: Mapping[str, Any] | None) -> Settings:
     A single string stands for a one-item list (baseline: algorithm=sft).
     """
     block = dict(block or {})
-    known = {"metrics", "baseline", "seed_keys", "direction"}
+    known = {"metrics", "baseline", "seed_keys", "direction", "curves"}
     unknown = sorted(set(block) - known)
     if unknown:
         raise ValueError(f"unknown aggregate settings {unknown}; valid: {sorted(known)}")
     values: dict[str, Any] = {}
-    for name in ("metrics", "baseline", "seed_keys"):
+    for name in ("metrics", "baseline", "seed_keys", "curves"):
         if block.get(name) is not None:
             raw = block[name]
             values[name] = (str(raw),) if isinstance(raw, str) else tuple(str(v) for v in raw)
@@ -243,36 +241,6 @@ def summarize(
 
 
 # ---- statistics across seeds ------------------------------------------------------------------
-
-
-def t_quantile_975(df: int) -> float:
-    """t_{0.975, df}: exact table for df <= 30, beyond it the Cornish-Fisher expansion of the
-    t quantile in 1/df (Abramowitz & Stegun 26.7.5), within 1e-6 of the exact value there."""
-    if df < 1:
-        raise ValueError(f"the t distribution needs df >= 1, got {df}")
-    if df <= len(_T_975):
-        return _T_975[df - 1]
-    z = _Z_975
-    g1 = (z**3 + z) / 4
-    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
-    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
-    return z + g1 / df + g2 / df**2 + g3 / df**3
-
-
-def t_interval(values: Sequence[float]) -> Estimate:
-    """Mean with the 95% Student t interval mean +- t_{0.975, n-1} * sd / sqrt(n).
-
-    n = 1: interval nan (one seed says nothing about seed variance); n = 0: all nan.
-    """
-    x = np.asarray(values, dtype=float)  # [n]
-    n = int(x.size)
-    if n == 0:
-        return Estimate.undefined(0)
-    mean = float(x.mean())
-    if n == 1:
-        return Estimate(mean, math.nan, math.nan, 1)
-    half = t_quantile_975(n - 1) * float(x.std(ddof=1)) / math.sqrt(n)
-    return Estimate(mean, mean - half, mean + half, n)
 
 
 def group_stats(jobs: Sequence[Job], metrics: Sequence[str]) -> dict[str, Estimate]:
@@ -495,7 +463,8 @@ def _check_same_items(
 
 
 def write_outputs(result: AggregateResult, out_dir: Path) -> dict[str, Path]:
-    """summary.md, summary.csv, jobs.csv and one PNG per metric, each written atomically."""
+    """summary.md, summary.csv, jobs.csv, one PNG per metric and one per learning curve (with
+    curves.csv), each written atomically."""
     paths = {
         "summary.md": write_atomic(out_dir / "summary.md", summary_markdown(result)),
         "summary.csv": write_atomic(out_dir / "summary.csv", summary_csv(result)),
@@ -506,6 +475,7 @@ def write_outputs(result: AggregateResult, out_dir: Path) -> dict[str, Path]:
         if fig is not None:
             name = f"{_file_stem(metric)}.png"
             paths[name] = plots.save_png(fig, out_dir / name)
+    paths |= write_curves(result.groups, result.settings.curves, out_dir)
     return paths
 
 

@@ -7,16 +7,13 @@ choice of plot for a sweep lives in `medrl.sweeps.aggregate`.
 
 from __future__ import annotations
 
-import io
 import math
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from medrl.utils.io import write_atomic
+from medrl.utils.io import save_png  # noqa: F401 (plots.save_png: the sweeps' writer)
 
 # A swept key whose numeric values span this ratio or more is drawn on a log axis (lr, beta).
 _LOG_SPAN = 100.0
@@ -125,11 +122,28 @@ def bar_plot(
     return fig
 
 
-def save_png(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    """Render `fig` to PNG and write it atomically (readers never see half an image)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    return write_atomic(path, buffer.getvalue())
+def curve_plot(
+    series: Sequence[tuple[str, Sequence[int], Sequence[float], Sequence[float], Sequence[float]]],
+    metric: str,
+) -> Figure:
+    """One line per group over training steps: (label, steps, means, lows, highs) each, the 95%
+    band shaded where it is defined (two seeds or more at that step)."""
+    fig = Figure(figsize=(7.0, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    for label, steps, means, lows, highs in series:
+        x = np.asarray(steps, dtype=float)  # [S]
+        (line,) = ax.plot(x, means, marker="o", markersize=3, label=label)
+        low, high = np.asarray(lows, dtype=float), np.asarray(highs, dtype=float)  # [S] each
+        defined = np.isfinite(low) & np.isfinite(high)
+        if defined.any():
+            ax.fill_between(x, low, high, where=defined, alpha=0.2, color=line.get_color())
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric}: mean across seeds, 95% t band", fontsize=10)
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    return fig
 
 
 def _error_bars(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
@@ -54,3 +56,11 @@ def atomic_directory(folder: str | os.PathLike[str], replace: bool = True) -> It
         staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def save_png(figure: Any, path: str | os.PathLike[str], dpi: int = 120) -> Path:
+    """Render a matplotlib Figure to PNG and write it atomically (readers never see half an
+    image)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    return write_atomic(path, buffer.getvalue())

@@ -50,7 +50,8 @@ def test_pools_are_cut_from_local_split_files(compose, tmp_path):
         "dataset.source=local",
         f"dataset.local.dir={folder}",
         "dataset.pools.eval.size=4",
-        "dataset.pools.sft.size=8",
+        "dataset.pools.sft.size=6",
+        "dataset.pools.val.size=2",
     ]
     spec = instantiate(compose("train", overrides).dataset)
 
@@ -58,7 +59,8 @@ def test_pools_are_cut_from_local_split_files(compose, tmp_path):
 
     assert {name: len(records) for name, records in pools.items()} == {
         "eval": 4,
-        "sft": 8,
+        "sft": 6,
+        "val": 2,
         "grpo": 4,
     }
     assert all(r.open_ended for records in pools.values() for r in records)

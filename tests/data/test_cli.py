@@ -97,6 +97,7 @@ def test_cli_exits_1_when_pools_overlap(tmp_path):
         "dataset.pools.eval.size=4",
         "dataset.pools.sft.size=2",
         "dataset.pools.grpo.size=2",
+        "~dataset.pools.val",
         data_dir=tmp_path,
     )
 

@@ -73,15 +73,20 @@ def test_medmcqa_medqa_mixes_training_pools_by_ratio_and_keeps_both_eval_pools_w
     pools = load_dataset(spec)
 
     summary = pools.summary
-    # eval: MedMCQA's 500 and MedQA's 273 whole; sft: 300 of MedMCQA's 300 and 300 of MedQA's 500
+    # eval: MedMCQA's 500 and MedQA's 273 whole; sft: 300 of MedMCQA's 300 and 300 of MedQA's
+    # 500; grpo: 400 of each (MedQA has 400), val: 100 of each (MedQA has 100)
     assert summary.pool("eval").sources == {"medmcqa": 500, "medqa": 273}
     assert {k: summary.pool("sft").sources[k] for k in ("medmcqa", "medqa")} == {
         "medmcqa": 300,
         "medqa": 300,
     }
     assert {k: summary.pool("grpo").sources[k] for k in ("medmcqa", "medqa")} == {
-        "medmcqa": 500,
-        "medqa": 500,
+        "medmcqa": 400,
+        "medqa": 400,
+    }
+    assert {k: summary.pool("val").sources[k] for k in ("medmcqa", "medqa")} == {
+        "medmcqa": 100,
+        "medqa": 100,
     }
     assert summary.max_overlap == 0
     assert spec.name == "mixture(medmcqa,medqa)" and spec.title == "MedMCQA 50% + MedQA 50%"

@@ -9,6 +9,7 @@ import pytest
 from hydra.utils import instantiate
 
 from medrl.data import DatasetPools, DatasetSpec, load_pools
+from medrl.data.pools import pool_overlaps, record_id, record_text
 
 
 @pytest.fixture
@@ -45,6 +46,7 @@ def test_medmcqa_pools_are_cut_from_validation_and_never_overlap(real_pools):
         ("eval", "validation", 500),
         ("sft", "validation", 300),
         ("grpo", "validation", 1000),
+        ("val", "validation", 200),
     ]
     assert summary.notes[0].startswith(
         "MedMCQA train split is not available locally; pools are cut from validation"
@@ -58,7 +60,7 @@ def test_medqa_has_1273_rows_with_the_documented_label_counts(real_pools):
     split = pools.summary.split("test")
     assert split.rows == split.records == 1273
     assert split.labels == {"A": 353, "B": 309, "C": 346, "D": 265}
-    assert [len(pools[name]) for name in ("eval", "sft", "grpo")] == [273, 500, 500]
+    assert [len(pools[name]) for name in ("eval", "sft", "grpo", "val")] == [273, 500, 400, 100]
     assert pools.summary.max_overlap == 0
 
 
@@ -80,11 +82,11 @@ def test_pubmedqa_eval_pool_is_exactly_the_official_500_test_ids(real_pools, sha
     assert len(truth) == 500
     assert {record.id: record.answer for record in pools["eval"]} == truth
     assert pools.summary.pool("eval").labels == {"yes": 276, "no": 169, "maybe": 55}
-    assert [len(pools["sft"]), len(pools["grpo"])] == [250, 250]
+    assert [len(pools["sft"]), len(pools["grpo"]), len(pools["val"])] == [250, 200, 50]
 
 
 def test_smoke_limit_shrinks_every_real_pool(real_pools):
-    limits = [f"+dataset.pools.{name}.limit=8" for name in ("eval", "sft", "grpo")]
+    limits = [f"+dataset.pools.{name}.limit=8" for name in ("eval", "sft", "grpo", "val")]
 
     pools = real_pools("pubmedqa", *limits)
 
@@ -92,6 +94,7 @@ def test_smoke_limit_shrinks_every_real_pool(real_pools):
         "eval": 8,
         "sft": 8,
         "grpo": 8,
+        "val": 8,
     }
 
 
@@ -107,3 +110,20 @@ def test_real_spec_is_a_dataset_spec(compose, shared_dir):
     cfg = compose("data", ["dataset=medqa", f"paths.data_dir={shared_dir / 'data'}"])
 
     assert isinstance(instantiate(cfg.dataset), DatasetSpec)
+
+
+@pytest.mark.parametrize("name", ["medmcqa", "medqa", "pubmedqa"])
+def test_the_val_pool_shares_no_id_or_question_text_with_any_other_pool(real_pools, name):
+    pools = real_pools(name)
+
+    assert len(pools["val"]) > 0
+    for key in (record_id, record_text):  # recomputed here, not read from the summary
+        overlaps = pool_overlaps({n: pools[n] for n in ("eval", "sft", "grpo", "val")}, key)
+        assert all(count == 0 for pair, count in overlaps.items() if "val" in pair), overlaps
+
+
+def test_medmcqa_val_pool_comes_last_so_the_other_pools_keep_their_rows(real_pools):
+    with_val, without = real_pools("medmcqa"), real_pools("medmcqa", "~dataset.pools.val")
+
+    for name in ("eval", "sft", "grpo"):
+        assert [r.id for r in with_val[name]] == [r.id for r in without[name]]

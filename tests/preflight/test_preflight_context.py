@@ -29,6 +29,7 @@ def test_a_short_context_fails_generation_and_sft_examples(preflight_error):
     assert [f.key for f in error.failures] == [
         "grpo.module.sampling.max_new_tokens",
         "evaluation.sampling.max_new_tokens",
+        "validation.max_new_tokens",  # the val pool's prompts too (validation during training)
         "sft.max_seq_length",
     ]
     assert "the longest SFT example keeps" in error.failures[-1].message

@@ -23,10 +23,13 @@ def failures(run, pools, tokenizer, **kwargs) -> list:
 
 def test_smoke_pools_are_filled_and_disjoint(preflight):
     pools = [r for r in preflight().results if r.name == "pools"]
-    assert [r.status for r in pools] == ["pass"] * 5
-    assert "dataset.pools.eval is disjoint from dataset.pools.sft (ids and texts)" in [
-        r.message for r in pools
-    ]
+    # 3 filled stage pools, eval against sft and grpo; the val pool filled and against all 3
+    assert [r.status for r in pools] == ["pass"] * 9
+    messages = [r.message for r in pools]
+    assert "dataset.pools.eval is disjoint from dataset.pools.sft (ids and texts)" in messages
+    assert "dataset.pools.val: 4 records for validation" in messages
+    for other in ("eval", "sft", "grpo"):
+        assert f"dataset.pools.val is disjoint from dataset.pools.{other} (ids and texts)" in messages
 
 
 def test_an_eval_pool_sharing_a_record_with_the_sft_pool_names_both_pools(smoke, qwen_tokenizer):
@@ -67,5 +70,5 @@ def test_a_missing_pool_lists_the_pools_there_are(smoke, qwen_tokenizer):
     pools = DatasetPools({k: v for k, v in run.pools.items() if k != "sft"}, run.pools.summary)
     (failure,) = failures(run, pools, qwen_tokenizer)
     assert failure.message == (
-        "dataset.pools.sft: missing; the sft stage reads it (pools: ['eval', 'grpo'])"
+        "dataset.pools.sft: missing; the sft stage reads it (pools: ['eval', 'grpo', 'val'])"
     )

@@ -188,7 +188,7 @@ def test_a_closed_format_on_an_open_ended_dataset_fails_naming_the_format(
 ):
     folder = write_bioasq(tmp_path / "bioasq")
     data = ["dataset=bioasq", "dataset.source=local", f"dataset.local.dir={folder}"]
-    sizes = ["dataset.pools.eval.size=4", "dataset.pools.sft.size=4"]
+    sizes = ["dataset.pools.eval.size=4", "dataset.pools.sft.size=4", "dataset.pools.val.size=2"]
 
     error = preflight_error(*data, *sizes, "format=xml", "reward=xml")
 

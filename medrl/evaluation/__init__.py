@@ -18,6 +18,14 @@ from medrl.evaluation.metrics import (
     per_subject_accuracy,
     proportion,
 )
+from medrl.evaluation.power import (
+    independent_discordance,
+    items_for_halfwidth,
+    mcnemar_items_needed,
+    mcnemar_mde,
+    mcnemar_mde_independent,
+    wilson_halfwidth,
+)
 from medrl.evaluation.predictions import (
     Z_95,
     Prediction,
@@ -69,6 +77,8 @@ __all__ = [
     "compute_metrics",
     "flat_metrics",
     "group_by_item",
+    "independent_discordance",
+    "items_for_halfwidth",
     "macro_f1",
     "majority_baseline",
     "majority_label",
@@ -76,6 +86,9 @@ __all__ = [
     "make_prediction",
     "merge_shards",
     "mcnemar_exact",
+    "mcnemar_items_needed",
+    "mcnemar_mde",
+    "mcnemar_mde_independent",
     "metrics_table_markdown",
     "paired_comparison",
     "paired_table_markdown",
@@ -86,6 +99,7 @@ __all__ = [
     "read_predictions",
     "sampling_metrics",
     "sampling_table_markdown",
+    "wilson_halfwidth",
     "wilson_interval",
     "write_markdown_report",
     "write_predictions",

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from medrl.evaluation.power import mcnemar_mde
 from medrl.evaluation.predictions import Prediction, wilson_interval
 
 NONE_BUCKET = "none"  # the histogram bucket of completions with no parsed answer
@@ -63,6 +64,9 @@ class PairedResult:
     diff_low / diff_high: paired percentile bootstrap interval of diff.
     b: items A got right and B wrong; c: items A got wrong and B right (the discordant pairs).
     p_value: McNemar's exact two-sided test of b vs c.
+    discordance, mde (derived, not stored): (b + c) / n, and the minimum detectable difference
+    at that n and discordance (`medrl.evaluation.power.mcnemar_mde`: 80% power, 5% two-sided;
+    inf when too few items are discordant for any difference to be detectable).
     """
 
     n: int
@@ -74,6 +78,17 @@ class PairedResult:
     b: int
     c: int
     p_value: float
+
+    @property
+    def discordance(self) -> float:
+        """(b + c) / n: the share of items on which exactly one of A and B is right."""
+        return (self.b + self.c) / self.n
+
+    @property
+    def mde(self) -> float:
+        """The smallest |B - A| McNemar's test detects with 80% power at the 5% level (two-sided)
+        on these n items at the observed discordance; inf when none is detectable."""
+        return mcnemar_mde(self.n, self.discordance)
 
 
 # ---- building blocks -------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from medrl.evaluation.metrics import Estimate, PairedResult
+from medrl.evaluation.power import mcnemar_mde, min_discordant
 from medrl.utils.io import write_atomic
 
 # Display names of the metrics a chart or table may show; other Estimate keys show as is.
@@ -40,6 +41,24 @@ METRIC_NAMES = {
 }
 # Open-ended results (medrl/evaluation/text_metrics.py) carry these instead of accuracy.
 TEXT_METRICS = ("exact_match", "token_f1", "rouge_l", "bertscore_f1")
+MDE_HEADER = "min. detectable diff (80% power)"
+MDE_NOTE = (
+    "Min. detectable diff: the smallest |B - A| that McNemar's test would detect with 80% "
+    "power at the 5% level (two-sided), at this n and the observed discordance (b + c) / n "
+    "(Connor 1987); none where too few items are discordant for any difference to be "
+    "detectable. `python -m medrl.power` sizes a study before it runs."
+)
+
+
+def mde_text(n: int, discordant: int) -> str:
+    """The minimum detectable difference of a paired comparison of n items with `discordant`
+    (b + c) discordant ones, as a table cell: "0.088", or "none (needs b + c >= 8)" when the
+    models agree too often for any difference to be detectable (`mcnemar_mde` is inf)."""
+    mde = mcnemar_mde(n, discordant / n)
+    if math.isfinite(mde):
+        return f"{mde:.3f}"
+    needed = min_discordant(n)
+    return f"none (needs b + c >= {needed})" if needed <= n else f"none at n = {n}"
 
 
 def is_open_ended(results: Mapping[str, Mapping[str, Any]]) -> bool:
@@ -79,20 +98,23 @@ def text_metrics_table_markdown(results: Mapping[str, Mapping[str, Any]]) -> str
 
 
 def metrics_table_markdown(results: Mapping[str, Mapping[str, Any]]) -> str:
-    """One row per model (in `results` order): n, accuracy [95% CI], format compliance
-    [95% CI], parse-fail rate, mean tokens; then a line with the majority-class baseline."""
+    """One row per model (in `results` order): n, accuracy [95% CI] and its half-width
+    (high - low) / 2, format compliance [95% CI], parse-fail rate, mean tokens; then a line
+    with the majority-class baseline."""
     if not results:
         raise ValueError("no results to tabulate")
     lines = [
-        "| model | n | accuracy [95% CI] | format compliance [95% CI] | parse-fail rate "
-        "| mean tokens |",
-        "| --- | ---: | --- | --- | ---: | ---: |",
+        "| model | n | accuracy [95% CI] | accuracy ± (half-width) | format compliance [95% CI] "
+        "| parse-fail rate | mean tokens |",
+        "| --- | ---: | --- | ---: | --- | ---: | ---: |",
     ]
     for name, metrics in results.items():
+        accuracy = metrics["accuracy"]
         cells = [
             name,
             str(metrics["n"]),
-            _with_ci(metrics["accuracy"]),
+            _with_ci(accuracy),
+            _number((accuracy.high - accuracy.low) / 2),
             _with_ci(metrics["format_rate"]),
             _number(metrics["parse_fail_rate"].value),
             _number(metrics["mean_tokens"].value, digits=1),
@@ -104,13 +126,14 @@ def metrics_table_markdown(results: Mapping[str, Mapping[str, Any]]) -> str:
 
 def paired_table_markdown(pairs: Mapping[str, PairedResult]) -> str:
     """One row per comparison (e.g. "base -> sft"): n, both accuracies, B - A [95% paired
-    bootstrap CI], the discordant counts b and c, and McNemar's exact p-value."""
+    bootstrap CI], the discordant counts b and c, McNemar's exact p-value and the minimum
+    detectable difference at n and (b + c) / n (`mde_text`); then a line saying what that is."""
     if not pairs:
         raise ValueError("no comparisons to tabulate")
     lines = [
         "| comparison | n | acc A | acc B | B - A [95% CI] | b: A right, B wrong "
-        "| c: A wrong, B right | McNemar p |",
-        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
+        f"| c: A wrong, B right | McNemar p | {MDE_HEADER} |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
     ]
     for name, pair in pairs.items():
         diff = f"{pair.diff:+.3f} [{pair.diff_low:+.3f}, {pair.diff_high:+.3f}]"
@@ -123,8 +146,10 @@ def paired_table_markdown(pairs: Mapping[str, PairedResult]) -> str:
             str(pair.b),
             str(pair.c),
             _p_value(pair.p_value),
+            mde_text(pair.n, pair.b + pair.c),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", MDE_NOTE]
     return "\n".join(lines) + "\n"
 
 

@@ -22,7 +22,10 @@ baseline override. Each other group is compared with it on its jobs' product pre
   - McNemar's exact test on the discordant (seed, item) pairs pooled over seeds
     (b: baseline right, group wrong; c: baseline wrong, group right). Pooling treats the
     pairs as independent, which overstates the evidence when seeds agree item by item; the
-    bootstrap interval is the estimate to trust, the p-value a screen.
+    bootstrap interval is the estimate to trust, the p-value a screen;
+  - the minimum detectable difference (McNemar, 80% power, 5% two-sided) at n_pairs and the
+    pooled discordance (b + c) / n_pairs (`medrl.evaluation.power.mcnemar_mde`); the same
+    pooling makes it optimistic when seeds agree item by item.
   A paired job's item ids must equal its partner's (ValueError naming some that differ).
 """
 
@@ -46,7 +49,9 @@ from medrl.evaluation.metrics import (
     discordant_counts,
     mcnemar_exact,
 )
+from medrl.evaluation.power import mcnemar_mde
 from medrl.evaluation.predictions import read_predictions
+from medrl.evaluation.report import MDE_HEADER, mde_text
 from medrl.evaluation.sampling import majority_vote
 from medrl.sweeps import plots
 from medrl.sweeps.collect import (
@@ -78,6 +83,7 @@ _PAIRED_FIELDS = (
     "b",
     "c",
     "p_value",
+    "mde",
 )
 
 GroupKey = tuple[tuple[str, str], ...]  # sorted (key, value) overrides, seed keys removed
@@ -116,7 +122,11 @@ class Settings:
 
 @dataclass(frozen=True)
 class PairedStat:
-    """A group against the baseline on (seed, item) pairs matched by seed and item id."""
+    """A group against the baseline on (seed, item) pairs matched by seed and item id.
+
+    discordance, mde (derived): (b + c) / n_pairs and the minimum detectable difference there
+    (`medrl.evaluation.power.mcnemar_mde`; inf when none is detectable).
+    """
 
     n_seeds: int
     n_items: int
@@ -129,6 +139,16 @@ class PairedStat:
     b: int  # baseline right, group wrong
     c: int  # baseline wrong, group right
     p_value: float
+
+    @property
+    def discordance(self) -> float:
+        """(b + c) / n_pairs: the share of (seed, item) pairs where exactly one side is right."""
+        return (self.b + self.c) / self.n_pairs
+
+    @property
+    def mde(self) -> float:
+        """Minimum detectable difference, 80% power, 5% two-sided, at n_pairs and discordance."""
+        return mcnemar_mde(self.n_pairs, self.discordance)
 
 
 @dataclass(frozen=True)
@@ -568,7 +588,10 @@ def _header_notes(result: AggregateResult) -> list[str]:
             f"Baseline `{' '.join(s.baseline)}`: diff = group - baseline accuracy of the product "
             "predictions over (seed, item) pairs matched by seed, 95% cluster bootstrap over "
             "items; McNemar exact test on the pooled discordant pairs (b: baseline right, group "
-            "wrong; c: baseline wrong, group right)."
+            "wrong; c: baseline wrong, group right); min. detectable diff: the smallest "
+            "|diff| that test detects with 80% power at the 5% level (two-sided) at the pooled "
+            "pairs' n and discordance (b + c) / n (optimistic when seeds agree item by item; "
+            "none where too few pairs are discordant)."
         )
     return [f"- {note}" for note in notes]
 
@@ -578,8 +601,8 @@ def _group_table(result: AggregateResult) -> list[str]:
     header = [*result.swept_keys, "n seeds", *(f"{m} [95% CI]" for m in metrics)]
     align = ["---"] * len(result.swept_keys) + ["---:"] + ["---"] * len(metrics)
     if paired:
-        header += ["accuracy diff vs baseline [95% CI]", "b / c", "McNemar p"]
-        align += ["---", "---:", "---:"]
+        header += ["accuracy diff vs baseline [95% CI]", "b / c", "McNemar p", MDE_HEADER]
+        align += ["---", "---:", "---:", "---:"]
     header.append("note")
     align.append("---")
     lines = [_md_row(header), _md_row(align)]
@@ -596,12 +619,12 @@ def _group_table(result: AggregateResult) -> list[str]:
 
 def _paired_cells(row: GroupRow) -> list[str]:
     if row.baseline:
-        return ["(baseline)", "", ""]
+        return ["(baseline)", "", "", ""]
     p = row.paired
     if p is None:
-        return ["n/a (no shared seed with predictions)", "", ""]
+        return ["n/a (no shared seed with predictions)", "", "", ""]
     diff = f"{p.diff:+.3f} [{_signed(p.diff_low)}, {_signed(p.diff_high)}]"
-    return [diff, f"{p.b} / {p.c}", _p_value(p.p_value)]
+    return [diff, f"{p.b} / {p.c}", _p_value(p.p_value), mde_text(p.n_pairs, p.b + p.c)]
 
 
 def _failed_table(failed: Sequence[Job]) -> list[str]:

@@ -30,6 +30,7 @@ from medrl.evaluation import (
     proportion,
     wilson_interval,
 )
+from medrl.evaluation.power import mcnemar_mde
 
 MCQ = ("A", "B", "C", "D")
 YNM = ("yes", "no", "maybe")
@@ -302,6 +303,8 @@ def test_paired_comparison_counts_discordant_pairs_and_tests_them(pair):
     assert result.acc_a == pytest.approx(3 / 12) and result.acc_b == pytest.approx(11 / 12)
     assert result.diff == pytest.approx(8 / 12)
     assert result.p_value == pytest.approx(0.021484375)
+    # Derived: discordance (1 + 9) / 12, and what McNemar's test could detect there.
+    assert (result.discordance, result.mde) == (10 / 12, mcnemar_mde(12, 10 / 12))
     assert result.diff_low <= result.diff <= result.diff_high
     assert result.diff_low >= -1.0 and result.diff_high <= 1.0
 

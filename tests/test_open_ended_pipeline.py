@@ -45,6 +45,13 @@ def test_sft_on_long_answers_then_eval_reports_text_metrics_with_intervals(
     report = (out / "eval" / "report.md").read_text()
     assert "token F1 [95% CI]" in report and "BERTScore F1 [95% CI]" in report
     assert (out / "eval" / "comparison.png").stat().st_size > 0
+    # Validation during SFT scores text overlap too, and follows token F1 (the open-ended default).
+    rows = [
+        json.loads(line) for line in (out / "validation" / "sft.jsonl").read_text().splitlines()
+    ]
+    assert rows and all("token_f1" in row and "accuracy" not in row for row in rows)
+    selection = json.loads((out / "checkpoints" / "sft" / "manifest.json").read_text())["selection"]
+    assert selection["metric"] == "val/token_f1"
 
 
 def test_sampled_evaluation_of_open_answers_is_refused_before_any_model_loads(compose):

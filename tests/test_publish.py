@@ -24,6 +24,7 @@ from medrl.checkpoints import LineageError, Manifest
 from medrl.publish import checkpoint_argument, run
 from medrl.publishing import DISCLAIMER, CardSettings, PublishError, gather, write_card
 from medrl.publishing import upload as upload_module
+from medrl.publishing.curve import followed_metric, val_curve_png, validation_table
 from medrl.publishing.lineage import lineage_chain
 from medrl.utils.config import PROJECT_ROOT
 from medrl.utils.settings import SettingsError
@@ -133,7 +134,11 @@ def test_the_card_of_a_smoke_checkpoint_has_the_lineage_chain_and_the_eval_table
     # The dry run's file list: the merged form at the root, the card, the manifest.
     merged = sorted(p.name for p in (grpo / "merged").iterdir())
     expected = set(merged) | {"README.md", "eval_comparison.png", "manifest.json"}
-    assert {f.path_in_repo for f in result.plan} == expected
+    assert {f.path_in_repo for f in result.plan} == expected | {"val_curve.png"}
+    # The smoke GRPO stage (max_steps=1) validates at steps 0 and 1 and keeps the last step.
+    assert "- select: `last`" in card and "- metric: `val/accuracy`" in card
+    assert "| step | n | accuracy [95% CI] |" in card
+    assert "| 0 | 4 |" in card and "| 1 (selected) | 4 |" in card, "the kept step is marked"
     assert all(f.size == f.local_path.stat().st_size for f in result.plan)
     assert result.commit_url is None
     printed = capsys.readouterr().out
@@ -173,6 +178,10 @@ def test_the_val_curve_and_the_selection_are_shown_when_the_checkpoint_has_them(
     assert (result.card_dir / "val_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "val_curve.png" in {f.path_in_repo for f in result.plan}
     assert "This checkpoint is the `grpo` row." in card
+    manifest = json.loads((grpo / "manifest.json").read_text())
+    manifest.pop("selection")  # as written by medrl before validation existed
+    (grpo / "manifest.json").write_text(json.dumps(manifest))
+    card = card_text(run(publish_cfg(compose, grpo, "dry_run=true", "verify=false", eval_dir)))
     assert "No selection record in manifest.json" in card
 
     # The selection record (manifest.json's `selection`, written by newer runs) marks its step.
@@ -192,6 +201,23 @@ def test_a_single_validation_gives_the_table_without_a_curve(smoke_run, tmp_path
 
     assert "| 0 | 2 | 0.500 | n/a | n/a |" in (card_dir / "README.md").read_text()
     assert not (card_dir / "val_curve.png").exists()
+
+
+def test_an_open_ended_stage_shows_the_metric_it_followed():
+    rows = [
+        {"step": s, "n": 3, "token_f1": f, "token_f1_ci_low": f - 0.1, "token_f1_ci_high": f + 0.1,
+         "rouge_l": f / 2, "format_rate": 1.0, "mean_tokens": 30.0}
+        for s, f in [(0, 0.25), (5, 0.35)]
+    ]  # fmt: skip
+    assert followed_metric(rows, {}) == "token_f1", "no accuracy: the open-ended default"
+    assert followed_metric(rows, {"metric": "val/rouge_l"}) == "rouge_l"
+
+    table = validation_table(rows, 5, followed_metric(rows, {}))
+
+    assert "| step | n | token_f1 [95% CI] | format rate [95% CI] | mean tokens |" in table
+    assert "| 5 (selected) | 3 | 0.350 [0.250, 0.450] | 1.000 | 30.0 |" in table
+    png = val_curve_png(rows, {"metric": "val/mean_tokens", "step": 5})  # not a rate: own scale
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_without_an_evaluation_the_card_says_where_it_looked(smoke_run, compose, tmp_path):
@@ -344,7 +370,8 @@ def test_an_upload_creates_the_repo_and_commits_the_planned_files(smoke_run, com
     sent = {op.path_in_repo: Path(op.path_or_fileobj) for op in commit["operations"]}
     assert sent == {f.path_in_repo: f.local_path for f in result.plan}
     adapter_files = {p.name for p in (grpo / "adapter").iterdir()} - {"README.md"}
-    assert set(sent) == adapter_files | {"README.md", "eval_comparison.png", "manifest.json"}
+    card_files = {"README.md", "eval_comparison.png", "manifest.json", "val_curve.png"}
+    assert set(sent) == adapter_files | card_files
     assert sent["README.md"] == result.card_dir / "README.md", "the card, not peft's stub"
     assert sent["manifest.json"] == grpo / "manifest.json"
     assert result.commit_url == "https://hub.invalid/me/medrl-grpo/commit/1"

@@ -31,10 +31,10 @@ from medrl.utils.settings import (
 
 SELECT_CHOICES = ("last", "best")
 MODE_CHOICES = ("max", "min")
-# The val metrics a selection or early stop can follow: the scalar metrics of closed formats
-# (medrl.evaluation.metrics.compute_metrics) and of open-ended ones (text_metrics, without
-# BERTScore: validation stays cheap and offline).
-SELECTABLE_METRICS = (
+# The val metrics a selection or early stop can follow. Closed formats (letters, yes/no/maybe)
+# get every scalar of medrl.evaluation.metrics.compute_metrics; open-ended ones the scalars of
+# text_metrics.open_ended_metrics without BERTScore (validation stays cheap and offline).
+CLOSED_METRICS = (
     "accuracy",
     "format_rate",
     "valid_json_rate",
@@ -46,10 +46,16 @@ SELECTABLE_METRICS = (
     "efficiency",
     "chance_corrected_accuracy",
     "macro_f1",
+)
+OPEN_ENDED_METRICS = (
+    "format_rate",
+    "truncated_rate",
+    "mean_tokens",
     "exact_match",
     "token_f1",
     "rouge_l",
 )
+SELECTABLE_METRICS = tuple(dict.fromkeys(CLOSED_METRICS + OPEN_ENDED_METRICS))
 # Bootstrap resamples of a validation's non-proportion intervals: fewer than the eval stage's
 # 2000, because validation runs many times during training and its intervals are a guide.
 VALIDATION_BOOTSTRAP = 500
@@ -57,6 +63,10 @@ VALIDATION_BOOTSTRAP = 500
 
 def _patience_ok(value: Any) -> bool:
     return value is None or is_count(value, 1)
+
+
+def _metric_ok(value: Any) -> bool:
+    return value is None or value in SELECTABLE_METRICS
 
 
 @dataclass(frozen=True)
@@ -74,7 +84,9 @@ class ValidationSettings(SettingsBlock):
         ("batch_size", *count_rule(1, "prompts per generate call")),
         ("max_new_tokens", *count_rule(1, "tokens per completion")),
         ("select", *choice_rule(SELECT_CHOICES)),
-        ("metric", *choice_rule(SELECTABLE_METRICS)),
+        ("metric", _metric_ok, f"must be null (the format's default) or in {SELECTABLE_METRICS}"),
+        ("closed_metric", *choice_rule(CLOSED_METRICS)),
+        ("open_ended_metric", *choice_rule(OPEN_ENDED_METRICS)),
         ("mode", *choice_rule(MODE_CHOICES)),
         ("min_delta", lambda v: is_number(v) and non_negative(v), "must be a number >= 0"),
         ("patience", _patience_ok, "must be null (never stop early) or an integer >= 1"),
@@ -86,7 +98,9 @@ class ValidationSettings(SettingsBlock):
     batch_size: int
     max_new_tokens: int
     select: str
-    metric: str
+    metric: str | None
+    closed_metric: str
+    open_ended_metric: str
     mode: str
     min_delta: float
     patience: int | None
@@ -109,6 +123,26 @@ class ValidationSettings(SettingsBlock):
     @property
     def enabled(self) -> bool:
         return self.every > 0
+
+    def metric_for(self, open_ended: bool) -> str:
+        """The val metric that selection and patience follow for a task of this kind: `metric`
+        when set, else the kind's default (closed_metric / open_ended_metric)."""
+        if self.metric is not None:
+            return self.metric
+        return self.open_ended_metric if open_ended else self.closed_metric
+
+
+def metric_problem(metric: str, open_ended: bool) -> str | None:
+    """Why `metric` cannot be followed for a task of this kind (None when it can): accuracy
+    and the letter metrics need gold labels, the text metrics need reference answers."""
+    kind, valid = (
+        ("an open-ended (free-text) format", OPEN_ENDED_METRICS)
+        if open_ended
+        else ("a closed format", CLOSED_METRICS)
+    )
+    if metric in valid:
+        return None
+    return f"validation.metric={metric!r} is not computed for {kind}; choose one of {list(valid)}"
 
 
 def validation_steps(every: int, max_steps: int) -> list[int]:
@@ -138,9 +172,10 @@ def validation_metrics(
     if labels is None:
         settings = TextMetricSettings(bertscore=BertScoreSettings(enabled=False))
         result = open_ended_metrics(predictions, settings, VALIDATION_BOOTSTRAP, seed)
-        return flat_metrics(result)
+        return flat_metrics(result) | {"n": len(predictions)}
     result = compute_metrics(predictions, labels, VALIDATION_BOOTSTRAP, seed)
-    return flat_metrics(result) | {"answer_histogram": dict(result["answer_histogram"])}
+    histogram = {"answer_histogram": dict(result["answer_histogram"])}
+    return flat_metrics(result) | {"n": len(predictions)} | histogram
 
 
 @dataclass

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from medrl.components import RunSpecs
 from medrl.data.records import QARecord
 from medrl.distributed import is_rank_zero
+from medrl.evaluation.validation import ValidationSettings, metric_problem
 from medrl.models import ModelSpec
 from medrl.preflight.context import (
     Renderer,
@@ -42,7 +43,9 @@ from medrl.preflight.pools import (
 from medrl.preflight.report import (
     CheckResult,
     PreflightReport,
+    failed,
     log_report,
+    passed,
     skipped,
     write_report,
 )
@@ -58,7 +61,7 @@ from medrl.preflight.values import (
 )
 from medrl.stages.start import base_point
 from medrl.utils.config import defaults_from_config
-from medrl.utils.settings import SettingsBlock, bool_rule, count_rule, is_count
+from medrl.utils.settings import SettingsBlock, SettingsError, bool_rule, count_rule, is_count
 
 log = logging.getLogger(__name__)
 # Only GRPO reads the reward set (SFT learns from targets, evaluation from the parser).
@@ -153,6 +156,7 @@ def run_preflight(
     validation = values_at(cfg, "validation") or None
     eval_pool = getattr(pools, "eval_pool", EVAL_POOL)
     results += validation_pool_checks(pools, stages, validation, eval_pool)
+    results += validation_metric_checks(validation, stages, specs.output_format.open_ended)
     references = (
         check_references(pools, stages, specs.output_format.name)
         if specs.output_format.open_ended
@@ -174,6 +178,27 @@ def run_preflight(
         write_report(report, Path(cfg.paths.output_dir), name)
     report.raise_if_failed()
     return report
+
+
+def validation_metric_checks(
+    validation: Mapping[str, Any] | None, stages: Sequence[str], open_ended: bool
+) -> list[CheckResult]:
+    """When a training stage validates: the metric that selection and patience follow is one
+    the format computes (accuracy needs gold labels, token_f1 reference answers), so a run does
+    not train to its first validation and stop there."""
+    if validation is None or not ({"sft", "grpo"} & set(stages)):
+        return []
+    try:
+        settings = ValidationSettings.from_values(validation)
+    except SettingsError:
+        return []  # the training block's check names the bad value
+    if not settings.enabled:
+        return []
+    metric = settings.metric_for(open_ended)
+    problem = metric_problem(metric, open_ended)
+    if problem:
+        return [failed("validation", problem, "validation.metric")]
+    return [passed("validation", f"validation follows val/{metric}", "validation.metric")]
 
 
 def start_model(cfg: DictConfig, model: ModelSpec) -> ModelSpec:

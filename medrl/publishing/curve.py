@@ -18,6 +18,16 @@ from matplotlib.figure import Figure
 VAL_CURVE = "val_curve.png"
 
 
+def followed_metric(rows: Sequence[Mapping[str, Any]], selection: Mapping[str, Any]) -> str:
+    """The val metric the stage followed (the selection's, without its val/ prefix); for a
+    checkpoint without a selection record, accuracy when the rows have it (closed formats),
+    else token_f1 (open-ended ones: medrl.evaluation.validation's defaults)."""
+    metric = str(selection.get("metric") or "")
+    if metric:
+        return metric.removeprefix("val/")
+    return "accuracy" if any("accuracy" in row for row in rows) else "token_f1"
+
+
 def selection_section(selection: Mapping[str, Any]) -> str:
     """The selection record as a list (which step, by which metric, why), or its absence."""
     if not selection:
@@ -37,17 +47,19 @@ def validation_section(rows: Sequence[Mapping[str, Any]], selection: Mapping[str
     marked = "; the selected step is marked" if selection.get("step") is not None else ""
     text = (
         f"## Validation during training\n\nOne row per validation (95% intervals){marked}.\n\n"
-        + validation_table(rows, selection.get("step"))
+        + validation_table(rows, selection.get("step"), followed_metric(rows, selection))
     )
     if len(rows) >= 2:
         text += f"\n![validation curve]({VAL_CURVE})\n"
     return text
 
 
-def validation_table(rows: Sequence[Mapping[str, Any]], selected: Any = None) -> str:
-    """step | n | accuracy [95% CI] | format rate [95% CI] | mean tokens."""
+def validation_table(
+    rows: Sequence[Mapping[str, Any]], selected: Any = None, metric: str = "accuracy"
+) -> str:
+    """step | n | <metric> [95% CI] | format rate [95% CI] | mean tokens."""
     lines = [
-        "| step | n | accuracy [95% CI] | format rate [95% CI] | mean tokens |",
+        f"| step | n | {metric} [95% CI] | format rate [95% CI] | mean tokens |",
         "| ---: | ---: | --- | --- | ---: |",
     ]
     for row in rows:
@@ -55,7 +67,7 @@ def validation_table(rows: Sequence[Mapping[str, Any]], selected: Any = None) ->
         cells = [
             step,
             _show(row.get("n", "")),
-            _with_ci(row, "accuracy"),
+            _with_ci(row, metric),
             _with_ci(row, "format_rate"),
             _number(row.get("mean_tokens"), 1),
         ]
@@ -64,12 +76,17 @@ def validation_table(rows: Sequence[Mapping[str, Any]], selected: Any = None) ->
 
 
 def val_curve_png(rows: Sequence[Mapping[str, Any]], selection: Mapping[str, Any]) -> bytes:
-    """Accuracy with its 95% band and format rate against the step; the selected step dashed."""
+    """The followed metric with its 95% band and the format rate against the step; the selected
+    step dashed."""
     steps = [row.get("step", i) for i, row in enumerate(rows)]
     fig = Figure(figsize=(5.0, 3.2), layout="constrained")
     ax = fig.add_subplot()
-    for key, label in (("accuracy", "accuracy"), ("format_rate", "format rate")):
+    keys = dict.fromkeys([followed_metric(rows, selection), "format_rate"])
+    shown: list[float] = []
+    for key in keys:
+        label = key.replace("_", " ")
         values = [_float(row.get(key)) for row in rows]
+        shown += values
         (line,) = ax.plot(steps, values, marker="o", label=label)
         low = [_float(row.get(f"{key}_ci_low")) for row in rows]
         high = [_float(row.get(f"{key}_ci_high")) for row in rows]
@@ -78,7 +95,8 @@ def val_curve_png(rows: Sequence[Mapping[str, Any]], selection: Mapping[str, Any
         ax.axvline(selection["step"], color="grey", linestyle="--", label="selected")
     ax.set_xlabel("step")
     ax.set_ylabel("validation (95% CI)")
-    ax.set_ylim(0.0, 1.05)
+    if all(0.0 <= v <= 1.0 for v in shown if not math.isnan(v)):  # rates: a common scale
+        ax.set_ylim(0.0, 1.05)
     ax.legend(loc="lower right", fontsize="small")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)

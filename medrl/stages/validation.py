@@ -34,7 +34,13 @@ from torch import nn
 from medrl import deepspeed_strategy, distributed, sharding
 from medrl.data.records import QARecord
 from medrl.evaluation.predictions import merge_shards, predict
-from medrl.evaluation.validation import BestTracker, ValidationSettings, is_due, validation_metrics
+from medrl.evaluation.validation import (
+    BestTracker,
+    ValidationSettings,
+    is_due,
+    metric_problem,
+    validation_metrics,
+)
 from medrl.models import Policy, load_policy
 from medrl.prompts import OutputFormat
 from medrl.rollout import SamplingSettings
@@ -47,7 +53,8 @@ HISTORY_DIR = "validation"
 
 class GenerationValidation(pl.Callback):
     """Greedy validation on `records` at step 0, every `settings.every` optimizer steps and at
-    the last step; the best one by `settings.metric` (and, with select=best, its weights) kept.
+    the last step; the best one by the followed metric (`settings.metric_for` the format) and,
+    with select=best, its weights kept.
 
     labels: the task's answer labels (None: an open-ended format, scored by text overlap).
     history_file: the JSONL file rank zero appends each validation to.
@@ -71,11 +78,15 @@ class GenerationValidation(pl.Callback):
         self.output_format = output_format
         self.chat_template_kwargs = chat_template_kwargs
         self.labels = None if output_format.open_ended else self.records[0].labels
+        self.metric = settings.metric_for(output_format.open_ended)
+        problem = metric_problem(self.metric, output_format.open_ended)
+        if problem:
+            raise ValueError(f"{problem} (format={output_format.name})")
         self.seed = seed
         self.history_file = Path(history_file)
         self.sampling = SamplingSettings(greedy=True, max_new_tokens=settings.max_new_tokens)
         self.tracker = BestTracker(
-            settings.metric, settings.mode, settings.min_delta, settings.patience
+            self.metric, settings.mode, settings.min_delta, settings.patience
         )
         self.snapshot: dict[str, torch.Tensor] | None = None
         self.last_validated: int | None = None
@@ -96,7 +107,7 @@ class GenerationValidation(pl.Callback):
         if trainer.global_step != self.last_validated:  # the last step: what `last` keeps
             self.validate(trainer, pl_module)
         if distributed.is_rank_zero():
-            figure = curve_figure(self.tracker.history, self.settings.metric)
+            figure = curve_figure(self.tracker.history, self.metric)
             save_png(figure, self.history_file.with_suffix(".png"))
 
     def state_dict(self) -> dict[str, Any]:
@@ -133,8 +144,8 @@ class GenerationValidation(pl.Callback):
         log.info(
             "validation at step %s: %s %.4f (best %.4f at step %s)",
             step,
-            self.settings.metric,
-            metrics[self.settings.metric],
+            self.metric,
+            metrics[self.metric],
             self.tracker.best_value,
             self.tracker.best_step,
         )
@@ -145,7 +156,7 @@ class GenerationValidation(pl.Callback):
                 "early stop at step %s: %s validations without a better %s (patience %s)",
                 step,
                 self.tracker.since_best,
-                self.settings.metric,
+                self.metric,
                 self.settings.patience,
             )
         return metrics
@@ -193,10 +204,10 @@ class GenerationValidation(pl.Callback):
 
     def selection(self, last_step: int) -> dict[str, Any]:
         """The manifest's record of which step the stage checkpoint holds, and why."""
-        tracker, settings = self.tracker, self.settings
+        tracker, settings, metric = self.tracker, self.settings, self.metric
         record: dict[str, Any] = {
             "select": settings.select,
-            "metric": f"val/{settings.metric}",
+            "metric": f"val/{metric}",
             "mode": settings.mode,
             "validations": len(tracker.history),
             "last_step": last_step,
@@ -207,7 +218,7 @@ class GenerationValidation(pl.Callback):
         if settings.select == "best" and self.snapshot is not None:
             record["step"] = tracker.best_step
             record["reason"] = (
-                f"the {_mode_word(settings.mode)} val/{settings.metric} "
+                f"the {_mode_word(settings.mode)} val/{metric} "
                 f"({tracker.best_value:.4f}) of {len(tracker.history)} validations"
             )
         else:

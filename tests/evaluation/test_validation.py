@@ -11,6 +11,7 @@ from medrl.evaluation.validation import (
     BestTracker,
     ValidationSettings,
     is_due,
+    metric_problem,
     validation_metrics,
     validation_steps,
 )
@@ -29,6 +30,8 @@ def test_the_defaults_are_the_yaml_values():
         ({"every": -1}, "every"),
         ({"select": "first"}, "select"),
         ({"metric": "val/accuracy"}, "metric"),  # named without the val/ prefix
+        ({"closed_metric": "token_f1"}, "closed_metric"),  # a text metric: open-ended only
+        ({"open_ended_metric": "accuracy"}, "open_ended_metric"),  # needs gold labels
         ({"mode": "maximize"}, "mode"),
         ({"patience": 0}, "patience"),
         ({"min_delta": -0.1}, "min_delta"),
@@ -43,6 +46,24 @@ def test_a_bad_value_is_named_by_its_key(values, key):
     assert [p.key for p in problems] == [key]
     with pytest.raises(SettingsError, match=f"validation.{key}"):
         ValidationSettings.from_values(values)
+
+
+def test_the_followed_metric_is_the_formats_default_unless_metric_names_one():
+    settings = ValidationSettings()
+    assert settings.metric_for(open_ended=False) == "accuracy"
+    assert settings.metric_for(open_ended=True) == "token_f1"
+    chosen = ValidationSettings(metric="format_rate")
+    assert chosen.metric_for(open_ended=False) == "format_rate"
+    assert chosen.metric_for(open_ended=True) == "format_rate"
+
+
+def test_a_metric_the_format_does_not_compute_is_named_with_the_valid_ones():
+    assert metric_problem("format_rate", open_ended=True) is None
+    assert metric_problem("macro_f1", open_ended=False) is None
+    closed = metric_problem("rouge_l", open_ended=False)
+    assert closed and closed.startswith("validation.metric='rouge_l' is not computed for a closed")
+    assert "'accuracy'" in closed
+    assert "open-ended" in (metric_problem("accuracy", open_ended=True) or "")
 
 
 def test_validation_runs_at_step_0_every_n_steps_and_at_the_last_step():
@@ -93,6 +114,21 @@ def test_validation_metrics_hold_accuracy_with_its_wilson_interval_and_the_lette
     assert metrics["format_rate"] == pytest.approx(0.75)
     assert metrics["mean_tokens"] == pytest.approx(5.0)
     assert metrics["answer_histogram"] == {"A": 2, "B": 0, "C": 1, "D": 0, "none": 1}
+
+
+def test_open_ended_validation_scores_text_overlap_with_the_reference():
+    from medrl.data.records import QARecord
+
+    record = QARecord(id="1", question="q?", options={}, answer="", explanation="aspirin works")
+    free_text = get_format("free_text")
+    exact = make_prediction(record, "prompt", "Aspirin works", free_text, 2, False)
+    half = make_prediction(record, "prompt", "aspirin fails", free_text, 2, False)
+    metrics = validation_metrics([exact, half], None, seed=0)
+    assert metrics["n"] == 2 and "accuracy" not in metrics and "answer_histogram" not in metrics
+    assert metrics["exact_match"] == pytest.approx(0.5)
+    # token F1 of "aspirin fails" against "aspirin works": precision = recall = 1/2, F1 = 1/2
+    assert metrics["token_f1"] == pytest.approx((1.0 + 0.5) / 2)
+    assert metrics["format_rate"] == pytest.approx(1.0)
 
 
 def test_the_tracker_keeps_the_best_step_and_counts_patience():

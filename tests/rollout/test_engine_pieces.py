@@ -139,8 +139,12 @@ def test_sft_uses_the_engine_linears_on_a_cpu(tiny_policy, monkeypatch):
     tiny_policy.model.eval()  # SFTModule put the shared model in train mode
 
 
+# The third-party libraries medrl imports come first: what they set on import is theirs (nltk,
+# through rouge_score, imports scikit-learn when installed, which sets KMP_* variables), and the
+# probe is about what medrl itself sets.
 PROBE = """
 import json, os, sys
+import torch, transformers, lightning, rouge_score.rouge_scorer
 before = dict(os.environ)
 from transformers import AttentionInterface
 names_before = set(AttentionInterface._global_mapping)

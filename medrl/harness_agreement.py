@@ -23,10 +23,11 @@ one model.
 from __future__ import annotations
 
 import gc
+import importlib.util
 import json
 import logging
-import math
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,7 +44,7 @@ from medrl.data.records import QARecord
 from medrl.evaluation import Prediction, predict_choices, write_predictions
 from medrl.evaluation.choice import ChoiceSettings, option_continuations
 from medrl.evaluation.predictions import eval_prompts
-from medrl.models import FullFinetune, ModelSpec, load_policy
+from medrl.models import FullFinetune, ModelSpec, load_policy, resolve_dtype
 from medrl.rollout.generation import model_device
 from medrl.stages.evaluate import check_mode, eval_choice, eval_sampling
 from medrl.utils.config import CONFIG_DIR
@@ -261,6 +262,15 @@ def model_folder(spec: ModelSpec, weights_source: str) -> tuple[str, str]:
     return weights_source, str(spec.tokenizer_path or weights_source)
 
 
+def require_harness() -> None:
+    """lm-evaluation-harness must be importable; checked before any model loads."""
+    if importlib.util.find_spec("lm_eval") is None:
+        raise ImportError(
+            'lm-evaluation-harness is not installed: pip install -e ".[harness]" (the dev extra '
+            "includes it)"
+        )
+
+
 def run_harness(
     task_dir: Path,
     task: str,
@@ -274,13 +284,10 @@ def run_harness(
     """lm-eval's logged samples of `task` (found in `task_dir`), HFLM loading `weights`."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    try:
-        import lm_eval
-        from lm_eval.tasks import TaskManager
-    except ImportError as error:
-        raise ImportError(
-            'lm-evaluation-harness is not installed: pip install -e ".[harness]"'
-        ) from error
+    require_harness()
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
     model_args: dict[str, Any] = {
         "pretrained": weights,
         "tokenizer": tokenizer,
@@ -303,13 +310,83 @@ def run_harness(
 
 def dtype_name(spec: ModelSpec) -> str:
     """The model group's dtype as lm-eval's HFLM takes it (`auto` resolved as medrl resolves it)."""
-    from medrl.models import resolve_dtype
-
     return str(resolve_dtype(spec.dtype)).removeprefix("torch.")
 
 
+@dataclass(frozen=True)
+class MedrlSide:
+    """medrl's scores, and where lm-eval finds the same model: its weights folder, tokenizer,
+    dtype and device."""
+
+    predictions: list[Prediction]
+    prompts: list[str]
+    weights: str
+    tokenizer: str
+    dtype: str
+    device: str
+    seconds: float
+
+
+def score_with_medrl(
+    spec: ModelSpec,
+    records: Sequence[QARecord],
+    output_format: Any,
+    choice: ChoiceSettings,
+    batch_size: int,
+    out: Path,
+) -> MedrlSide:
+    """medrl's forced choice on `records` (<out>/medrl/predictions.jsonl); the model is released
+    afterwards, so lm-eval's copy is the only one in memory."""
+    started = time.perf_counter()
+    policy = load_policy(spec, FullFinetune())
+    weights, tokenizer = model_folder(spec, policy.weights_source)
+    device = str(model_device(policy.model))
+    kwargs = spec.chat_template_kwargs
+    prompts = eval_prompts(policy.tokenizer, records, output_format, kwargs)
+    predictions = predict_choices(
+        policy.model, policy.tokenizer, records, output_format, kwargs, choice, batch_size, True
+    )
+    write_predictions(out / "medrl" / "predictions.jsonl", predictions)
+    del policy
+    gc.collect()
+    seconds = time.perf_counter() - started
+    return MedrlSide(predictions, prompts, weights, tokenizer, dtype_name(spec), device, seconds)
+
+
+def score_with_harness(
+    harness: DictConfig,
+    records: Sequence[QARecord],
+    medrl: MedrlSide,
+    choice: ChoiceSettings,
+    out: Path,
+) -> tuple[list[dict[str, Any]], float]:
+    """(lm-eval's logged samples, seconds) on the same items: the documents and the task go to
+    <out>/harness/, the samples to <out>/harness/samples.jsonl."""
+    started = time.perf_counter()
+    harness_dir = out / "harness"
+    items_path = harness_dir / "items.jsonl"
+    documents = harness_documents(records, medrl.prompts, choice)
+    write_atomic(items_path, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in documents))
+    config = task_config(harness.task, items_path, harness_dir / "datasets", choice.delimiter)
+    write_atomic(harness_dir / f"{harness.task}.yaml", yaml.safe_dump(config, sort_keys=False))
+    samples = run_harness(
+        harness_dir,
+        harness.task,
+        medrl.weights,
+        medrl.tokenizer,
+        medrl.dtype,
+        medrl.device,
+        harness.batch_size,
+        harness.softmax_dtype,
+    )
+    write_atomic(harness_dir / "samples.jsonl", "".join(_json_line(s) for s in samples))
+    return samples, time.perf_counter() - started
+
+
 def run(cfg: DictConfig) -> Agreement:
-    """Score the first evaluation.limit eval items with medrl and with lm-eval; compare."""
+    """Score the first evaluation.limit eval items with medrl and with lm-eval; compare, write
+    agreement.json / agreement.md and print the latter."""
+    require_harness()
     eval_sampling(cfg.evaluation)  # the evaluation block's one validation
     choice = eval_choice(cfg.evaluation)
     if choice is None:
@@ -321,52 +398,22 @@ def run(cfg: DictConfig) -> Agreement:
     check_mode(cfg.evaluation, output_format)
     records = list(load_dataset(instantiate(cfg.dataset))[POOL])[: cfg.evaluation.limit]
     out = Path(cfg.paths.output_dir)
-    policy = load_policy(spec, FullFinetune())
-    weights, tokenizer_path = model_folder(spec, policy.weights_source)
-    device = str(model_device(policy.model))
-    prompts = eval_prompts(policy.tokenizer, records, output_format, spec.chat_template_kwargs)
-    predictions = predict_choices(
-        policy.model,
-        policy.tokenizer,
-        records,
-        output_format,
-        spec.chat_template_kwargs,
-        choice,
-        batch_size=cfg.evaluation.batch_size,
-        progress=True,
-    )
-    write_predictions(out / "medrl" / "predictions.jsonl", predictions)
-    del policy
-    gc.collect()  # one model in memory at a time
-
-    harness_dir = out / "harness"
-    items_path = harness_dir / "items.jsonl"
-    documents = harness_documents(records, prompts, choice)
-    write_atomic(items_path, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in documents))
-    config = task_config(cfg.harness.task, items_path, harness_dir / "datasets", choice.delimiter)
-    write_atomic(harness_dir / f"{cfg.harness.task}.yaml", yaml.safe_dump(config, sort_keys=False))
-    samples = run_harness(
-        harness_dir,
-        cfg.harness.task,
-        weights,
-        tokenizer_path,
-        dtype_name(spec),
-        device,
-        cfg.harness.batch_size,
-        cfg.harness.softmax_dtype,
-    )
-    write_atomic(harness_dir / "samples.jsonl", "".join(_json_line(s) for s in samples))
+    medrl = score_with_medrl(spec, records, output_format, choice, cfg.evaluation.batch_size, out)
+    samples, harness_seconds = score_with_harness(cfg.harness, records, medrl, choice, out)
     norm_metric = NORM_METRIC[choice.length_unit]
     agreement = compare(
-        predictions, harness_items(samples, norm_metric), norm_metric, cfg.harness.tolerance
+        medrl.predictions, harness_items(samples, norm_metric), norm_metric, cfg.harness.tolerance
     )
     setup = {
-        "model": f"{spec.name} ({weights}, {dtype_name(spec)}, {device})",
+        "model": f"{spec.name} ({medrl.weights}, {medrl.dtype}, {medrl.device})",
         "items": f"the first {agreement.n} of {cfg.dataset.name}'s eval pool, "
         f"format={output_format.name}",
         "evaluation.choice": json.dumps(asdict(choice)),
+        "evaluation.batch_size": cfg.evaluation.batch_size,
         "lm-eval": f"{_harness_version()}, HFLM softmax_dtype={cfg.harness.softmax_dtype}, "
         f"batch_size={cfg.harness.batch_size}",
+        "time": f"medrl {medrl.seconds:.1f} s, lm-eval {harness_seconds:.1f} s "
+        "(each loading its model)",
     }
     write_atomic(out / "agreement.json", json.dumps(_summary(agreement, setup), indent=2))
     text = agreement_markdown(agreement, setup)
@@ -388,11 +435,9 @@ def _json_line(sample: Mapping[str, Any]) -> str:
 
 
 def _plain(value: Any) -> Any:
-    """numpy scalars and tuples in lm-eval's samples as JSON values."""
+    """What JSON cannot write in lm-eval's samples: numpy scalars as numbers, else text."""
     if hasattr(value, "item"):
         return value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
     return str(value)
 
 

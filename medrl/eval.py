@@ -17,7 +17,7 @@ from medrl import distributed
 from medrl.components import build_pools, build_specs
 from medrl.preflight import run_preflight
 from medrl.stages.context import RunContext, StagePoint
-from medrl.stages.evaluate import eval_sampling, run_eval
+from medrl.stages.evaluate import check_mode, eval_sampling, run_eval
 from medrl.stages.results import write_results
 from medrl.stages.start import base_point, checkpoint_point
 from medrl.utils.config import CONFIG_DIR
@@ -41,6 +41,7 @@ def run(cfg: DictConfig) -> float | None:
     """Evaluate `cfg.checkpoints` (after the base model when evaluation.include_base)."""
     eval_sampling(cfg.evaluation)
     specs = build_specs(cfg)
+    check_mode(cfg.evaluation, specs.output_format)  # forced choice needs a closed format
     folders = [Path(folder) for folder in cfg.checkpoints]
     missing = [str(folder) for folder in folders if not (folder / "manifest.json").is_file()]
     if missing:

@@ -24,7 +24,7 @@ from medrl.data import DatasetPools
 from medrl.data.mixture import exclude_eval_questions
 from medrl.preflight import preflight_config, run_preflight
 from medrl.stages.context import RunContext, StageOutcome, StagePoint
-from medrl.stages.evaluate import check_point_names, eval_sampling, run_eval
+from medrl.stages.evaluate import check_mode, check_point_names, eval_sampling, run_eval
 from medrl.stages.grpo import run_grpo
 from medrl.stages.plan import Stage, runners_of, stage_plan
 from medrl.stages.results import write_results
@@ -62,6 +62,9 @@ def run(cfg: DictConfig) -> float | None:
     check_configs(plan)  # the config's own values, all failures at once, before building
     distributed.launch(cfg.trainer)  # every process runs the rest; rank zero writes files
     specs = [build_specs(stage.cfg) for stage in plan]
+    for stage, spec in zip(plan, specs, strict=True):
+        if stage.runner == "eval":  # evaluation.mode against the format, before any training
+            check_mode(stage.cfg.evaluation, spec.output_format)
     pl.seed_everything(cfg.seed, workers=True)
     setups = build_setups(plan, specs)
     preflight_stages(cfg, setups)  # data, rewards, prompt lengths; still no weights loaded

@@ -12,15 +12,15 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
-FRAGILE = ("transformers", "peft", "lightning", "trl", "bitsandbytes", "deepspeed")
+FRAGILE = ("transformers", "peft", "lightning", "trl", "bitsandbytes", "deepspeed", "lm_eval")
 # Extras the suite's environment may lack (their tests skip): pinned, checked where installed.
-OPTIONAL = ("trl", "deepspeed")
+OPTIONAL = ("trl", "deepspeed", "lm_eval")
 
 
 def requirements() -> dict[str, Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    listed = [*project["dependencies"], *extras["bench"], *extras["deepspeed"]]
+    listed = [*project["dependencies"], *extras["bench"], *extras["deepspeed"], *extras["harness"]]
     found: dict[str, Requirement] = {}
     for line in listed:
         requirement = Requirement(line)
@@ -67,3 +67,8 @@ def test_make_install_installs_with_the_constraints_and_never_pins_torch_there()
     makefile = (ROOT / "Makefile").read_text()
     assert '$(PIP) install -c constraints.txt -e ".[dev]"' in makefile
     assert "torch" not in pinned() and not any(n.startswith("nvidia-") for n in pinned())
+
+
+def test_the_dev_extra_installs_the_harness_so_the_suite_runs_the_agreement_test():
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "medrl[harness]" in extras["optional-dependencies"]["dev"]

@@ -1,6 +1,8 @@
 """Evaluation: per-item predictions, JSONL files, metrics with CIs, paired tests, reports."""
 
 from medrl.evaluation.bertscore import BertScoreSettings, bertscore_f1
+from medrl.evaluation.choice import CHOICE_MODE, ChoiceSettings
+from medrl.evaluation.choice_scoring import predict_choices
 from medrl.evaluation.metrics import (
     Estimate,
     PairedResult,
@@ -8,6 +10,7 @@ from medrl.evaluation.metrics import (
     bootstrap_ci,
     bootstrap_mean,
     chance_corrected,
+    choice_metrics,
     compute_metrics,
     flat_metrics,
     macro_f1,
@@ -40,6 +43,7 @@ from medrl.evaluation.report import (
     TEXT_METRICS,
     bar_chart,
     chart_metrics,
+    choice_table_markdown,
     metrics_table_markdown,
     paired_table_markdown,
     sampling_table_markdown,
@@ -58,8 +62,10 @@ from medrl.evaluation.text_metrics import (
 )
 
 __all__ = [
+    "CHOICE_MODE",
     "TEXT_METRICS",
     "BertScoreSettings",
+    "ChoiceSettings",
     "TextMetricSettings",
     "bertscore_f1",
     "open_ended_metrics",
@@ -74,6 +80,8 @@ __all__ = [
     "bootstrap_ci",
     "bootstrap_mean",
     "chance_corrected",
+    "choice_metrics",
+    "choice_table_markdown",
     "compute_metrics",
     "flat_metrics",
     "group_by_item",
@@ -95,6 +103,7 @@ __all__ = [
     "per_sample_rates",
     "per_subject_accuracy",
     "predict",
+    "predict_choices",
     "proportion",
     "read_predictions",
     "sampling_metrics",

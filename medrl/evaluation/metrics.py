@@ -314,6 +314,50 @@ def compute_metrics(
     }
 
 
+# What only generation measures: the forced choice always answers with a label, writes nothing
+# to parse and generates no tokens, so these are left out of its metrics.
+GENERATION_ONLY = (
+    "format_rate",
+    "valid_json_rate",
+    "schema_pass_rate",
+    "accuracy_on_schema",
+    "parse_fail_rate",
+    "truncated_rate",
+    "mean_tokens",
+    "efficiency",
+)
+
+
+def choice_metrics(
+    predictions: Sequence[Prediction],
+    labels: Sequence[str] | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Metrics of forced-choice predictions (evaluation.mode=choice_logprob): `compute_metrics`
+    of the raw answers (accuracy, the majority baseline, chance correction, macro-F1, the
+    histograms, per subject and source) without the GENERATION_ONLY rates, plus
+
+      accuracy_norm   correct_norm / n: the length-normalized answer's accuracy, lm-eval's
+                      acc_norm (or acc_bytes) (Wilson)
+
+    A prediction without correct_norm (a generated one) is an error naming the item."""
+    missing = [p.id for p in predictions if p.correct_norm is None]
+    if missing:
+        raise ValueError(
+            f"predictions {_preview(missing)} have no length-normalized answer (correct_norm): "
+            "not forced-choice predictions (evaluation.mode=choice_logprob)"
+        )
+    norm = proportion(sum(bool(p.correct_norm) for p in predictions), len(predictions))
+    metrics: dict[str, Any] = {}
+    for key, value in compute_metrics(predictions, labels, n_boot, seed).items():
+        if key not in GENERATION_ONLY:
+            metrics[key] = value
+        if key == "accuracy":  # beside each other in summary.json and the loggers
+            metrics["accuracy_norm"] = norm
+    return metrics
+
+
 def answer_histogram(answers: Sequence[str | None], labels: Sequence[str]) -> dict[str, int]:
     """{label: count} in `labels` order (zeros kept), then any other answers sorted, then
     "none": the count of unparsed answers."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,13 @@ class Prediction:
                  scored against; None with closed formats.
     source:      the record's dataset (medmcqa, medqa, ...): a mixture's items are also scored
                  per source.
+    option_logprobs / option_lengths / answer_norm / correct_norm:  forced choice only
+                 (evaluation.mode=choice_logprob; None when generated): {label: summed
+                 log-likelihood of the option's continuation}, {label: its length in
+                 evaluation.choice.length_unit}, the length-normalized answer (argmax of
+                 log-likelihood / length) and whether it is the gold one. `answer` is then the
+                 raw argmax, `completion` the chosen continuation and `num_tokens` its tokens
+                 (medrl.evaluation.choice_scoring).
     """
 
     id: str
@@ -60,6 +67,10 @@ class Prediction:
     answer_text: str | None = None
     reference: str | None = None
     source: str | None = None
+    option_logprobs: dict[str, float] | None = None
+    option_lengths: dict[str, int] | None = None
+    answer_norm: str | None = None
+    correct_norm: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (one JSONL line of `write_predictions`)."""
@@ -161,18 +172,11 @@ def predict(
     records = list(records)
     if not records:
         return []
-    prompts = [
-        render_prompt(tokenizer, build_messages(record, output_format), chat_template_kwargs)
-        for record in records
-    ]
-    lengths = [len(ids) for ids in encode_prompts(tokenizer, prompts)]
-    by_length = sorted(range(len(records)), key=lengths.__getitem__)
-    batches = [
-        by_length[start : start + batch_size] for start in range(0, len(by_length), batch_size)
-    ]
+    prompts = eval_prompts(tokenizer, records, output_format, chat_template_kwargs)
+    batches = length_batches(tokenizer, prompts, batch_size)
     per_record: dict[int, list[Prediction]] = {}
     mine = list(enumerate(batches))[rank::world_size]
-    with _progress_bar(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("predicting", total=len(mine))
         for number, batch in mine:
             rollout = generate(
@@ -199,6 +203,29 @@ def predict(
                 )
             bar.advance(task)
     return [p for i in sorted(per_record) for p in per_record[i]]
+
+
+def eval_prompts(
+    tokenizer: Any,
+    records: Sequence[QARecord],
+    output_format: OutputFormat,
+    chat_template_kwargs: Mapping[str, Any] | None,
+) -> list[str]:
+    """Each record's prompt as training renders it (`build_messages` + `render_prompt`, the chat
+    template with `chat_template_kwargs`): what generation continues and forced choice scores
+    each option after."""
+    return [
+        render_prompt(tokenizer, build_messages(record, output_format), chat_template_kwargs)
+        for record in records
+    ]
+
+
+def length_batches(tokenizer: Any, prompts: Sequence[str], batch_size: int) -> list[list[int]]:
+    """Indices of `prompts` in batches of `batch_size`, formed from the prompts sorted by token
+    length (stable: equal lengths keep their order), so a batch pads little."""
+    lengths = [len(ids) for ids in encode_prompts(tokenizer, prompts)]
+    by_length = sorted(range(len(prompts)), key=lengths.__getitem__)
+    return [by_length[start : start + batch_size] for start in range(0, len(by_length), batch_size)]
 
 
 def merge_shards(
@@ -233,7 +260,8 @@ def merge_shards(
     return [p for predictions in merged for p in predictions]
 
 
-def _progress_bar(enabled: bool) -> Progress:
+def progress_bar(enabled: bool) -> Progress:
+    """A rich progress bar (description, bar, done/total, elapsed); silent when not enabled."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),

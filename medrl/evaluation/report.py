@@ -32,6 +32,7 @@ METRIC_NAMES = {
     "majority_baseline": "majority baseline",
     "chance_corrected_accuracy": "chance-corrected accuracy",
     "macro_f1": "macro-F1",
+    "accuracy_norm": "accuracy (length-normalized)",
     "sample_accuracy": "single-sample accuracy",
     "pass_at_k": "pass@k",
     "exact_match": "exact match",
@@ -66,9 +67,17 @@ def is_open_ended(results: Mapping[str, Mapping[str, Any]]) -> bool:
     return any("token_f1" in metrics for metrics in results.values())
 
 
+def is_forced_choice(results: Mapping[str, Mapping[str, Any]]) -> bool:
+    """True when the results score forced choices (evaluation.mode=choice_logprob)."""
+    return any("accuracy_norm" in metrics for metrics in results.values())
+
+
 def chart_metrics(results: Mapping[str, Mapping[str, Any]]) -> tuple[str, ...]:
     """What the comparison chart shows: the text metrics present for open-ended results,
-    else accuracy and format compliance."""
+    accuracy raw and length-normalized for forced choices, else accuracy and format
+    compliance."""
+    if is_forced_choice(results):
+        return ("accuracy", "accuracy_norm")
     if is_open_ended(results):
         first = next(iter(results.values()))
         judged = [m for m in first if m.startswith("judge_") and not m.endswith("_fail_rate")]
@@ -119,6 +128,24 @@ def metrics_table_markdown(results: Mapping[str, Mapping[str, Any]]) -> str:
             _number(metrics["parse_fail_rate"].value),
             _number(metrics["mean_tokens"].value, digits=1),
         ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", _baseline_line(results)]
+    return "\n".join(lines) + "\n"
+
+
+def choice_table_markdown(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """Forced-choice results: one row per model with n, accuracy (raw argmax) and accuracy_norm
+    (argmax per unit of length), each [95% Wilson CI] with its half-width; then a line with the
+    majority-class baseline."""
+    lines = [
+        "| model | n | accuracy [95% CI] | accuracy ± (half-width) "
+        "| accuracy_norm [95% CI] | accuracy_norm ± (half-width) |",
+        "| --- | ---: | --- | ---: | --- | ---: |",
+    ]
+    for name, metrics in results.items():
+        raw, norm = metrics["accuracy"], metrics["accuracy_norm"]
+        cells = [name, str(metrics["n"]), _with_ci(raw), _half_width(raw)]
+        cells += [_with_ci(norm), _half_width(norm)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", _baseline_line(results)]
     return "\n".join(lines) + "\n"
@@ -192,12 +219,15 @@ def write_markdown_report(
     results: Mapping[str, Mapping[str, Any]],
     pairs: Mapping[str, PairedResult] | None = None,
     checkpoints: Mapping[str, str] | None = None,
+    method: str | None = None,
 ) -> Path:
     """The metrics table, the sampling table when results were sampled (k > 1; the metrics and
     paired tables then score the majority vote), accuracy per source for a mixture's items, and
     the paired table when `pairs` is non-empty, in one markdown file; then, when given,
-    `checkpoints` (model -> which training step its weights are and why)."""
-    text = _report_text(results, pairs)
+    `checkpoints` (model -> which training step its weights are and why). `method`, when given,
+    is a paragraph under the metrics table saying how answers were obtained (forced choice:
+    the settings that define the scores)."""
+    text = _report_text(results, pairs, method)
     if checkpoints:
         lines = [f"- {name}: {note}" for name, note in checkpoints.items()]
         text += "\n## Checkpoints\n\n" + "\n".join(lines) + "\n"
@@ -205,8 +235,18 @@ def write_markdown_report(
 
 
 def _report_text(
-    results: Mapping[str, Mapping[str, Any]], pairs: Mapping[str, PairedResult] | None
+    results: Mapping[str, Mapping[str, Any]],
+    pairs: Mapping[str, PairedResult] | None,
+    method: str | None = None,
 ) -> str:
+    extra = f"\n{method}\n" if method else ""
+    if is_forced_choice(results):
+        text = "## Metrics\n\n" + choice_table_markdown(results) + _CHOICE_NOTE + extra
+        if any(m.get("per_source") for m in results.values()):
+            text += "\n## Accuracy per source\n\n" + source_table_markdown(results)
+        if pairs:
+            text += "\n## Paired comparisons\n\n" + paired_table_markdown(pairs)
+        return text
     if is_open_ended(results):
         text = "## Metrics\n\n" + text_metrics_table_markdown(results) + _TEXT_NOTE
         if any(m.startswith("judge_") for m in chart_metrics(results)):
@@ -214,7 +254,7 @@ def _report_text(
         if pairs:
             text += "\n## Paired comparisons\n\n" + paired_table_markdown(pairs)
         return text
-    text = "## Metrics\n\n" + metrics_table_markdown(results)
+    text = "## Metrics\n\n" + metrics_table_markdown(results) + extra
     if any("pass_at_k" in m for m in results.values()):
         text += (
             "\nSampled evaluation: accuracy and the paired tests score the majority vote of "
@@ -227,6 +267,15 @@ def _report_text(
         text += "\n## Paired comparisons\n\n" + paired_table_markdown(pairs)
     return text
 
+
+_CHOICE_NOTE = (
+    "\nForced choice (evaluation.mode=choice_logprob), as lm-evaluation-harness scores multiple "
+    "choice: after the prompt, each option's continuation is scored by its summed token "
+    "log-likelihood. accuracy: the highest sum (lm-eval's acc; the answer in predictions.jsonl "
+    "and the paired tests); accuracy_norm: the highest sum per unit of the continuation's "
+    "length (lm-eval's acc_norm: characters; acc_bytes: UTF-8 bytes). Nothing is generated, so "
+    "format compliance, parse failures and tokens do not apply.\n"
+)
 
 _JUDGE_NOTE = (
     "\nJudge scores: the run's judge grades each parsed answer under the rubric named (1-5, "
@@ -295,6 +344,10 @@ def _with_ci(estimate: Estimate) -> str:
     if math.isnan(estimate.value):
         return "n/a"
     return f"{estimate.value:.3f} [{estimate.low:.3f}, {estimate.high:.3f}]"
+
+
+def _half_width(estimate: Estimate) -> str:
+    return _number((estimate.high - estimate.low) / 2)
 
 
 def _p_value(p: float) -> str:

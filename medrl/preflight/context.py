@@ -14,6 +14,8 @@ from typing import Any
 
 from medrl.algorithms.sft_batches import encode_sft_pool
 from medrl.data.records import QARecord
+from medrl.evaluation.choice import ChoiceSettings
+from medrl.evaluation.choice_scoring import encode_item
 from medrl.preflight.report import CheckResult, RenderedPrompt, failed, passed, warned
 from medrl.prompts import build_messages, render_prompt, render_user_message
 from medrl.prompts.base import OutputFormat
@@ -84,6 +86,35 @@ def check_generation_fits(
         "context",
         f"{head}{prompt_tokens} tokens, and {prompt_tokens} + {max_new_tokens} = {total} exceeds "
         f"the model's context of {window} tokens (max_position_embeddings); {fix}",
+        key,
+    )
+
+
+def check_choice_fits(
+    records: Sequence[QARecord], renderer: Renderer, choice: ChoiceSettings, window: int
+) -> CheckResult:
+    """Forced choice (evaluation.mode=choice_logprob) generates nothing: each prompt + its
+    longest option continuation, tokenized as the scoring does (`encode_item`), must fit the
+    context. Checked on the pool's first record, its longest prompt and its longest option."""
+    key = "evaluation.choice.continuation"
+    longest_option = max(records, key=lambda r: max(len(text) for text in r.options.values()))
+    candidates = {r.id: r for r in (records[0], longest_record(records), longest_option)}
+    counted = []
+    for record in candidates.values():
+        item = encode_item(renderer.tokenizer, renderer.render(record), record, choice)
+        longest = max(len(tokens) for tokens in item.tokens.values())
+        counted.append((len(item.context) + longest, len(item.context), longest, record.id))
+    total, context, continuation, record_id = max(counted)
+    head = (
+        f"{key}={choice.continuation}: the longest eval item (record {record_id}) scores "
+        f"{context} context + {continuation} continuation tokens = {total}"
+    )
+    if total <= window:
+        return passed("context", f"{head} <= the context of {window}", key)
+    return failed(
+        "context",
+        f"{head}, more than the model's context of {window} tokens (max_position_embeddings); "
+        "use continuation=label or shorter prompts (evaluation.limit, dataset.pools.eval)",
         key,
     )
 

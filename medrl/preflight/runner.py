@@ -20,10 +20,13 @@ from omegaconf import DictConfig, OmegaConf
 from medrl.components import RunSpecs
 from medrl.data.records import QARecord
 from medrl.distributed import is_rank_zero
+from medrl.evaluation.choice import CHOICE_MODE, ChoiceSettings
+from medrl.evaluation.settings import evaluation_mode, mode_problem
 from medrl.evaluation.validation import ValidationSettings, metric_problem
 from medrl.models import ModelSpec
 from medrl.preflight.context import (
     Renderer,
+    check_choice_fits,
     check_generation_fits,
     check_sft_lengths,
     sample_records,
@@ -157,6 +160,7 @@ def run_preflight(
     eval_pool = getattr(pools, "eval_pool", EVAL_POOL)
     results += validation_pool_checks(pools, stages, validation, eval_pool)
     results += validation_metric_checks(validation, stages, specs.output_format.open_ended)
+    results += evaluation_mode_checks(cfg, stages, specs.output_format)
     references = (
         check_references(pools, stages, specs.output_format.name)
         if specs.output_format.open_ended
@@ -199,6 +203,26 @@ def validation_metric_checks(
     if problem:
         return [failed("validation", problem, "validation.metric")]
     return [passed("validation", f"validation follows val/{metric}", "validation.metric")]
+
+
+def evaluation_mode_checks(
+    cfg: DictConfig, stages: Sequence[str], output_format: Any
+) -> list[CheckResult]:
+    """When the eval stage runs: evaluation.mode suits the output format (forced choice needs
+    answer options; format=free_text has none)."""
+    if "eval" not in stages:
+        return []
+    mode = evaluation_mode(values_at(cfg, "evaluation"))
+    problem = mode_problem(mode, output_format)
+    if problem:
+        return [failed("evaluation", problem, "evaluation.mode")]
+    return [
+        passed(
+            "evaluation",
+            f"evaluation.mode={mode} suits format={output_format.name}",
+            "evaluation.mode",
+        )
+    ]
 
 
 def start_model(cfg: DictConfig, model: ModelSpec) -> ModelSpec:
@@ -258,16 +282,50 @@ def context_checks(
             results.append(skipped("context", f"{key}: the model's context is unknown", key))
             continue
         results.append(check_generation_fits(stage, key, max_new_tokens, records, renderer, window))
+    results += choice_context_checks(cfg, stages, pools, renderer, window)
     max_seq_length = select(cfg, "sft.max_seq_length")
     if "sft" in stages and pools.get(SFT_POOL) and is_count(max_seq_length, 1):
         results += check_sft_lengths(pools[SFT_POOL], renderer, max_seq_length, window)
     return results
 
 
+def forced_choice(cfg: DictConfig) -> bool:
+    """True when the eval stage scores options instead of generating (evaluation.mode)."""
+    return evaluation_mode(values_at(cfg, "evaluation")) == CHOICE_MODE
+
+
+def choice_context_checks(
+    cfg: DictConfig,
+    stages: Sequence[str],
+    pools: Pools,
+    renderer: Renderer,
+    window: int | None,
+) -> list[CheckResult]:
+    """Check 7 for forced choice: prompt + longest continuation within the context."""
+    records = generated_records(cfg, "eval", pools.get(EVAL_POOL) or [])
+    if "eval" not in stages or not forced_choice(cfg) or not records:
+        return []
+    key = "evaluation.choice.continuation"
+    if window is None:
+        return [skipped("context", f"{key}: the model's context is unknown", key)]
+    if renderer.output_format.open_ended or any(record.open_ended for record in records):
+        return []  # evaluation.mode's own check names the problem
+    try:
+        choice = ChoiceSettings.from_values(values_at(cfg, "evaluation.choice"))
+    except SettingsError:
+        return []  # the evaluation block's check names the bad value
+    return [check_choice_fits(records, renderer, choice, window)]
+
+
 def generations(cfg: DictConfig, stages: Sequence[str]) -> list[tuple[str, str, str]]:
     """(stage, pool, key of its generation length) of every generation the run makes: the
-    generating stages, and validation during the training stages when it is on."""
-    found = [(stage, *GENERATING_STAGES[stage]) for stage in stages if stage in GENERATING_STAGES]
+    generating stages (not the eval stage in forced choice, which generates nothing), and
+    validation during the training stages when it is on."""
+    found = [
+        (stage, *GENERATING_STAGES[stage])
+        for stage in stages
+        if stage in GENERATING_STAGES and not (stage == "eval" and forced_choice(cfg))
+    ]
     every, pool = select(cfg, "validation.every"), select(cfg, "validation.pool")
     training = any(stage in ("sft", "grpo") for stage in stages)
     if training and is_count(every, 1) and isinstance(pool, str):

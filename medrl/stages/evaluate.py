@@ -20,10 +20,13 @@ from medrl import distributed
 from medrl.checkpoints import Manifest, load_checkpoint
 from medrl.data.records import QARecord
 from medrl.evaluation import (
+    CHOICE_MODE,
+    ChoiceSettings,
     Prediction,
     TextMetricSettings,
     bar_chart,
     chart_metrics,
+    choice_metrics,
     compute_metrics,
     flat_metrics,
     majority_vote,
@@ -32,12 +35,18 @@ from medrl.evaluation import (
     paired_comparison,
     per_sample_rates,
     predict,
+    predict_choices,
     sampling_metrics,
     write_markdown_report,
     write_predictions,
 )
 from medrl.evaluation.judge_metrics import judge_metrics
-from medrl.evaluation.settings import EVALUATION_KEY, evaluation_problems
+from medrl.evaluation.settings import (
+    EVALUATION_KEY,
+    evaluation_mode,
+    evaluation_problems,
+    mode_problem,
+)
 from medrl.models import FullFinetune, load_policy, resolve_dtype
 from medrl.prompts import OutputFormat, reference_text
 from medrl.rollout import SamplingSettings
@@ -105,6 +114,24 @@ def eval_sampling(settings: DictConfig) -> tuple[SamplingSettings, int]:
     return instantiate(settings.sampling), int(settings.num_samples)
 
 
+def eval_choice(settings: DictConfig) -> ChoiceSettings | None:
+    """The forced-choice settings (evaluation.choice) when evaluation.mode=choice_logprob, else
+    None; the block is checked by `eval_sampling` (evaluation_problems)."""
+    values = OmegaConf.to_container(settings, resolve=True)
+    if evaluation_mode(values) != CHOICE_MODE:
+        return None
+    return ChoiceSettings.from_values(values.get("choice") or {})
+
+
+def check_mode(settings: DictConfig, output_format: OutputFormat) -> None:
+    """evaluation.mode must suit the output format (forced choice needs answer options): raised
+    before any model loads, and by the entry points before any training."""
+    mode = evaluation_mode(OmegaConf.to_container(settings, resolve=True))
+    problem = mode_problem(mode, output_format)
+    if problem:
+        raise ValueError(problem)
+
+
 def check_open_ended(output_format: OutputFormat, records: Sequence[QARecord], num_samples: int):
     """Open-ended formats: every record needs a reference, and answers cannot be voted on
     (there is no label); raised before any model loads."""
@@ -126,11 +153,17 @@ def run_eval(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
     consecutive points, eval/report.md and a bar chart, also sent to the loggers.
 
     Open-ended formats (free_text) get text metrics against each record's reference
-    (`open_ended_metrics`) instead of accuracy, and no paired tests yet."""
+    (`open_ended_metrics`) instead of accuracy, and no paired tests yet.
+
+    evaluation.mode=choice_logprob scores every option instead of generating
+    (`predict_choices`): the same files, with accuracy_norm beside accuracy and the paired
+    tests on the raw answer."""
     settings = ctx.cfg.evaluation
     sampling, num_samples = eval_sampling(settings)
+    choice = eval_choice(settings)
     records = list(ctx.pools[POOL])[: settings.limit]
     output_format = ctx.specs.output_format
+    check_mode(settings, output_format)
     check_open_ended(output_format, records, num_samples)
     text_settings: TextMetricSettings = instantiate(settings.text_metrics)
     out_dir = ctx.output_dir / ctx.stage_name(POOL)
@@ -139,19 +172,32 @@ def run_eval(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
     points = points_to_evaluate(chain, settings.include_base, settings.get("points"))
     for point in points:
         model, tokenizer = load_for_eval(ctx, point)
-        mine = predict(
-            model,
-            tokenizer,
-            records,
-            output_format,
-            point.model_spec.chat_template_kwargs,
-            sampling,
-            batch_size=settings.batch_size,
-            progress=distributed.is_rank_zero(),
-            num_samples=num_samples,
-            seed=settings.seed,
-            shard=shard,
-        )
+        if choice is not None:
+            mine = predict_choices(
+                model,
+                tokenizer,
+                records,
+                output_format,
+                point.model_spec.chat_template_kwargs,
+                choice,
+                batch_size=settings.batch_size,
+                progress=distributed.is_rank_zero(),
+                shard=shard,
+            )
+        else:
+            mine = predict(
+                model,
+                tokenizer,
+                records,
+                output_format,
+                point.model_spec.chat_template_kwargs,
+                sampling,
+                batch_size=settings.batch_size,
+                progress=distributed.is_rank_zero(),
+                num_samples=num_samples,
+                seed=settings.seed,
+                shard=shard,
+            )
         predictions[point.name] = merge_shards(distributed.all_gather_objects(mine), records)
         if distributed.is_rank_zero():
             write_predictions(out_dir / point.name / "predictions.jsonl", predictions[point.name])
@@ -165,10 +211,13 @@ def run_eval(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
         }
         pairs = {}
     else:
-        results, pairs = closed_metrics(predictions, records[0].labels, num_samples, ctx.seed)
+        results, pairs = closed_metrics(
+            predictions, records[0].labels, num_samples, ctx.seed, forced=choice is not None
+        )
     with distributed.rank_zero_writes() as writer:
         if writer:
-            write_outputs(out_dir, results, pairs, checkpoint_notes(points))
+            method = choice_method(choice) if choice is not None else None
+            write_outputs(out_dir, results, pairs, checkpoint_notes(points), method)
     metrics = {
         f"eval/{name}/{key}": value
         for name, result in results.items()
@@ -199,12 +248,19 @@ def judged_metrics(
 
 
 def closed_metrics(
-    predictions: dict[str, list[Prediction]], labels: Sequence[str], num_samples: int, seed: int
+    predictions: dict[str, list[Prediction]],
+    labels: Sequence[str],
+    num_samples: int,
+    seed: int,
+    forced: bool = False,
 ) -> tuple[dict, dict]:
-    """(metrics per point, paired comparisons of consecutive points) of labelled answers."""
+    """(metrics per point, paired comparisons of consecutive points) of labelled answers;
+    forced: forced-choice predictions (`choice_metrics`: accuracy_norm added, the
+    generation-only rates left out; the paired tests compare the raw answers)."""
     answers = {name: majority_vote(preds) for name, preds in predictions.items()}
+    metrics_of = choice_metrics if forced else compute_metrics
     results = {
-        name: compute_metrics(answers[name], labels=labels, seed=seed)
+        name: metrics_of(answers[name], labels=labels, seed=seed)
         | (
             per_sample_rates(preds, seed=seed) | sampling_metrics(preds, seed=seed)
             if num_samples > 1
@@ -248,14 +304,28 @@ def selection_note(selection: dict) -> str:
     )
 
 
+def choice_method(choice: ChoiceSettings) -> str:
+    """The report's sentence naming the settings that define forced-choice scores."""
+    return (
+        f"Scored: evaluation.choice.continuation={choice.continuation}, "
+        f"delimiter={json.dumps(choice.delimiter)}, length_unit={choice.length_unit}; "
+        "per-option log-likelihoods are in each model's predictions.jsonl (option_logprobs)."
+    )
+
+
 def write_outputs(
-    out_dir: Path, results: dict, pairs: dict, checkpoints: dict[str, str] | None = None
+    out_dir: Path,
+    results: dict,
+    pairs: dict,
+    checkpoints: dict[str, str] | None = None,
+    method: str | None = None,
 ) -> None:
-    """summary.json (flat metrics per model), report.md and comparison.png in `out_dir`."""
+    """summary.json (flat metrics per model), report.md (with `method`, how answers were
+    obtained, when given) and comparison.png in `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     flat = {name: flat_metrics(result) for name, result in results.items()}
     (out_dir / "summary.json").write_text(json.dumps(flat, indent=2))
-    write_markdown_report(out_dir / "report.md", results, pairs or None, checkpoints)
+    write_markdown_report(out_dir / "report.md", results, pairs or None, checkpoints, method)
     bar_chart(results, out_dir / "comparison.png", chart_metrics(results))
 
 

@@ -1,6 +1,8 @@
 """Hydra entry point: `python -m medrl.eval checkpoints=[dir,...]` evaluates the base model and
 stage checkpoints on the same evaluation items, with the eval stage of medrl.train (sharded
-over the processes when `trainer` asks for several devices, e.g. trainer=ddp)."""
+over the processes when `trainer` asks for several devices, e.g. trainer=ddp): the dataset's
+eval pool, or each of evaluation.benchmarks' (checked, before any checkpoint loads, against
+what the checkpoints' lineages trained on)."""
 
 from __future__ import annotations
 
@@ -14,8 +16,19 @@ import lightning.pytorch as pl
 from omegaconf import DictConfig
 
 from medrl import distributed
-from medrl.components import build_pools, build_specs
+from medrl.components import (
+    build_benchmarks,
+    build_pools,
+    build_specs,
+    dataset_key,
+    load_benchmarks,
+)
 from medrl.preflight import run_preflight
+from medrl.stages.benchmarks import (
+    benchmark_records,
+    check_benchmark_format,
+    check_benchmark_records,
+)
 from medrl.stages.context import RunContext, StagePoint
 from medrl.stages.evaluate import check_mode, eval_sampling, run_eval
 from medrl.stages.results import write_results
@@ -38,10 +51,15 @@ def unique_names(points: list[StagePoint]) -> list[StagePoint]:
 
 
 def run(cfg: DictConfig) -> float | None:
-    """Evaluate `cfg.checkpoints` (after the base model when evaluation.include_base)."""
+    """Evaluate `cfg.checkpoints` (after the base model when evaluation.include_base), on the
+    run's eval pool or on every benchmark of evaluation.benchmarks."""
     eval_sampling(cfg.evaluation)
     specs = build_specs(cfg)
     check_mode(cfg.evaluation, specs.output_format)  # forced choice needs a closed format
+    benchmark_specs = build_benchmarks(cfg)  # names and dataset configs, before any data
+    if benchmark_specs is not None:
+        datasets = {name: b.dataset for name, b in benchmark_specs.items()}
+        check_benchmark_format(datasets, specs.output_format)
     folders = [Path(folder) for folder in cfg.checkpoints]
     missing = [str(folder) for folder in folders if not (folder / "manifest.json").is_file()]
     if missing:
@@ -51,8 +69,20 @@ def run(cfg: DictConfig) -> float | None:
     distributed.launch(cfg.trainer)  # every process evaluates its share; rank zero writes
     pl.seed_everything(cfg.seed)
     pools = build_pools(specs)
-    run_preflight(cfg, specs, pools, stages=["eval"])  # before any checkpoint loads
-    ctx = RunContext(cfg=cfg, specs=specs, pools=pools, output_dir=Path(cfg.paths.output_dir))
+    benchmarks = scored = None
+    if benchmark_specs is not None:
+        benchmarks = load_benchmarks(benchmark_specs, {dataset_key(cfg.dataset): pools})
+        scored = benchmark_records(benchmarks, cfg.evaluation.limit)
+        check_benchmark_records(specs.output_format, scored)
+    # Before any checkpoint loads; with benchmarks, also against what the checkpoints trained on.
+    run_preflight(cfg, specs, pools, stages=["eval"], benchmarks=scored, checkpoints=folders)
+    ctx = RunContext(
+        cfg=cfg,
+        specs=specs,
+        pools=pools,
+        output_dir=Path(cfg.paths.output_dir),
+        benchmarks=benchmarks,
+    )
     chain = unique_names(
         [base_point(specs.model)] + [checkpoint_point(f, specs.model) for f in folders]
     )

@@ -393,6 +393,11 @@ def run(cfg: DictConfig) -> Agreement:
         raise ValueError(
             "harness_agreement compares forced choices: set evaluation.mode=choice_logprob"
         )
+    if cfg.evaluation.get("benchmarks") is not None:
+        raise ValueError(
+            "harness_agreement compares one dataset's eval pool (dataset=<name>); "
+            "evaluation.benchmarks is not read here: set it to null"
+        )
     spec: ModelSpec = instantiate(cfg.model)
     output_format = instantiate(cfg.format)
     check_mode(cfg.evaluation, output_format)

@@ -16,13 +16,28 @@ from pathlib import Path
 
 import hydra
 import lightning.pytorch as pl
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from medrl import distributed
-from medrl.components import RunSpecs, build_pools, build_specs
+from medrl.components import (
+    BenchmarkSpec,
+    RunSpecs,
+    build_benchmarks,
+    build_pools,
+    build_specs,
+    dataset_key,
+    load_benchmarks,
+)
 from medrl.data import DatasetPools
 from medrl.data.mixture import exclude_eval_questions
+from medrl.data.records import QARecord
 from medrl.preflight import preflight_config, run_preflight
+from medrl.preflight.benchmarks import TrainedOn
+from medrl.stages.benchmarks import (
+    benchmark_records,
+    check_benchmark_format,
+    check_benchmark_records,
+)
 from medrl.stages.context import RunContext, StageOutcome, StagePoint
 from medrl.stages.evaluate import check_mode, check_point_names, eval_sampling, run_eval
 from medrl.stages.grpo import run_grpo
@@ -45,11 +60,13 @@ STAGE_RUNNERS: dict[str, StageRunner] = {"sft": run_sft, "grpo": run_grpo, "eval
 
 @dataclass(frozen=True)
 class StageSetup:
-    """A stage with its instantiated pieces: the specs and pools of its own config."""
+    """A stage with its instantiated pieces: the specs and pools of its own config, and for an
+    eval stage with evaluation.benchmarks, each benchmark's pools."""
 
     stage: Stage
     specs: RunSpecs
     pools: DatasetPools
+    benchmarks: dict[str, DatasetPools] | None = None
 
 
 def run(cfg: DictConfig) -> float | None:
@@ -62,11 +79,12 @@ def run(cfg: DictConfig) -> float | None:
     check_configs(plan)  # the config's own values, all failures at once, before building
     distributed.launch(cfg.trainer)  # every process runs the rest; rank zero writes files
     specs = [build_specs(stage.cfg) for stage in plan]
-    for stage, spec in zip(plan, specs, strict=True):
-        if stage.runner == "eval":  # evaluation.mode against the format, before any training
-            check_mode(stage.cfg.evaluation, spec.output_format)
+    benchmarks = [eval_benchmarks(stage, spec) for stage, spec in zip(plan, specs, strict=True)]
     pl.seed_everything(cfg.seed, workers=True)
-    setups = build_setups(plan, specs)
+    setups = build_setups(plan, specs, benchmarks)
+    for setup in setups:  # the benchmarks' items suit the format, before any training
+        if setup.benchmarks is not None:
+            check_benchmark_records(setup.specs.output_format, scored_items(setup))
     preflight_stages(cfg, setups)  # data, rewards, prompt lengths; still no weights loaded
     output_dir = Path(cfg.paths.output_dir)
     with distributed.rank_zero_writes() as writer:
@@ -91,7 +109,8 @@ def run(cfg: DictConfig) -> float | None:
     value = metrics.get(cfg.optimized_metric)
     with distributed.rank_zero_writes() as writer:
         if writer:
-            write_results(output_dir, cfg, chain, metrics, value)
+            evaluation = next((s.cfg.evaluation for s in plan if s.runner == "eval"), None)
+            write_results(output_dir, cfg, chain, metrics, value, evaluation)
     log.info("run finished; outputs in %s", output_dir)
     return value
 
@@ -108,37 +127,104 @@ def check_configs(plan: Sequence[Stage]) -> None:
                 check_point_names(list(stage.cfg.evaluation.points), chain)
 
 
-def build_setups(plan: Sequence[Stage], specs: Sequence[RunSpecs]) -> list[StageSetup]:
-    """Each stage's pools: stages with the same dataset config share one load, and every
-    training pool is cleared of the questions of every eval pool in the run."""
+def eval_benchmarks(stage: Stage, spec: RunSpecs) -> dict[str, BenchmarkSpec] | None:
+    """An eval stage's evaluation.mode checked against its format, and its benchmarks'
+    specs checked too (a closed format needs labelled datasets), before any data or training;
+    None for other stages and for evaluation.benchmarks=null."""
+    if stage.runner != "eval":
+        return None
+    check_mode(stage.cfg.evaluation, spec.output_format)
+    benchmarks = build_benchmarks(stage.cfg)
+    if benchmarks is not None:
+        datasets = {name: b.dataset for name, b in benchmarks.items()}
+        check_benchmark_format(datasets, spec.output_format)
+    return benchmarks
+
+
+def build_setups(
+    plan: Sequence[Stage],
+    specs: Sequence[RunSpecs],
+    benchmarks: Sequence[dict[str, BenchmarkSpec] | None] | None = None,
+) -> list[StageSetup]:
+    """Each stage's pools (and an eval stage's benchmarks' pools): stages and benchmarks with
+    the same dataset config share one load, and every training pool is cleared of the
+    questions of every eval pool in the run, the benchmarks' included."""
+    benchmarks = benchmarks or [None] * len(plan)
     loaded: dict[str, DatasetPools] = {}
     for stage, spec in zip(plan, specs, strict=True):
-        key = _dataset_key(stage)
+        key = dataset_key(stage.cfg.dataset)
         if key not in loaded:
             loaded[key] = build_pools(spec)
+    for chosen in benchmarks:
+        if chosen is not None:
+            load_benchmarks(chosen, loaded)
     separated = dict(zip(loaded, exclude_eval_questions(list(loaded.values())), strict=True))
     return [
-        StageSetup(stage, spec, separated[_dataset_key(stage)])
-        for stage, spec in zip(plan, specs, strict=True)
+        StageSetup(
+            stage,
+            spec,
+            separated[dataset_key(stage.cfg.dataset)],
+            None
+            if chosen is None
+            else {name: separated[dataset_key(b.config)] for name, b in chosen.items()},
+        )
+        for stage, spec, chosen in zip(plan, specs, benchmarks, strict=True)
     ]
 
 
-def _dataset_key(stage: Stage) -> str:
-    return OmegaConf.to_yaml(stage.cfg.dataset, resolve=True)
+def scored_items(setup: StageSetup) -> dict[str, list[QARecord]] | None:
+    """The items an eval stage with benchmarks scores (each benchmark's first
+    evaluation.limit), or None."""
+    if setup.benchmarks is None:
+        return None
+    return benchmark_records(setup.benchmarks, setup.stage.cfg.evaluation.limit)
+
+
+def training_pools(setups: Sequence[StageSetup]) -> list[TrainedOn]:
+    """Every pool but the eval pool of each training stage's dataset (each dataset once):
+    what the run's models may train on, or select checkpoints by."""
+    trained, seen = [], set()
+    for setup in setups:
+        if setup.stage.runner == "eval" or id(setup.pools) in seen:
+            continue
+        seen.add(id(setup.pools))
+        title = setup.pools.summary.title
+        trained += [
+            TrainedOn(f"{title} pool {name} (stage {setup.stage.name})", records)
+            for name, records in setup.pools.items()
+            if name != setup.pools.eval_pool
+        ]
+    return trained
 
 
 def preflight_stages(cfg: DictConfig, setups: Sequence[StageSetup]) -> None:
     """Preflight (medrl.preflight) of the stages that read the run's groups, together
     (preflight.json), then of each stage with its own definition (preflight-<stage>.json)."""
+    trained = training_pools(setups)
     plain = [setup for setup in setups if not setup.stage.defined]
     if plain:
         runners = runners_of([setup.stage for setup in plain])
-        run_preflight(cfg, plain[0].specs, plain[0].pools, stages=runners)
+        evaluating = next((s for s in plain if s.stage.runner == "eval"), None)
+        benchmarks = scored_items(evaluating) if evaluating else None
+        run_preflight(
+            cfg,
+            plain[0].specs,
+            plain[0].pools,
+            stages=runners,
+            benchmarks=benchmarks,
+            trained_on=trained,
+        )
     for setup in setups:
         if setup.stage.defined:
             stage = setup.stage
             run_preflight(
-                stage.cfg, setup.specs, setup.pools, stages=[stage.runner], name=stage.name
+                stage.cfg,
+                setup.specs,
+                setup.pools,
+                stages=[stage.runner],
+                name=stage.name,
+                benchmarks=scored_items(setup),
+                trained_on=trained,
             )
 
 
@@ -150,6 +236,7 @@ def stage_context(setup: StageSetup, output_dir: Path, resuming: bool) -> RunCon
         output_dir=output_dir,
         resuming=resuming,
         stage=setup.stage.name,
+        benchmarks=setup.benchmarks,
     )
 
 

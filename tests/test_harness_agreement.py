@@ -123,3 +123,14 @@ def test_medrl_agrees_with_lm_eval_item_by_item_on_tiny_qwen3(
     assert json.loads((out / "agreement.json").read_text())["raw_rate"] == 1.0
     assert (out / "harness" / "samples.jsonl").is_file()
     assert (out / "medrl" / "predictions.jsonl").is_file()
+
+
+def test_benchmarks_are_refused_since_the_comparison_reads_one_dataset(compose, tmp_path):
+    pytest.importorskip("lm_eval")
+    from medrl.harness_agreement import run
+
+    cfg = compose("harness_agreement", ["model=tiny_qwen3", "evaluation.benchmarks=[medqa]"])
+    cfg.model.cache_dir = str(tmp_path / "never-built")
+    with pytest.raises(ValueError, match="evaluation.benchmarks is not read here"):
+        run(cfg)
+    assert not (tmp_path / "never-built").exists()

@@ -193,6 +193,17 @@ def test_the_val_curve_and_the_selection_are_shown_when_the_checkpoint_has_them(
     assert "- metric: `val/accuracy`" in card and "- reason: `highest val/accuracy of 3`" in card
 
 
+def test_an_evaluation_on_several_benchmarks_has_the_headline_benchmarks_rows(tmp_path):
+    from medrl.publishing.evidence import read_evaluation
+
+    summary = {"headline": "medqa", "benchmarks": {"medqa": {"base": {}, "sft": {}}}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "report.md").write_text("## Benchmarks\n")
+    assert read_evaluation(tmp_path).rows == ("base", "sft")
+    (tmp_path / "summary.json").write_text(json.dumps({"base": {}, "grpo": {}}))
+    assert read_evaluation(tmp_path).rows == ("base", "grpo"), "one dataset: as before"
+
+
 def test_a_single_validation_gives_the_table_without_a_curve(smoke_run, tmp_path):
     sft = shutil.copytree(smoke_run / "checkpoints" / "sft", tmp_path / "sft")
     (sft / "validation.jsonl").write_text(json.dumps({"step": 0, "n": 2, "accuracy": 0.5}) + "\n")

@@ -9,7 +9,9 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -288,6 +290,170 @@ _TEXT_NOTE = (
     "items (95% percentile bootstrap over items): SQuAD exact match and token F1, ROUGE-L "
     "F-measure, BERTScore F1 (raw, not rescaled); an answer that did not parse scores 0.\n"
 )
+
+
+# ---- several benchmarks in one evaluation (evaluation.benchmarks) ----------------------------
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    """One benchmark of a multi-benchmark evaluation: its dataset's display title, the
+    metrics of each model on its eval pool, and its paired comparisons."""
+
+    title: str
+    results: Mapping[str, Mapping[str, Any]]
+    pairs: Mapping[str, PairedResult]
+
+
+def headline_metric(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """The one number per model a side-by-side table shows: accuracy for labelled answers
+    (generated or forced choice: the raw argmax), token F1 for open-ended ones."""
+    return "token_f1" if is_open_ended(results) else "accuracy"
+
+
+def benchmark_table_markdown(benchmarks: Mapping[str, BenchmarkResult]) -> str:
+    """Models side by side on every benchmark: one row per model (in evaluation order), one
+    column per benchmark with its headline metric [95% CI]; then each benchmark's n and, for
+    labelled answers, its own majority-class baseline."""
+    if not benchmarks:
+        raise ValueError("no benchmarks to tabulate")
+    models = list(dict.fromkeys(m for b in benchmarks.values() for m in b.results))
+    columns = [
+        f"{b.title} {metric_name(headline_metric(b.results))} [95% CI]" for b in benchmarks.values()
+    ]
+    lines = [
+        "| model | " + " | ".join(columns) + " |",
+        "| --- | " + " | ".join("---" for _ in columns) + " |",
+    ]
+    for model in models:
+        cells = [
+            _headline_cell(b.results.get(model), headline_metric(b.results))
+            for b in benchmarks.values()
+        ]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    lines.append(
+        "| n (items) | " + " | ".join(_n_cell(b.results) for b in benchmarks.values()) + " |"
+    )
+    if not any(is_open_ended(b.results) for b in benchmarks.values()):
+        cells = [_baseline_cell(b.results) for b in benchmarks.values()]
+        lines.append("| majority baseline | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_benchmark_report(
+    path: str | os.PathLike[str],
+    benchmarks: Mapping[str, BenchmarkResult],
+    checkpoints: Mapping[str, str] | None = None,
+    method: str | None = None,
+) -> Path:
+    """eval/report.md of a multi-benchmark evaluation: the side-by-side table, then one
+    section per benchmark (its metrics table with intervals and its own majority baseline,
+    its paired comparisons with their minimum detectable differences: the single-dataset
+    report one heading level down), then `checkpoints` (model -> which training step its
+    weights are and why). `method`, when given, says how answers were obtained."""
+    names = ", ".join(f"`{name}`" for name in benchmarks)
+    text = "## Benchmarks\n\n" + benchmark_table_markdown(benchmarks)
+    text += (
+        f"\nEvery model on each benchmark's eval pool ({names}), with the same output format, "
+        "prompts and decoding; 95% intervals (Wilson for proportions, bootstrap otherwise). "
+        "Each section below has the benchmark's full metrics, its majority baseline and its "
+        "paired comparisons; eval/<benchmark>/ holds its predictions, report.md, summary.json "
+        "and chart.\n"
+    )
+    text += f"\n{method}\n" if method else ""
+    for name, benchmark in benchmarks.items():
+        section = _report_text(benchmark.results, benchmark.pairs)
+        text += f"\n## {benchmark.title} (`{name}`)\n\n" + demoted(section)
+    if checkpoints:
+        lines = [f"- {name}: {note}" for name, note in checkpoints.items()]
+        text += "\n## Checkpoints\n\n" + "\n".join(lines) + "\n"
+    return write_atomic(path, text.encode("utf-8"))
+
+
+def demoted(markdown: str) -> str:
+    """Markdown with every heading one level down (## -> ###), to nest it in a section."""
+    return re.sub(r"^(#+) ", r"#\1 ", markdown, flags=re.MULTILINE)
+
+
+def benchmark_chart(
+    benchmarks: Mapping[str, BenchmarkResult], path: str | os.PathLike[str]
+) -> Path:
+    """A PNG of grouped bars, one group per benchmark and one bar per model, each benchmark's
+    headline metric with its asymmetric 95% error bars and, for labelled answers, a dashed
+    segment at that benchmark's own majority baseline."""
+    if not benchmarks:
+        raise ValueError("no benchmarks to plot")
+    models = list(dict.fromkeys(m for b in benchmarks.values() for m in b.results))
+    metrics = {name: headline_metric(b.results) for name, b in benchmarks.items()}
+    for name, b in benchmarks.items():
+        for model, model_metrics in b.results.items():
+            _check_plottable(f"{model} on {name}", model_metrics, [metrics[name]])
+    x = np.arange(len(benchmarks))  # [K]
+    width = 0.8 / len(models)
+    fig = Figure(
+        figsize=(max(4.0, 1.2 * len(benchmarks) * len(models) + 2.0), 4.0), layout="constrained"
+    )
+    ax = fig.add_subplot()
+    for j, model in enumerate(models):
+        estimates = [
+            b.results[model][metrics[n]] if model in b.results else None
+            for n, b in benchmarks.items()
+        ]
+        values = np.array([np.nan if e is None else e.value for e in estimates])  # [K]
+        below = np.array([0.0 if e is None else _gap(e.value, e.low) for e in estimates])  # [K]
+        above = np.array([0.0 if e is None else _gap(e.high, e.value) for e in estimates])  # [K]
+        offset = (j - (len(models) - 1) / 2) * width
+        ax.bar(
+            x + offset,
+            np.nan_to_num(values),
+            width,
+            yerr=np.stack([below, above]),
+            capsize=3,
+            label=model,
+        )
+    baselines = [_baseline_value(b.results) for b in benchmarks.values()]
+    if any(value is not None for value in baselines):
+        for k, value in enumerate(baselines):
+            if value is not None:
+                ax.hlines(
+                    value,
+                    x[k] - 0.45,
+                    x[k] + 0.45,
+                    colors="0.3",
+                    linestyles="dashed",
+                    linewidth=1.2,
+                )
+        ax.plot([], [], color="0.3", linestyle="--", label="majority baseline")
+    ax.set_xticks(x, [f"{b.title}\n(n = {_n_cell(b.results)})" for b in benchmarks.values()])
+    ax.set_ylabel(" / ".join(dict.fromkeys(metric_name(m) for m in metrics.values())) + " (95% CI)")
+    ax.set_ylim(0.0, 1.05)
+    ax.set_title(f"Evaluation on {len(benchmarks)} benchmarks")
+    ax.legend(loc="upper left", fontsize="small")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    return write_atomic(path, buffer.getvalue())
+
+
+def _headline_cell(metrics: Mapping[str, Any] | None, metric: str) -> str:
+    return "n/a" if metrics is None or metric not in metrics else _with_ci(metrics[metric])
+
+
+def _n_cell(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """The benchmark's item count (one number when every model scored the same items)."""
+    ns = list(dict.fromkeys(str(m["n"]) for m in results.values()))
+    return ns[0] if len(ns) == 1 else " / ".join(ns)
+
+
+def _baseline_value(results: Mapping[str, Mapping[str, Any]]) -> float | None:
+    first = next(iter(results.values()), {})
+    return first["majority_baseline"].value if "majority_baseline" in first else None
+
+
+def _baseline_cell(results: Mapping[str, Mapping[str, Any]]) -> str:
+    first = next(iter(results.values()), {})
+    if "majority_baseline" not in first:
+        return "n/a"
+    return f'{first["majority_baseline"].value:.3f} ("{first["majority_label"]}")'
 
 
 def bar_chart(

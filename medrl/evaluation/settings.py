@@ -17,7 +17,7 @@ from typing import Any
 from medrl.evaluation.choice import CHOICE_MODE, MODES, ChoiceSettings
 from medrl.prompts import OutputFormat
 from medrl.rollout.settings import SamplingSettings
-from medrl.utils.config import config_values
+from medrl.utils.config import config_values, group_options
 from medrl.utils.settings import (
     Problem,
     Rule,
@@ -31,6 +31,9 @@ from medrl.utils.settings import (
 
 # The config key of the block: problems are keyed below it.
 EVALUATION_KEY = "evaluation"
+# The dataset group whose options evaluation.benchmarks names (conf/dataset/<name>.yaml).
+BENCHMARK_GROUP = "dataset"
+BENCHMARKS_KEY = f"{EVALUATION_KEY}.benchmarks"
 
 RULES: tuple[Rule, ...] = (
     ("mode", *choice_rule(MODES)),
@@ -58,6 +61,7 @@ def evaluation_problems(values: Mapping[str, Any]) -> list[Problem]:
     problems += choice_problems + apply_rules(RULES, values)
     problems += [p.under("sampling") for p in SamplingSettings.check(sampling)]
     problems += [p.under("choice") for p in ChoiceSettings.check(choice)]
+    problems += benchmark_problems(values)
     num_samples = values.get("num_samples")
     if values["mode"] == CHOICE_MODE and is_count(num_samples, 2):
         problems.append(
@@ -92,3 +96,74 @@ def mode_problem(mode: str, output_format: OutputFormat) -> str | None:
             "a closed format (format=letter, xml, json, tags)"
         )
     return None
+
+
+def benchmark_names(values: Mapping[str, Any]) -> list[str] | None:
+    """The benchmarks an `evaluation` block names (evaluation.benchmarks), or None: the run's
+    own dataset only. Assumes the block passed `benchmark_problems`."""
+    names = values.get("benchmarks")
+    return None if names is None else [str(name) for name in names]
+
+
+def benchmark_problems(values: Mapping[str, Any]) -> list[Problem]:
+    """evaluation.benchmarks is null or a non-empty list of distinct dataset group names, and
+    evaluation.benchmark_overrides maps some of those names to partial dataset blocks."""
+    names = values.get("benchmarks")
+    overrides = values.get("benchmark_overrides") or {}
+    problems = []
+    if names is not None:
+        problems += _name_problems(names)
+    if not isinstance(overrides, Mapping):
+        return problems + [
+            Problem(
+                "benchmark_overrides",
+                overrides,
+                "must be a block: benchmark name -> dataset keys merged over its dataset config",
+            )
+        ]
+    listed = [str(n) for n in names] if isinstance(names, (list, tuple)) else []
+    unlisted = sorted(str(name) for name in overrides if name not in listed)
+    if unlisted:
+        problems.append(
+            Problem(
+                "benchmark_overrides",
+                dict(overrides),
+                f"names {unlisted}, which {{prefix}}benchmarks={listed or None} does not list",
+            )
+        )
+    not_blocks = sorted(str(k) for k, v in overrides.items() if not isinstance(v, Mapping))
+    if not_blocks:
+        problems.append(
+            Problem(
+                "benchmark_overrides",
+                dict(overrides),
+                f"{not_blocks} must each be a block of dataset keys (e.g. {{{{source: hub}}}})",
+            )
+        )
+    return problems
+
+
+def _name_problems(names: Any) -> list[Problem]:
+    available = group_options(BENCHMARK_GROUP)
+    if not isinstance(names, (list, tuple)) or not names:
+        return [
+            Problem(
+                "benchmarks",
+                names,
+                "must be null (the run's own dataset) or a non-empty list of dataset group "
+                f"names, e.g. [medmcqa, medqa, pubmedqa] (groups: {available})",
+            )
+        ]
+    unknown = [name for name in names if name not in available]
+    if unknown:
+        return [
+            Problem(
+                "benchmarks",
+                list(names),
+                f"names {unknown}, which are not dataset groups; choose from {available}",
+            )
+        ]
+    repeated = sorted({name for name in names if list(names).count(name) > 1})
+    if repeated:
+        return [Problem("benchmarks", list(names), f"lists {repeated} more than once")]
+    return []

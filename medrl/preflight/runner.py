@@ -24,6 +24,12 @@ from medrl.evaluation.choice import CHOICE_MODE, ChoiceSettings
 from medrl.evaluation.settings import evaluation_mode, mode_problem
 from medrl.evaluation.validation import ValidationSettings, metric_problem
 from medrl.models import ModelSpec
+from medrl.preflight.benchmarks import (
+    TrainedOn,
+    benchmark_context_checks,
+    disjoint_checks,
+    lineage_training,
+)
 from medrl.preflight.context import (
     Renderer,
     check_choice_fits,
@@ -137,8 +143,15 @@ def run_preflight(
     tokenizer: Any | None = None,
     stages: Sequence[str] | None = None,
     name: str | None = None,
+    benchmarks: Mapping[str, Sequence[QARecord]] | None = None,
+    trained_on: Sequence[TrainedOn] = (),
+    checkpoints: Sequence[Path] = (),
 ) -> PreflightReport:
     """Every check for `stages` (runner names; default cfg.stages), with no weights loaded.
+
+    benchmarks: with evaluation.benchmarks, the items each benchmark scores; checked against
+    `trained_on` (a training run's pools) and what the lineage of each of `checkpoints`
+    (medrl.eval) trained on, and for prompt length (medrl.preflight.benchmarks).
 
     tokenizer: the model's tokenizer when the caller has one; else it is loaded when that is
     cheap (`preflight_tokenizer`) and the tokenizer checks are skipped, with a note, when not.
@@ -175,6 +188,10 @@ def run_preflight(
         results += gold_checks(specs, pools, stages, renderer)
         results += judge_preflight(cfg, specs, pools, stages)
         results += context_checks(cfg, stages, pools, renderer, probe.context)
+    if benchmarks is not None and "eval" in stages:
+        results += benchmark_checks(
+            cfg, benchmarks, trained_on, checkpoints, renderer, probe.context
+        )
     shown = sample_records(pools, pools_in_use(stages), settings.show_prompts) if renderable else []
     report = PreflightReport(results, [renderer.show(pool, record) for pool, record in shown])
     log_report(report)
@@ -182,6 +199,21 @@ def run_preflight(
         write_report(report, Path(cfg.paths.output_dir), name)
     report.raise_if_failed()
     return report
+
+
+def benchmark_checks(
+    cfg: DictConfig,
+    benchmarks: Mapping[str, Sequence[QARecord]],
+    trained_on: Sequence[TrainedOn],
+    checkpoints: Sequence[Path],
+    renderer: Renderer,
+    window: int | None,
+) -> list[CheckResult]:
+    """evaluation.benchmarks: every benchmark disjoint from what the evaluated models trained
+    on (the run's training pools, the checkpoints' lineages), and its prompts within context."""
+    lineage, notes = lineage_training(checkpoints)
+    results = notes + disjoint_checks(benchmarks, [*trained_on, *lineage])
+    return results + benchmark_context_checks(cfg, benchmarks, renderer, window, forced_choice(cfg))
 
 
 def validation_metric_checks(

@@ -82,9 +82,19 @@ def read_evaluation(folder: Path | None) -> Evaluation | None:
     summary, report = folder / "summary.json", folder / "report.md"
     if not (summary.is_file() and report.is_file()):
         return None
-    rows = tuple(json.loads(summary.read_text()))
+    rows = summary_rows(json.loads(summary.read_text()))
     chart = folder / "comparison.png"
     return Evaluation(folder, report.read_text(), rows, chart if chart.is_file() else None)
+
+
+def summary_rows(summary: Mapping[str, Any]) -> tuple[str, ...]:
+    """The models (points) a summary.json scores: its keys, or with several benchmarks
+    (evaluation.benchmarks: {"headline": ..., "benchmarks": {name: {model: ...}}}) the
+    headline benchmark's."""
+    benchmarks = summary.get("benchmarks")
+    if isinstance(benchmarks, Mapping) and "headline" in summary:
+        return tuple(benchmarks.get(summary["headline"]) or ())
+    return tuple(summary)
 
 
 @dataclass(frozen=True)

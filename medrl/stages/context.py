@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +102,9 @@ class RunContext:
     # The stage being run (medrl.stages.plan): its checkpoint folder, training-state folder and
     # logger version. Empty: the runner's own name (sft, grpo, eval).
     stage: str = ""
+    # The eval stage's benchmarks (evaluation.benchmarks): name -> its dataset's pools, whose
+    # eval pool every point is scored on; None: the run's own eval pool only.
+    benchmarks: Mapping[str, DatasetPools] | None = None
 
     def stage_name(self, runner: str) -> str:
         return self.stage or runner

@@ -41,6 +41,11 @@ from medrl.evaluation import (
     write_predictions,
 )
 from medrl.evaluation.judge_metrics import judge_metrics
+from medrl.evaluation.report import (
+    BenchmarkResult,
+    benchmark_chart,
+    write_benchmark_report,
+)
 from medrl.evaluation.settings import (
     EVALUATION_KEY,
     evaluation_mode,
@@ -50,6 +55,7 @@ from medrl.evaluation.settings import (
 from medrl.models import FullFinetune, load_policy, resolve_dtype
 from medrl.prompts import OutputFormat, reference_text
 from medrl.rollout import SamplingSettings
+from medrl.stages.benchmarks import benchmark_records, check_benchmark_records
 from medrl.stages.context import RunContext, StageOutcome, StagePoint
 from medrl.stages.start import trained_format
 from medrl.utils.settings import raise_errors
@@ -157,77 +163,153 @@ def run_eval(ctx: RunContext, chain: Sequence[StagePoint]) -> StageOutcome:
 
     evaluation.mode=choice_logprob scores every option instead of generating
     (`predict_choices`): the same files, with accuracy_norm beside accuracy and the paired
-    tests on the raw answer."""
+    tests on the raw answer.
+
+    With evaluation.benchmarks (ctx.benchmarks), each point is loaded once and scored on every
+    benchmark's eval pool: each benchmark gets the single-dataset outputs in eval/<benchmark>/,
+    and eval/ a side-by-side report (`write_benchmark_outputs`)."""
+    settings = ctx.cfg.evaluation
+    _, num_samples = eval_sampling(settings)
+    choice = eval_choice(settings)
+    output_format = ctx.specs.output_format
+    check_mode(settings, output_format)
+    text_settings: TextMetricSettings = instantiate(settings.text_metrics)
+    targets = eval_targets(ctx, settings.limit)
+    if ctx.benchmarks is not None:  # first: its errors name evaluation.benchmarks
+        check_benchmark_records(output_format, targets)
+    for records in targets.values():
+        check_open_ended(output_format, records, num_samples)
+    out_dir = ctx.output_dir / ctx.stage_name(POOL)
+    points = points_to_evaluate(chain, settings.include_base, settings.get("points"))
+    predictions: dict[str | None, dict[str, list[Prediction]]] = {t: {} for t in targets}
+    for point in points:
+        model, tokenizer = load_for_eval(ctx, point)
+        for target, records in targets.items():
+            mine = predict_point(ctx, point, model, tokenizer, records)
+            merged = merge_shards(distributed.all_gather_objects(mine), records)
+            predictions[target][point.name] = merged
+            if distributed.is_rank_zero():
+                where = out_dir / target if target else out_dir
+                write_predictions(where / point.name / "predictions.jsonl", merged)
+    scored = {
+        target: score_points(ctx, predictions[target], records, num_samples, text_settings)
+        for target, records in targets.items()
+    }
+    method = choice_method(choice) if choice is not None else None
+    notes = checkpoint_notes(points)
+    if ctx.benchmarks is None:
+        results, pairs = scored[None]
+        with distributed.rank_zero_writes() as writer:
+            if writer:
+                write_outputs(out_dir, results, pairs, notes, method)
+        metrics = eval_metrics(results, points[-1].name)
+        tables = {"eval/report": results}
+    else:
+        benchmarks = {
+            name: BenchmarkResult(ctx.benchmarks[name].summary.title, *scored[name])
+            for name in targets
+        }
+        with distributed.rank_zero_writes() as writer:
+            if writer:
+                for name, benchmark in benchmarks.items():
+                    write_outputs(out_dir / name, benchmark.results, benchmark.pairs, notes, method)
+                write_benchmark_outputs(out_dir, benchmarks, notes, method)
+        metrics = benchmark_metrics(benchmarks, points[-1].name)
+        tables = {f"eval/{name}/report": b.results for name, b in benchmarks.items()}
+    if distributed.is_rank_zero():
+        _log(ctx, metrics, tables, out_dir / "comparison.png")
+    return StageOutcome(None, metrics)
+
+
+def eval_targets(ctx: RunContext, limit: int | None) -> dict[str | None, list[QARecord]]:
+    """What the stage scores: {None: the run's eval pool} (its first `limit` items), or with
+    evaluation.benchmarks {benchmark: its eval pool's first `limit` items}, in config order."""
+    if ctx.benchmarks is None:
+        return {None: list(ctx.pools[POOL])[:limit]}
+    return dict(benchmark_records(ctx.benchmarks, limit))
+
+
+def predict_point(
+    ctx: RunContext, point: StagePoint, model, tokenizer, records: Sequence[QARecord]
+) -> list[Prediction]:
+    """This process's share of `point`'s predictions on `records`: forced choice
+    (evaluation.mode=choice_logprob) or generation (greedy, or k samples)."""
     settings = ctx.cfg.evaluation
     sampling, num_samples = eval_sampling(settings)
     choice = eval_choice(settings)
-    records = list(ctx.pools[POOL])[: settings.limit]
-    output_format = ctx.specs.output_format
-    check_mode(settings, output_format)
-    check_open_ended(output_format, records, num_samples)
-    text_settings: TextMetricSettings = instantiate(settings.text_metrics)
-    out_dir = ctx.output_dir / ctx.stage_name(POOL)
-    predictions: dict[str, list[Prediction]] = {}
     shard = (distributed.rank(), distributed.world_size())
-    points = points_to_evaluate(chain, settings.include_base, settings.get("points"))
-    for point in points:
-        model, tokenizer = load_for_eval(ctx, point)
-        if choice is not None:
-            mine = predict_choices(
-                model,
-                tokenizer,
-                records,
-                output_format,
-                point.model_spec.chat_template_kwargs,
-                choice,
-                batch_size=settings.batch_size,
-                progress=distributed.is_rank_zero(),
-                shard=shard,
-            )
-        else:
-            mine = predict(
-                model,
-                tokenizer,
-                records,
-                output_format,
-                point.model_spec.chat_template_kwargs,
-                sampling,
-                batch_size=settings.batch_size,
-                progress=distributed.is_rank_zero(),
-                num_samples=num_samples,
-                seed=settings.seed,
-                shard=shard,
-            )
-        predictions[point.name] = merge_shards(distributed.all_gather_objects(mine), records)
-        if distributed.is_rank_zero():
-            write_predictions(out_dir / point.name / "predictions.jsonl", predictions[point.name])
-    # One answer per item for accuracy and the paired tests: the majority vote when sampled;
-    # the output-describing rates then average all k samples (medrl.evaluation.sampling).
-    if output_format.open_ended:
+    if choice is not None:
+        return predict_choices(
+            model,
+            tokenizer,
+            records,
+            ctx.specs.output_format,
+            point.model_spec.chat_template_kwargs,
+            choice,
+            batch_size=settings.batch_size,
+            progress=distributed.is_rank_zero(),
+            shard=shard,
+        )
+    return predict(
+        model,
+        tokenizer,
+        records,
+        ctx.specs.output_format,
+        point.model_spec.chat_template_kwargs,
+        sampling,
+        batch_size=settings.batch_size,
+        progress=distributed.is_rank_zero(),
+        num_samples=num_samples,
+        seed=settings.seed,
+        shard=shard,
+    )
+
+
+def score_points(
+    ctx: RunContext,
+    predictions: dict[str, list[Prediction]],
+    records: Sequence[QARecord],
+    num_samples: int,
+    text_settings: TextMetricSettings,
+) -> tuple[dict, dict]:
+    """(metrics per point, paired comparisons) of every point's predictions on `records`.
+
+    One answer per item for accuracy and the paired tests: the majority vote when sampled;
+    the output-describing rates then average all k samples (medrl.evaluation.sampling).
+    Open-ended answers get `text_settings`' metrics and no paired tests."""
+    if ctx.specs.output_format.open_ended:
         results = {
             name: open_ended_metrics(preds, text_settings, seed=ctx.seed)
             | judged_metrics(ctx, preds, records, text_settings)
             for name, preds in predictions.items()
         }
-        pairs = {}
-    else:
-        results, pairs = closed_metrics(
-            predictions, records[0].labels, num_samples, ctx.seed, forced=choice is not None
-        )
-    with distributed.rank_zero_writes() as writer:
-        if writer:
-            method = choice_method(choice) if choice is not None else None
-            write_outputs(out_dir, results, pairs, checkpoint_notes(points), method)
+        return results, {}
+    forced = eval_choice(ctx.cfg.evaluation) is not None
+    return closed_metrics(predictions, records[0].labels, num_samples, ctx.seed, forced=forced)
+
+
+def eval_metrics(results: dict, product: str, prefix: str = "eval") -> dict[str, float]:
+    """`prefix`/<model>/<metric> for every model, and `prefix`/<metric> for the last point
+    (`product`): the run's product, whose metrics sweeps and optimized_metric read."""
     metrics = {
-        f"eval/{name}/{key}": value
+        f"{prefix}/{name}/{key}": value
         for name, result in results.items()
         for key, value in flat_metrics(result).items()
     }
-    # The last point is the run's product: its metrics are also the plain eval/<metric> keys.
-    metrics.update({f"eval/{k}": v for k, v in flat_metrics(results[points[-1].name]).items()})
-    if distributed.is_rank_zero():
-        _log(ctx, metrics, results, out_dir)
-    return StageOutcome(None, metrics)
+    metrics.update({f"{prefix}/{k}": v for k, v in flat_metrics(results[product]).items()})
+    return metrics
+
+
+def benchmark_metrics(benchmarks: dict[str, BenchmarkResult], product: str) -> dict[str, float]:
+    """eval/<benchmark>/<model>/<metric> and eval/<benchmark>/<metric> (the product's) for
+    every benchmark; the first benchmark (the headline) also gives the plain keys of a
+    single-dataset evaluation (eval/<model>/<metric>, eval/<metric>), so optimized_metric and
+    sweep aggregation read it unchanged."""
+    metrics: dict[str, float] = {}
+    for name, benchmark in benchmarks.items():
+        metrics |= eval_metrics(benchmark.results, product, prefix=f"eval/{name}")
+    headline = next(iter(benchmarks.values()))
+    return metrics | eval_metrics(headline.results, product)
 
 
 def judged_metrics(
@@ -329,16 +411,40 @@ def write_outputs(
     bar_chart(results, out_dir / "comparison.png", chart_metrics(results))
 
 
-def _log(ctx: RunContext, metrics: dict[str, float], results: dict, out_dir: Path) -> None:
+def write_benchmark_outputs(
+    out_dir: Path,
+    benchmarks: dict[str, BenchmarkResult],
+    checkpoints: dict[str, str] | None = None,
+    method: str | None = None,
+) -> None:
+    """A multi-benchmark evaluation's eval/ files: summary.json ({"headline": the first
+    benchmark, "benchmarks": {benchmark: {model: flat metrics}}}), report.md (side by side,
+    then one section per benchmark) and comparison.png (every benchmark's headline metric)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "headline": next(iter(benchmarks)),
+        "benchmarks": {
+            name: {model: flat_metrics(result) for model, result in b.results.items()}
+            for name, b in benchmarks.items()
+        },
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_benchmark_report(out_dir / "report.md", benchmarks, checkpoints, method)
+    benchmark_chart(benchmarks, out_dir / "comparison.png")
+
+
+def _log(ctx: RunContext, metrics: dict[str, float], tables: dict[str, dict], chart: Path) -> None:
     """Scalars to every logger; to loggers that take media (W&B), also the comparison chart
-    and the metrics table (one row per model, each metric with its interval)."""
-    columns, rows = metrics_rows(results)
+    and the metrics tables (key -> results: one row per model, each metric with its
+    interval)."""
     for logger in ctx.loggers(ctx.stage_name(POOL)):
         logger.log_metrics(metrics)
         if hasattr(logger, "log_image"):
-            logger.log_image(key="eval/comparison", images=[str(out_dir / "comparison.png")])
+            logger.log_image(key="eval/comparison", images=[str(chart)])
         if hasattr(logger, "log_table"):
-            logger.log_table(key="eval/report", columns=columns, data=rows)
+            for key, results in tables.items():
+                columns, rows = metrics_rows(results)
+                logger.log_table(key=key, columns=columns, data=rows)
         logger.finalize("success")
 
 

@@ -12,6 +12,11 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = PROJECT_ROOT / "conf"
 
 
+def group_options(group: str) -> list[str]:
+    """The options of a config group, as `group=<option>` accepts them (conf/<group>/*.yaml)."""
+    return sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
+
+
 def register_resolvers() -> None:
     """Register medrl's resolvers once; safe to call from every entry point and test."""
     if not OmegaConf.has_resolver("medrl_root"):

@@ -27,7 +27,13 @@ from medrl.evaluation.choice import (
     sum_logprobs,
     text_length,
 )
-from medrl.evaluation.predictions import Prediction, eval_prompts, length_batches, progress_bar
+from medrl.evaluation.predictions import (
+    Prediction,
+    check_batching,
+    eval_prompts,
+    length_batches,
+    progress_bar,
+)
 from medrl.prompts import OutputFormat
 from medrl.rollout import completion_logprobs, encode_prompts, eval_mode, left_pad
 
@@ -164,11 +170,8 @@ def predict_choices(
     as `predict` forms them (sorted by prompt length), each scored in one padded pass over all
     its options (`score_items`). shard=(rank, world_size): only batches rank, rank +
     world_size, ... (`merge_shards` puts the shards of all ranks back together)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_batching(batch_size, shard)
     rank, world_size = shard
-    if not 0 <= rank < world_size:
-        raise ValueError(f"shard rank {rank} is not in [0, world_size={world_size})")
     records = list(records)
     if not records:
         return []

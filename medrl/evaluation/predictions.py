@@ -126,6 +126,16 @@ def make_prediction(
     )
 
 
+def check_batching(batch_size: int, shard: tuple[int, int]) -> None:
+    """The batching arguments `predict` and forced choice's `predict_choices` share: at least
+    one record per batch, and a shard rank within its world size."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    rank, world_size = shard
+    if not 0 <= rank < world_size:
+        raise ValueError(f"shard rank {rank} is not in [0, world_size={world_size})")
+
+
 def predict(
     policy_model: nn.Module,
     tokenizer: Any,
@@ -157,8 +167,7 @@ def predict(
     engine: the rollout engine to sample with (validation during training passes the stage's
     own); None = the straightforward one. Greedy decoding gives the same tokens either way.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_batching(batch_size, shard)
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     if num_samples > 1 and settings.greedy:
@@ -167,8 +176,6 @@ def predict(
             "completions; set greedy=False (evaluation.sampling.greedy=false) to sample"
         )
     rank, world_size = shard
-    if not 0 <= rank < world_size:
-        raise ValueError(f"shard rank {rank} is not in [0, world_size={world_size})")
     records = list(records)
     if not records:
         return []

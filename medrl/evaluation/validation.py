@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medrl.evaluation.bertscore import BertScoreSettings
-from medrl.evaluation.metrics import compute_metrics, flat_metrics
+from medrl.evaluation.metrics import GENERATION_ONLY, compute_metrics, flat_metrics
 from medrl.evaluation.predictions import Prediction
 from medrl.evaluation.text_metrics import TextMetricSettings, open_ended_metrics
 from medrl.utils.config import defaults_from_config
@@ -32,21 +32,10 @@ from medrl.utils.settings import (
 SELECT_CHOICES = ("last", "best")
 MODE_CHOICES = ("max", "min")
 # The val metrics a selection or early stop can follow. Closed formats (letters, yes/no/maybe)
-# get every scalar of medrl.evaluation.metrics.compute_metrics; open-ended ones the scalars of
+# get every scalar of medrl.evaluation.metrics.compute_metrics (accuracy, what only generation
+# measures, and the label-based scores); open-ended ones the scalars of
 # text_metrics.open_ended_metrics without BERTScore (validation stays cheap and offline).
-CLOSED_METRICS = (
-    "accuracy",
-    "format_rate",
-    "valid_json_rate",
-    "schema_pass_rate",
-    "accuracy_on_schema",
-    "parse_fail_rate",
-    "truncated_rate",
-    "mean_tokens",
-    "efficiency",
-    "chance_corrected_accuracy",
-    "macro_f1",
-)
+CLOSED_METRICS = ("accuracy", *GENERATION_ONLY, "chance_corrected_accuracy", "macro_f1")
 OPEN_ENDED_METRICS = (
     "format_rate",
     "truncated_rate",

@@ -109,6 +109,37 @@ def test_bf16_mixed_trains_the_adapters_and_leaves_the_fp32_base_as_it_was(tiny_
     assert changed and all("lora_" in n for n in changed)
 
 
+def test_bf16_weights_train_float32_adapters_with_float32_loss_math(tiny_spec, monkeypatch):
+    # model.dtype=bfloat16 (the CPU default of model=qwen2.5_coder_1.5b): the frozen base is
+    # stored in bfloat16, peft keeps the LoRA weights in float32, and every log-prob, ratio and
+    # KL term of the loss is float32 (a bfloat16 log-prob has 8 bits of mantissa: ratios of
+    # nearby policies would round to 1).
+    import medrl.algorithms.grpo as grpo_module
+
+    seen: list[torch.dtype] = []
+
+    def spy(logp, old_logp, ref_logp, adv, mask, **kwargs):
+        seen.extend(t.dtype for t in (logp, old_logp, ref_logp, adv) if t is not None)
+        loss, metrics = grpo_loss(logp, old_logp, ref_logp, adv, mask, **kwargs)
+        seen.append(loss.dtype)
+        return loss, metrics
+
+    grpo_loss = grpo_module.grpo_loss
+    monkeypatch.setattr(grpo_module, "grpo_loss", spy)
+    pl.seed_everything(0)
+    tiny_spec.dtype = "bfloat16"
+    policy = load_policy(tiny_spec, LoraAdapter(r=4, alpha=8, dropout=0.0))
+    params = dict(policy.model.named_parameters())
+    assert {p.dtype for n, p in params.items() if "lora_" in n} == {torch.float32}
+    assert {p.dtype for n, p in params.items() if "lora_" not in n} == {torch.bfloat16}
+    before = {n: p.detach().clone() for n, p in params.items()}
+    trainer = fit(module_for(policy), steps=2)
+    assert torch.isfinite(torch.tensor(trainer.callback_metrics["loss/loss"]))
+    assert seen and set(seen) == {torch.float32}
+    changed = {n for n, p in policy.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all("lora_" in n for n in changed)
+
+
 def test_mu_greater_than_one_makes_several_optimizer_steps_per_rollout(tiny_spec):
     pl.seed_everything(0)
     policy = load_policy(tiny_spec, LoraAdapter(r=4, alpha=8, dropout=0.0))

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 
 from medrl.bench.common import model_spec, precision_autocast
 from medrl.bench.environment import rss_bytes
-from medrl.bench.instrument import PhaseClock, causal_lm, time_generation
+from medrl.bench.instrument import PhaseClock, causal_lm, decode_weight_bytes, time_generation
 from medrl.bench.settings import BenchTask, grpo_kwargs
 from medrl.models import load_policy
 from medrl.rollout import eos_token_ids, generation_kwargs
@@ -44,7 +44,10 @@ def run_rollout(task: BenchTask, cfg: Any, clock: PhaseClock) -> dict[str, Any]:
                 **generation_kwargs(settings["sampling"]),
             )
         clock.end_step({"threads": float(torch.get_num_threads())})
-    return {"rss_after_load_bytes": loaded_rss}
+    return {
+        "rss_after_load_bytes": loaded_rss,
+        "decode_weight_bytes": decode_weight_bytes(model, str(cfg.precision)),
+    }
 
 
 RUNNERS = {"rollout": run_rollout}

@@ -240,3 +240,23 @@ def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
 def device_sync(device: str) -> Callable[[], None] | None:
     """torch.cuda.synchronize on CUDA (so phases hold their kernels), nothing on the CPU."""
     return torch.cuda.synchronize if device == "cuda" else None
+
+
+def decode_weight_bytes(model: torch.nn.Module, precision: str) -> int:
+    """Bytes of weights one decode forward must read from memory: every Linear's weight (the
+    output head among them; with tied embeddings that is the embedding matrix) at the width the
+    products run in (2 bytes under bf16-mixed, whose products autocast to bfloat16; else the
+    weight's own; peft's LoRA factors are Linears too, a few percent). Embedding lookups gather a
+    few rows and norms are vectors: not counted. With
+    the memory read bandwidth this gives the decode floor: no decode step can take less time
+    than reading its weights once (`medrl.bench.stats.decode_floor`)."""
+    total = 0
+    seen: set[int] = set()
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(module, torch.nn.Linear) or weight is None or id(weight) in seen:
+            continue
+        seen.add(id(weight))  # a tied weight counts once
+        width = 2 if precision == "bf16-mixed" else weight.element_size()
+        total += weight.numel() * width
+    return total

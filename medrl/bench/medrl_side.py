@@ -22,6 +22,7 @@ from medrl.bench.environment import rss_bytes
 from medrl.bench.instrument import (
     PhaseClock,
     causal_lm,
+    decode_weight_bytes,
     time_generation,
     time_optimizer_steps,
 )
@@ -135,7 +136,11 @@ def run_grpo(task: BenchTask, cfg: Any, clock: PhaseClock) -> dict[str, Any]:
     )
     with time_optimizer_steps(clock):
         trainer.fit(module, DataLoader(range(task.total_steps), batch_size=1))
-    return {"rss_after_load_bytes": loaded_rss, "conventions": module.conventions()}
+    return {
+        "rss_after_load_bytes": loaded_rss,
+        "conventions": module.conventions(),
+        "decode_weight_bytes": decode_weight_bytes(policy.model, str(cfg.precision)),
+    }
 
 
 def run_sft(task: BenchTask, cfg: Any, clock: PhaseClock) -> dict[str, Any]:
@@ -196,7 +201,10 @@ def run_rollout(task: BenchTask, cfg: Any, clock: PhaseClock) -> dict[str, Any]:
         clock.count("decode_width", float(rollout.completion_ids.shape[1]))
         clock.count("prompt_width", float(rollout.prompt_ids.shape[1]))
         clock.end_step({"threads": float(torch.get_num_threads())})
-    return {"rss_after_load_bytes": loaded_rss}
+    return {
+        "rss_after_load_bytes": loaded_rss,
+        "decode_weight_bytes": decode_weight_bytes(policy.model, str(cfg.precision)),
+    }
 
 
 RUNNERS = {"grpo": run_grpo, "sft": run_sft, "rollout": run_rollout}

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from medrl.bench.instrument import PHASES
-from medrl.bench.stats import Summary, ratio
+from medrl.bench.stats import Summary, decode_floor_ms, ratio
 
 GIB = 1024**3
 NAMES = {"medrl": "medrl", "trl": "TRL", "hf": "plain generate"}
@@ -155,6 +155,32 @@ def breakdown_table(systems: Mapping[str, Mapping[str, Any]]) -> str:
     return markdown_table(header, rows)
 
 
+def floor_table(systems: Mapping[str, Mapping[str, Any]], bandwidth: float | None) -> str | None:
+    """Per system: median ms per decode forward, the weights one forward reads, the floor
+    (those bytes at the measured read bandwidth) and how many floors a forward takes; None
+    when no system timed its decode forwards."""
+    names = [n for n, f in systems.items() if _get(f.get("decode_ms_per_forward"), "median")]
+    if not names:
+        return None
+    rows = []
+    for name in names:
+        figures = systems[name]
+        measured = _get(figures["decode_ms_per_forward"], "median")
+        weights = figures.get("decode_weight_bytes")
+        floor = decode_floor_ms(weights, bandwidth)
+        rows.append(
+            [
+                NAMES.get(name, name),
+                f"{measured:.1f}",
+                fmt_gib(weights),
+                "n/a" if floor is None else f"{floor:.1f}",
+                "n/a" if floor is None else f"{measured / floor:.2f}x",
+            ]
+        )
+    header = ["system", "ms per decode forward", "weights read", "floor ms", "forward / floor"]
+    return markdown_table(header, rows)
+
+
 def rollout_table(systems: Mapping[str, Mapping[str, Any]]) -> str:
     """Tokens per second (non-pad completion tokens / generate wall time), per system, and
     medrl's throughput relative to each other system."""
@@ -204,8 +230,18 @@ def header_lines(environment: Mapping[str, Any], settings: Mapping[str, Any]) ->
         "",
         f"- device: {environment['device']} ({environment['device_name']}), "
         f"{environment['threads']} threads per process",
-        f"- versions: {versions}",
     ]
+    if "cpu" in environment:
+        lines.append(
+            f"- cpu: {environment['cpu']['description']}; kind `{environment['cpu']['slug']}`"
+        )
+    bandwidth = environment.get("read_bandwidth_bytes_per_s")
+    if bandwidth:
+        lines.append(
+            f"- memory read bandwidth: {bandwidth / 1e9:.1f} GB/s ({environment['threads']} "
+            "threads, best of 5 sums over 512 MiB)"
+        )
+    lines.append(f"- versions: {versions}")
     lines += [f"- {key}: {value}" for key, value in settings.items()]
     return lines
 
@@ -229,6 +265,10 @@ def render_report(results: Mapping[str, Any]) -> str:
         if kind == "grpo" and any(f["phases"] for f in systems.values()):
             lines += ["", "Where the GRPO step's time goes (same instrumentation in both):", ""]
             lines.append(breakdown_table(systems))
+        floor = floor_table(systems, results["environment"].get("read_bandwidth_bytes_per_s"))
+        if floor:
+            lines += ["", "Decode against the memory floor (weights read once per forward):", ""]
+            lines.append(floor)
         for name, figures in systems.items():
             for error in figures["failed_runs"]:
                 lines += ["", f"{NAMES.get(name, name)} run failed:", "", "```", error, "```"]

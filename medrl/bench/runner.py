@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from medrl.bench.common import model_spec, render_prompts
-from medrl.bench.environment import describe
+from medrl.bench.environment import describe, machine_slug
 from medrl.bench.report import render_report, write_json, write_scaling
 from medrl.bench.settings import (
     MODES,
@@ -245,7 +245,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     inputs = prepare_prompts(cfg)
     runs = Runs(out / "workers")
     results: dict[str, Any] = {
-        "environment": describe(str(cfg.device), int(cfg.threads)),
+        "environment": describe(str(cfg.device), int(cfg.threads), bandwidth=cfg.device == "cpu"),
         "settings": settings_summary(cfg),
         "notes": [skipped] if skipped else [],
         "prompts": inputs[1],
@@ -270,12 +270,25 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     report = render_report(results)
     (out / "report.md").write_text(report)
     write_json(out / "results.json", results)
+    if cfg.get("publish_dir"):
+        kept = publish(results, report, Path(str(cfg.publish_dir)), str(cfg.publish_name))
+        print(f"kept for this machine kind: {kept}")
     print(report)
     print(f"raw per-step times: {out / 'results.json'}")
     failed = [r["label"] for r in _all_runs(results) if r.get("failed")]
     if failed:
         raise RuntimeError(f"benchmark runs failed: {failed}; their logs are in {out / 'workers'}")
     return results
+
+
+def publish(results: dict[str, Any], report: str, folder: Path, name: str) -> Path:
+    """Write the report and results to folder/<machine kind>/<name>.{md,json}: each kind of
+    machine keeps its own results (a rerun on the same kind replaces its own)."""
+    target = folder / machine_slug(results["environment"])
+    target.mkdir(parents=True, exist_ok=True)
+    (target / f"{name}.md").write_text(report)
+    write_json(target / f"{name}.json", results)
+    return target / f"{name}.md"
 
 
 def _all_runs(results: dict[str, Any]) -> Iterator[dict[str, Any]]:

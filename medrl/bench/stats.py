@@ -92,6 +92,19 @@ def system_summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             (run["assistant_tokens_per_step"] for run in ok if "assistant_tokens_per_step" in run),
             None,
         ),
+        # One decode forward (a token for every row still writing): decode seconds over the
+        # forwards after the prefill, which made the first token (decode_width - 1).
+        "decode_ms_per_forward": summarize(
+            [
+                1000 * s["phases"]["decode"] / (s["counters"]["decode_width"] - 1)
+                for s in steps
+                if s["counters"].get("decode_width", 0) > 1 and "decode" in s["phases"]
+            ]
+        ),
+        "decode_weight_bytes": max(
+            (run["decode_weight_bytes"] for run in ok if "decode_weight_bytes" in run),
+            default=None,
+        ),
         "peak_rss_bytes": max((run["peak_rss_bytes"] for run in ok), default=None),
         "rss_after_load_bytes": max(
             (run.get("rss_after_load_bytes") or 0 for run in ok), default=None
@@ -101,3 +114,11 @@ def system_summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             default=None,
         ),
     }
+
+
+def decode_floor_ms(weight_bytes: float | None, bandwidth: float | None) -> float | None:
+    """The least time a decode forward can take, in ms: its weights read once at the measured
+    memory read bandwidth (bytes / (bytes/s)); None when either is unknown."""
+    if not weight_bytes or not bandwidth:
+        return None
+    return 1000 * weight_bytes / bandwidth

@@ -24,6 +24,7 @@ from medrl.bench.environment import rss_bytes
 from medrl.bench.instrument import (
     PhaseClock,
     causal_lm,
+    decode_weight_bytes,
     time_calls,
     time_generation,
     time_logprob_passes,
@@ -154,6 +155,7 @@ def run_grpo(task: BenchTask, cfg: Any, clock: PhaseClock) -> dict[str, Any]:
         "rss_after_load_bytes": loaded_rss,
         "trl_args": trl_args,
         "prompt_ids_match": prompt_ids_match(tokenizer, task.prompts),
+        "decode_weight_bytes": decode_weight_bytes(trainer.model, str(cfg.precision)),
     }
 
 

@@ -29,13 +29,14 @@ importing medrl sets nothing.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from medrl.rollout import kernel_choice
 from medrl.rollout.decode_attention import register_decode_attention, sampling_attention
 from medrl.rollout.generation import Rollout, eval_mode, model_device, sample_rollout
 from medrl.rollout.lean_passes import lean_passes, register_lean_attention
@@ -57,7 +58,7 @@ class EnginePieces:
     pack_completions: bool
     fused_head: bool
     autocast_weights: bool  # frozen weights cast once under autocast (always: same numbers)
-    onednn_linears: bool  # CPU only
+    cpu_linear: str  # onednn | torch | auto (timed per phase, medrl.rollout.kernel_choice)
     decode_attention: bool  # CPU only
     lean_activations: bool  # CPU only
     kernel_cache_capacity: int | None  # CPU only; None = oneDNN's own default
@@ -67,9 +68,9 @@ class EnginePieces:
 def engine_pieces(settings: EngineSettings, device: torch.device | str) -> EnginePieces:
     """The pieces `settings` asks for that run on `device` (e.g. "cpu", "cuda:0").
 
-    The CPU pieces (cpu_linear=onednn, decode_attention, lean_activations,
-    kernel_cache_capacity, release_heap) are off on any other device; the rest hold there as
-    set."""
+    The CPU pieces (cpu_linear onednn or auto, decode_attention, lean_activations,
+    kernel_cache_capacity, release_heap) are off on any other device (cpu_linear is "torch"
+    there); the rest hold there as set."""
     device_type = torch.device(device).type
     on_cpu = device_type == "cpu"
     return EnginePieces(
@@ -82,7 +83,7 @@ def engine_pieces(settings: EngineSettings, device: torch.device | str) -> Engin
         and settings.pack_completions
         and settings.fused_head,
         autocast_weights=True,
-        onednn_linears=on_cpu and settings.cpu_linear == "onednn",
+        cpu_linear=settings.cpu_linear if on_cpu else "torch",
         decode_attention=on_cpu and settings.decode_attention,
         lean_activations=on_cpu and settings.lean_activations,
         kernel_cache_capacity=settings.kernel_cache_capacity if on_cpu else None,
@@ -118,17 +119,28 @@ class RolloutEngine:
 
     # --- contexts --------------------------------------------------------------------------
 
+    def routes_linears(self, model: nn.Module, phase: str, rows: int) -> bool:
+        """Whether `model`'s float32 Linears run in oneDNN during `phase` (sampling | passes)
+        at about `rows` rows: as cpu_linear says, or for auto as timing both said."""
+        if self.pieces.cpu_linear != "auto":
+            return self.pieces.cpu_linear == "onednn"
+        return kernel_choice.CHOOSER.onednn_wins(model, phase, rows)
+
     @contextmanager
-    def sampling(self, model: nn.Module) -> Iterator[None]:
-        """Around generation (no gradients): merged LoRA, frozen weights cast once under
-        autocast, and on a CPU the decode attention and oneDNN Linears."""
+    def sampling(self, model: nn.Module, rows: int = 1) -> Iterator[None]:
+        """Around generation (no gradients) of `rows` rows at a time: merged LoRA, frozen
+        weights cast once under autocast, and on a CPU the decode attention and oneDNN
+        Linears."""
         pieces = self.pieces
-        with (
-            merged_lora(model) if pieces.merge_adapter else nullcontext(),
-            autocast_weights(model, self.device),
-            sampling_attention(model) if pieces.decode_attention else nullcontext(),
-            onednn_linears(model, pieces.onednn_linears),
-        ):
+        with ExitStack() as stack:
+            if pieces.merge_adapter:
+                stack.enter_context(merged_lora(model))
+            stack.enter_context(autocast_weights(model, self.device))
+            if pieces.decode_attention:
+                stack.enter_context(sampling_attention(model))
+            # Decided on the weights as sampling sees them (merged, cast).
+            routed = self.routes_linears(model, "sampling", rows)
+            stack.enter_context(onednn_linears(model, routed))
             yield
 
     @contextmanager
@@ -141,14 +153,15 @@ class RolloutEngine:
                 if model is None:
                     continue
                 stack.enter_context(autocast_weights(model, self.device))
-                stack.enter_context(onednn_linears(model, self.pieces.onednn_linears))
+                routed = self.routes_linears(model, "passes", kernel_choice.PASS_ROWS)
+                stack.enter_context(onednn_linears(model, routed))
                 stack.enter_context(lean_passes(model, self.pieces.lean_activations))
             yield
 
     def linears(self, model: nn.Module) -> Iterator[int]:
         """Around SFT's forward (its graph keeps the routed products, so the backward runs
         them too): on a CPU, float32 Linears in oneDNN; elsewhere nothing changes."""
-        return onednn_linears(model, self.pieces.onednn_linears)
+        return onednn_linears(model, self.routes_linears(model, "passes", kernel_choice.PASS_ROWS))
 
     def before_micro_batch(self) -> None:
         """Between update micro-batches: on a CPU with release_heap, the heap's free pages
@@ -172,7 +185,8 @@ class RolloutEngine:
     ) -> Rollout:
         """medrl.rollout.generation.sample_rollout under `sampling(model)`, with this
         engine's sampler (see there for the arguments)."""
-        with eval_mode(model), torch.no_grad(), self.sampling(model):
+        rows = (batch_size or len(prompts)) * num_samples
+        with eval_mode(model), torch.no_grad(), self.sampling(model, rows):
             return sample_rollout(
                 model,
                 tokenizer,

@@ -25,7 +25,7 @@ from medrl.utils.settings import (
 )
 
 SAMPLERS = ("medrl", "hf")
-CPU_LINEARS = ("onednn", "torch")
+CPU_LINEARS = ("auto", "onednn", "torch")
 # The fields greedy decoding ignores (it takes the argmax).
 SAMPLING_ONLY = ("temperature", "top_p", "top_k", "min_p")
 
@@ -95,8 +95,10 @@ class EngineSettings(SettingsBlock):
                    model's attention takes such a mask (sdpa or eager, no sliding windows).
     cpu_linear:    float32 Linear layers on a CPU, while sampling and in the log-prob passes
                    (forward and backward): "onednn" runs them through oneDNN's matmul
-                   (medrl.rollout.onednn_linear; about twice MKL's rate on the AMD CPU this
-                   project is measured on), "torch" leaves them to F.linear (MKL).
+                   (medrl.rollout.onednn_linear; about twice MKL's rate on an AMD EPYC, slower
+                   than MKL on an Intel Xeon with AMX), "torch" leaves them to F.linear (MKL),
+                   "auto" times both on the run's own weights and row counts once per process
+                   and takes the faster, per phase (medrl.rollout.kernel_choice; logged).
     fused_head:    with pack_completions, where the logits are a plain Linear of the hidden
                    states, log-probs come from the hidden states chunk by chunk and the
                    backward recomputes each chunk's logits (medrl.rollout.fused_head): no

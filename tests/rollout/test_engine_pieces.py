@@ -18,7 +18,7 @@ from medrl.rollout import onednn_linear as onednn_module
 from medrl.rollout.decode_attention import NAME as DECODE_ATTENTION
 from medrl.rollout.lean_passes import GQA_ATTENTION
 
-CPU_PIECES = ("onednn_linears", "decode_attention", "lean_activations", "release_heap")
+CPU_PIECES = ("decode_attention", "lean_activations", "release_heap")
 # Everything on, release_heap included, so "off" can only come from the device.
 EVERYTHING = EngineSettings(release_heap=True)
 
@@ -27,6 +27,7 @@ def test_a_cpu_engine_runs_every_piece_it_is_given():
     pieces = engine_pieces(EVERYTHING, "cpu")
     assert pieces.device_type == "cpu"
     assert all(getattr(pieces, name) for name in CPU_PIECES)
+    assert pieces.cpu_linear == "auto"  # timed per phase (medrl.rollout.kernel_choice)
     assert pieces.kernel_cache_capacity == 64
     assert pieces.sampler == "medrl"
     assert pieces.merge_adapter and pieces.shared_prompt_logprobs
@@ -38,7 +39,7 @@ def test_a_cuda_engine_drops_the_cpu_pieces_and_keeps_the_device_independent_one
     pieces = engine_pieces(EVERYTHING, device)
     assert pieces.device_type == "cuda"
     assert not any(getattr(pieces, name) for name in CPU_PIECES)
-    assert pieces.kernel_cache_capacity is None
+    assert pieces.cpu_linear == "torch" and pieces.kernel_cache_capacity is None
     # shared prefill + finished rows leaving (medrl's sampler), merged adapters, packing and
     # chunked log-probs stay: each checks on its own where it is exact.
     assert pieces.sampler == "medrl"
@@ -50,7 +51,7 @@ def test_settings_turned_off_stay_off_and_packing_needs_shared_prompts():
     pieces = engine_pieces(
         replace(EVERYTHING, cpu_linear="torch", shared_prompt_logprobs=False), "cpu"
     )
-    assert not pieces.onednn_linears
+    assert pieces.cpu_linear == "torch"
     assert not pieces.shared_prompt_logprobs
     assert not pieces.pack_completions and not pieces.fused_head  # both build on shared prompts
 
@@ -63,7 +64,7 @@ def test_the_straightforward_preset_in_config_is_the_one_in_code(compose):
     assert instantiate(cfg.grpo.module.engine) == STRAIGHTFORWARD  # grpo reads the same group
     assert instantiate(cfg.sft.module.engine) == STRAIGHTFORWARD  # and so does sft
     pieces = engine_pieces(STRAIGHTFORWARD, "cpu")
-    assert pieces.sampler == "hf"
+    assert pieces.sampler == "hf" and pieces.cpu_linear == "torch"
     assert not any(getattr(pieces, name) for name in CPU_PIECES)
     assert not (pieces.merge_adapter or pieces.shared_prompt_logprobs or pieces.pack_completions)
 
@@ -84,7 +85,7 @@ def _attention(model: nn.Module) -> str:
 
 def test_the_sampling_context_of_a_cpu_engine_switches_attention_and_linears(tiny_policy):
     model = tiny_policy.model
-    with RolloutEngine(EngineSettings(), "cpu").sampling(model):
+    with RolloutEngine(EngineSettings(cpu_linear="onednn"), "cpu").sampling(model):
         assert _attention(model) == DECODE_ATTENTION
         assert _linear_routed(model)
     assert _attention(model) == "sdpa" and not _linear_routed(model)
@@ -105,7 +106,7 @@ def test_the_contexts_of_a_cuda_engine_leave_transformers_path_alone(tiny_policy
 
 def test_the_pass_context_of_a_cpu_engine_routes_linears_and_lean_attention(tiny_policy):
     model = tiny_policy.model
-    with RolloutEngine(EngineSettings(), "cpu").passes(model, None):
+    with RolloutEngine(EngineSettings(cpu_linear="onednn"), "cpu").passes(model, None):
         assert _attention(model) == GQA_ATTENTION
         assert _linear_routed(model)
     assert _attention(model) == "sdpa" and not _linear_routed(model)

@@ -38,6 +38,12 @@ from torch import nn
 from medrl import distributed
 from medrl.rollout.kv_cache import preallocated_cache, supports_preallocated_cache
 from medrl.rollout.settings import SamplingSettings
+from medrl.rollout.static_decode import (
+    StaticDecoder,
+    bucketed_capacity,
+    load_prefill,
+    static_decode_loop,
+)
 from medrl.utils.timing import timed
 
 
@@ -153,6 +159,7 @@ def decode(
     timings: dict[str, float] | None = None,
     prompt_seeds: Sequence[int] | None = None,
     lockstep: bool = False,
+    static_decoder: StaticDecoder | None = None,
 ) -> torch.Tensor:
     """Raw completion ids [b*G, C] for left-padded prompts [b, P] (on the model's device).
 
@@ -161,7 +168,9 @@ def decode(
     The caller provides no_grad and eval mode. `timings` (when given) receives the seconds
     spent in "prefill" and "decode". `prompt_seeds` (one per prompt): sample from per-prompt
     streams (PromptStreams) instead of the global RNG. `lockstep`: run as many forwards as
-    every other process (a sharded model; see the module docstring).
+    every other process (a sharded model; see the module docstring). `static_decoder`: decode
+    in static-shape steps, compiled or not (medrl.rollout.static_decode), where the model's
+    cache allows it and the weights are not sharded; otherwise the loop below.
     """
     device = prompt_ids.device
     streams = None
@@ -169,15 +178,49 @@ def decode(
         if len(prompt_seeds) != prompt_ids.shape[0]:
             raise ValueError(f"{len(prompt_seeds)} prompt_seeds for {prompt_ids.shape[0]} prompts")
         streams = PromptStreams(prompt_seeds, num_samples, device)
+    static = static_decoder is not None and not lockstep and supports_preallocated_cache(model)
     with timed(timings, "prefill"):
-        capacity = prompt_ids.shape[1] + settings.max_new_tokens
+        # The static path copies the prefill into its own cache: the prompt's width suffices.
+        capacity = prompt_ids.shape[1] + (0 if static else settings.max_new_tokens)
         logits, cache, mask = _prefill(
             model, prompt_ids, prompt_mask, num_samples, share_prompt, capacity
         )
+    if static:
+        with timed(timings, "decode"):
+            return _static_decode(
+                static_decoder, model, logits, cache, mask, settings, eos_ids, pad_id, streams
+            )
     with timed(timings, "decode"):
         return _decode_loop(
             model, logits, cache, mask, settings, eos_ids, pad_id, device, streams, lockstep
         )
+
+
+def _static_decode(
+    decoder: StaticDecoder,
+    model: nn.Module,
+    logits: torch.Tensor,
+    cache: Any,
+    mask: torch.Tensor,
+    settings: SamplingSettings,
+    eos_ids: Sequence[int],
+    pad_id: int,
+    streams: PromptStreams | None,
+) -> torch.Tensor:
+    """The decode of `_decode_loop` in static-shape steps (medrl.rollout.static_decode): the
+    same picks from the same draws, every row running every step."""
+    rows, width = mask.shape
+    capacity = bucketed_capacity(width, settings.max_new_tokens)
+    dtype = cache.layers[0].keys.dtype
+    state = decoder.state(model, rows, capacity, dtype, logits.device)
+    load_prefill(state, cache, mask)
+    warpers = logits_warpers(settings)
+
+    def pick(active_logits: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        uniforms = None if streams is None or settings.greedy else streams.uniforms(active)
+        return pick_tokens(active_logits, settings, warpers, uniforms)
+
+    return static_decode_loop(state, logits, mask, settings, eos_ids, pad_id, pick)
 
 
 def _prefill(

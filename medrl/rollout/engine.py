@@ -44,6 +44,7 @@ from medrl.rollout.logprobs import completion_logprobs
 from medrl.rollout.merged_adapter import autocast_weights, merged_lora
 from medrl.rollout.onednn_linear import bound_kernel_caches, onednn_linears
 from medrl.rollout.settings import STRAIGHTFORWARD, EngineSettings, SamplingSettings
+from medrl.rollout.static_decode import StaticDecoder
 from medrl.utils.heap import release_free_heap
 
 
@@ -59,6 +60,7 @@ class EnginePieces:
     fused_head: bool
     autocast_weights: bool  # frozen weights cast once under autocast (always: same numbers)
     cpu_linear: str  # onednn | torch | auto (timed per phase, medrl.rollout.kernel_choice)
+    decode: str  # dynamic | static | compiled (medrl's sampler; medrl.rollout.static_decode)
     decode_attention: bool  # CPU only
     lean_activations: bool  # CPU only
     kernel_cache_capacity: int | None  # CPU only; None = oneDNN's own default
@@ -84,6 +86,7 @@ def engine_pieces(settings: EngineSettings, device: torch.device | str) -> Engin
         and settings.fused_head,
         autocast_weights=True,
         cpu_linear=settings.cpu_linear if on_cpu else "torch",
+        decode=settings.decode,
         decode_attention=on_cpu and settings.decode_attention,
         lean_activations=on_cpu and settings.lean_activations,
         kernel_cache_capacity=settings.kernel_cache_capacity if on_cpu else None,
@@ -105,6 +108,9 @@ class RolloutEngine:
             register_decode_attention()
         if self.pieces.lean_activations:
             register_lean_attention()
+        self.static_decoder = None
+        if self.pieces.decode != "dynamic":
+            self.static_decoder = StaticDecoder(compile=self.pieces.decode == "compiled")
 
     @classmethod
     def straightforward(cls, device: torch.device | str) -> RolloutEngine:
@@ -198,6 +204,7 @@ class RolloutEngine:
                 generator_seed=generator_seed,
                 timings=timings,
                 prompt_seeds=prompt_seeds,
+                static_decoder=self.static_decoder,
             )
 
     def logprobs(

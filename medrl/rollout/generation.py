@@ -22,6 +22,7 @@ from torch import nn
 from medrl import distributed
 from medrl.rollout.decoding import decode
 from medrl.rollout.settings import SAMPLERS, SamplingSettings
+from medrl.rollout.static_decode import StaticDecoder
 from medrl.sharding import root_weights_gathered, weights_sharded
 from medrl.utils.timing import timed
 
@@ -182,11 +183,14 @@ def sample_rollout(
     generator_seed: int | None = None,
     timings: dict[str, float] | None = None,
     prompt_seeds: Sequence[int] | None = None,
+    static_decoder: StaticDecoder | None = None,
 ) -> Rollout:
     """`num_samples` completions of each prompt by `sampler` ("medrl": medrl.rollout.decoding,
     "hf": transformers' generate), as the caller's contexts leave the model: the engine
     (medrl.rollout.engine.generate) runs it in eval mode, without gradients, under its
-    sampling context. See medrl.rollout.engine.generate for the other arguments."""
+    sampling context. `static_decoder` (medrl's sampler only): decode in static-shape steps
+    (medrl.rollout.static_decode). See medrl.rollout.engine.generate for the other
+    arguments."""
     if not prompts:
         raise ValueError("generate needs at least one prompt")
     if num_samples < 1:
@@ -217,6 +221,7 @@ def sample_rollout(
                 sampler,
                 timings,
                 chunk_seeds,
+                static_decoder,
             )
             for chunk, chunk_seeds in zip(chunks, seeds, strict=True)
         ]
@@ -253,6 +258,7 @@ def _generate_chunk(
     sampler: str,
     timings: dict[str, float] | None,
     prompt_seeds: Sequence[int] | None,
+    static_decoder: StaticDecoder | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(prompt_ids [n, P], prompt_mask [n, P], raw completion ids [n, C]) on the CPU."""
     ids, mask = left_pad(encode_prompts(tokenizer, prompts), pad_id)  # [b, P]
@@ -277,6 +283,7 @@ def _generate_chunk(
             timings=timings,
             prompt_seeds=prompt_seeds,
             lockstep=lockstep,
+            static_decoder=static_decoder,
         )
     else:
         # Under FSDP generate runs the policy's inner modules, not its root forward: the root

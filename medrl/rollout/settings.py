@@ -26,6 +26,7 @@ from medrl.utils.settings import (
 
 SAMPLERS = ("medrl", "hf")
 CPU_LINEARS = ("auto", "onednn", "torch")
+DECODES = ("dynamic", "static", "compiled")
 # The fields greedy decoding ignores (it takes the argmax).
 SAMPLING_ONLY = ("temperature", "top_p", "top_k", "min_p")
 
@@ -99,6 +100,11 @@ class EngineSettings(SettingsBlock):
                    than MKL on an Intel Xeon with AMX), "torch" leaves them to F.linear (MKL),
                    "auto" times both on the run's own weights and row counts once per process
                    and takes the faster, per phase (medrl.rollout.kernel_choice; logged).
+    decode:        medrl's sampler's decode steps: "dynamic" (finished rows leave the batch, the
+                   cache grows: new shapes every token), "static" (every row every step, a
+                   fixed-capacity cache and mask: one shape per rollout,
+                   medrl.rollout.static_decode) or "compiled" (static, the step compiled once
+                   per shape with torch.compile). Same draws, same distribution.
     fused_head:    with pack_completions, where the logits are a plain Linear of the hidden
                    states, log-probs come from the hidden states chunk by chunk and the
                    backward recomputes each chunk's logits (medrl.rollout.fused_head): no
@@ -123,6 +129,7 @@ class EngineSettings(SettingsBlock):
     RULES = (
         ("sampler", *choice_rule(SAMPLERS)),
         ("cpu_linear", *choice_rule(CPU_LINEARS)),
+        ("decode", *choice_rule(DECODES)),
         (
             "kernel_cache_capacity",
             lambda v: v is None or is_count(v, 1),
@@ -148,6 +155,7 @@ class EngineSettings(SettingsBlock):
     shared_prompt_logprobs: bool
     pack_completions: bool
     cpu_linear: str
+    decode: str
     fused_head: bool
     lean_activations: bool
     release_heap: bool

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -58,7 +58,6 @@ class StaticDecodeState:
     compiled: bool
     compile_seconds: float | None = None
     steps_run: int = 0
-    first_call_done: bool = field(default=False)
 
 
 def _step_function(model: nn.Module) -> Callable[..., torch.Tensor]:
@@ -161,19 +160,15 @@ def static_decode_loop(
 
 
 def _run_step(state: StaticDecodeState, feed: torch.Tensor, positions: torch.Tensor):
-    if state.compiled and not state.first_call_done:
-        start = time.perf_counter()
-        logits = state.step(feed, positions, state.mask, state.cache)
+    start = time.perf_counter()
+    logits = state.step(feed, positions, state.mask, state.cache)
+    if state.compiled and state.compile_seconds is None:  # the first call compiled the step
         state.compile_seconds = time.perf_counter() - start
-        state.first_call_done = True
         log.info(
             "static decode step compiled for %d rows x %d positions in %.1f s",
             state.rows,
             state.capacity,
             state.compile_seconds,
         )
-    else:
-        logits = state.step(feed, positions, state.mask, state.cache)
-        state.first_call_done = True
     state.steps_run += 1
     return logits

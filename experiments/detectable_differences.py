@@ -33,6 +33,7 @@ from medrl.evaluation.report import mde_text
 HERE = Path(__file__).parent
 SWEEPS = {  # study -> its aggregate's summary.csv
     "sft_vs_grpo": HERE / "sft_vs_grpo/results/summary.csv",
+    "sft_vs_grpo (Qwen2.5-Coder-1.5B)": HERE / "sft_vs_grpo/results_qwen/summary.csv",
     "reward_weights_x_group_size": HERE / "reward_weights_x_group_size/results/summary.csv",
     "grpo_variants": HERE / "grpo_variants/results/summary.csv",
     "curriculum": HERE / "curriculum/results/summary.csv",

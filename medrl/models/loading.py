@@ -121,7 +121,26 @@ def _load_model(spec: ModelSpec, adapter: AdapterSpec, source: str) -> nn.Module
     model = _from_pretrained(AutoModelForCausalLM, source, _source_key(spec), **kwargs)
     if isinstance(adapter, LoraAdapter) and not isinstance(adapter, QLoraAdapter):
         model.requires_grad_(False)
+    if isinstance(adapter, QLoraAdapter):
+        _keep_4bit_training_kernels(model)
     return model
+
+
+def _keep_4bit_training_kernels(model: nn.Module) -> None:
+    """Stop bitsandbytes from switching 4-bit layers to its CPU inference kernel.
+
+    bitsandbytes >= 0.49, on a CPU with AVX-512 bf16, repacks a Linear4bit's weight for a
+    faster kernel on its first forward in eval mode without grad (a rollout, an evaluation) and
+    uses that kernel from then on, in training too; the kernel has no backward, so every later
+    update silently loses the gradient through the frozen base (or raises where the layer has a
+    bias, as in Qwen2). Clearing the layer's capability flag keeps the differentiable path.
+    Pinned by tests/models/test_loading.py (gradients equal before and after a no-grad forward).
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit) and hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _bnb_config(adapter: QLoraAdapter):

@@ -76,6 +76,37 @@ def test_qlora_runs_forward_and_backward_on_4bit_layers(tiny_spec):
     assert names and all("lora_" in name for name in names)
 
 
+def adapter_gradients(policy) -> dict[str, torch.Tensor]:
+    policy.model.zero_grad(set_to_none=True)
+    forward_backward(policy)
+    return {
+        name: p.grad.clone() for name, p in policy.model.named_parameters() if p.requires_grad
+    }
+
+
+@pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
+def test_qlora_gradients_are_the_same_after_an_inference_forward(tiny_spec, compute_dtype):
+    """A rollout (eval mode, no grad) must not change the gradients of the next update.
+
+    bitsandbytes >= 0.49 repacks a Linear4bit's weight for its AVX-512-bf16 inference kernel
+    on the first eval-mode forward without grad on such a CPU, and keeps using that kernel,
+    which has no backward, afterwards: the base path of every 4-bit layer then stops passing
+    gradients back (or raises, on layers with a bias). medrl's QLoRA keeps the training kernel.
+    """
+    policy = load_policy(tiny_spec, QLoraAdapter(r=4, alpha=8, dropout=0.0, compute_dtype=compute_dtype))
+    policy.model.train()
+    before = adapter_gradients(policy)
+    policy.model.eval()
+    with torch.no_grad():
+        ids = policy.tokenizer("A rollout prompt", return_tensors="pt")
+        policy.model(input_ids=ids.input_ids)
+    policy.model.train()
+    after = adapter_gradients(policy)
+    assert before.keys() == after.keys()
+    for name in before:
+        torch.testing.assert_close(after[name], before[name], msg=name)
+
+
 def test_gradient_checkpointing_with_lora_still_gives_gradients(tiny_spec):
     tiny_spec.gradient_checkpointing = True
     policy = load_policy(tiny_spec, LoraAdapter(r=4, alpha=8))

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from medrl.rollout.onednn_linear import _matmul, onednn_linear_supported
+from medrl.sharding import weights_sharded
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,8 @@ def float32_linear_weights(model: nn.Module) -> dict[tuple[int, int], tuple[torc
         if type(module) is not nn.Linear or module.weight.dtype != torch.float32:
             continue
         weight = module.weight
-        if id(weight) in seen or weight.device.type != "cpu":
+        # A sharded weight (FSDP's flat shard, 1-D) is not a product anyone routes.
+        if id(weight) in seen or weight.device.type != "cpu" or weight.dim() != 2:
             continue
         seen.add(id(weight))
         shape = (weight.shape[0], weight.shape[1])
@@ -122,8 +124,11 @@ class LinearChooser:
     def onednn_wins(self, model: nn.Module, phase: str, rows: int) -> bool:
         """True when oneDNN ran `model`'s float32 Linear products faster at `rows` rows
         (sampling: forwards; passes: forwards and input gradients); False when the model has
-        no float32 Linear or the build lacks the op (nothing to route)."""
-        if not onednn_linear_supported():
+        no float32 Linear, the build lacks the op or the weights are sharded across processes
+        (onednn_linears routes nothing then). Each process of a distributed run decides for
+        itself: both kernels compute the same float32 products, so ranks that chose differently
+        differ only by rounding."""
+        if not onednn_linear_supported() or weights_sharded(model):
             return False
         weights = float32_linear_weights(model)
         if not weights:

@@ -71,3 +71,15 @@ def test_a_model_without_float32_linears_is_not_timed(monkeypatch):
     monkeypatch.setattr(kernel_choice, "time_linears", lambda *a, **k: pytest.fail("timed"))
     chooser = kernel_choice.LinearChooser()
     assert not chooser.onednn_wins(three_by_four().to(torch.bfloat16), "passes", 256)
+
+
+def test_sharded_weights_are_not_timed(monkeypatch):
+    """Under FSDP a process holds a flat 1-D shard of each weight: nothing there to time or
+    route (onednn_linears stays off for sharded weights)."""
+    monkeypatch.setattr(kernel_choice, "time_linears", lambda *a, **k: pytest.fail("timed"))
+    model = three_by_four()
+    model[0].weight = nn.Parameter(model[0].weight.detach().flatten()[:8])  # a shard
+    weights = kernel_choice.float32_linear_weights(model)
+    assert {shape: count for shape, (_, count) in weights.items()} == {(4, 4): 2, (8, 4): 1}
+    monkeypatch.setattr(kernel_choice, "weights_sharded", lambda m: True)
+    assert not kernel_choice.LinearChooser().onednn_wins(three_by_four(), "passes", 256)

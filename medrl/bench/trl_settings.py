@@ -329,8 +329,9 @@ def lora_config_kwargs(adapter: Any) -> dict[str, Any] | None:
         return None
     if kind != "lora":
         raise UnmappableSetting(
-            f"adapter={kind}: the benchmark compares LoRA or full fine-tuning (TRL gets an "
-            "unquantized model)"
+            f"adapter={kind}: the benchmark compares LoRA or full fine-tuning only; TRL's "
+            "GRPOTrainer casts a quantized model's LoRA weights to bfloat16, so its adapters "
+            "would not be medrl's float32 ones (run adapter=qlora with trl=false)"
         )
     return {
         "r": adapter.r,

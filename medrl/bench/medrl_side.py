@@ -28,7 +28,7 @@ from medrl.bench.instrument import (
 )
 from medrl.bench.settings import BenchTask, grpo_kwargs
 from medrl.models import load_policy
-from medrl.rollout import eos_token_ids, generate
+from medrl.rollout import RolloutEngine, eos_token_ids, generate
 
 # GRPOModule's own time/* metrics -> the clock's phases (see instrument.PHASES). The module
 # times its phases itself because medrl's sampler never calls model.generate, which is what
@@ -140,6 +140,7 @@ def run_grpo(task: BenchTask, cfg: Any, clock: PhaseClock) -> dict[str, Any]:
         "rss_after_load_bytes": loaded_rss,
         "conventions": module.conventions(),
         "decode_weight_bytes": decode_weight_bytes(policy.model, str(cfg.precision)),
+        "engine_decisions": module.engine.decisions(),
     }
 
 
@@ -169,7 +170,11 @@ def run_sft(task: BenchTask, cfg: Any, clock: PhaseClock) -> dict[str, Any]:
     with time_optimizer_steps(clock):
         trainer.fit(module, loader)
     tokens = [sum(e.loss_mask) for e in examples]
-    return {"rss_after_load_bytes": loaded_rss, "assistant_tokens_per_step": sum(tokens)}
+    return {
+        "rss_after_load_bytes": loaded_rss,
+        "assistant_tokens_per_step": sum(tokens),
+        "engine_decisions": module.engine.decisions(),
+    }
 
 
 def run_rollout(task: BenchTask, cfg: Any, clock: PhaseClock) -> dict[str, Any]:
@@ -181,6 +186,9 @@ def run_rollout(task: BenchTask, cfg: Any, clock: PhaseClock) -> dict[str, Any]:
     policy.model.to(cfg.device)
     loaded_rss = rss_bytes()
     settings = grpo_kwargs(cfg)
+    # One engine for every call, as GRPOModule keeps one: its decisions and compiled decode
+    # steps are made once, not per call.
+    engine = RolloutEngine.for_model(settings["engine"], policy.model)
     for _ in range(task.total_steps):
         clock.begin_step()
         timings: dict[str, float] = {}
@@ -191,7 +199,7 @@ def run_rollout(task: BenchTask, cfg: Any, clock: PhaseClock) -> dict[str, Any]:
                 task.prompts,
                 settings["sampling"],
                 num_samples=settings["group_size"],
-                engine=settings["engine"],  # as GRPOModule samples
+                engine=engine,  # as GRPOModule samples
                 timings=timings,
             )
         if "prefill" in timings:
@@ -204,6 +212,7 @@ def run_rollout(task: BenchTask, cfg: Any, clock: PhaseClock) -> dict[str, Any]:
     return {
         "rss_after_load_bytes": loaded_rss,
         "decode_weight_bytes": decode_weight_bytes(policy.model, str(cfg.precision)),
+        "engine_decisions": engine.decisions(),
     }
 
 

@@ -270,6 +270,11 @@ def render_report(results: Mapping[str, Any]) -> str:
             lines += ["", "Decode against the memory floor (weights read once per forward):", ""]
             lines.append(floor)
         for name, figures in systems.items():
+            decisions = figures.get("engine_decisions") or []
+            if decisions:
+                lines += ["", f"{NAMES.get(name, name)}'s engine, chosen by measurement:", ""]
+                lines += [f"- {line}" for line in decisions]
+        for name, figures in systems.items():
             for error in figures["failed_runs"]:
                 lines += ["", f"{NAMES.get(name, name)} run failed:", "", "```", error, "```"]
     if results.get("scaling"):

@@ -101,6 +101,11 @@ def system_summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 if s["counters"].get("decode_width", 0) > 1 and "decode" in s["phases"]
             ]
         ),
+        # What medrl's engine chose by measurement in each run (cpu_linear=auto, compiled
+        # decode), every distinct line once, in the order the runs reported them.
+        "engine_decisions": list(
+            dict.fromkeys(line for run in ok for line in run.get("engine_decisions", []))
+        ),
         "decode_weight_bytes": max(
             (run["decode_weight_bytes"] for run in ok if "decode_weight_bytes" in run),
             default=None,

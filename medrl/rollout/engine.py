@@ -175,6 +175,16 @@ class RolloutEngine:
         if self.pieces.release_heap:
             release_free_heap()
 
+    def decisions(self) -> list[str]:
+        """What this process chose by measurement so far, for reports: every cpu_linear=auto
+        timing (shared by the process's engines) and each compiled decode shape's compile
+        seconds."""
+        lines = [timing.describe() for timing in kernel_choice.CHOOSER.decisions.values()]
+        if self.static_decoder is not None:
+            for state in self.static_decoder.states.values():
+                lines.append(state.describe())
+        return lines
+
     # --- calls -----------------------------------------------------------------------------
 
     def generate(

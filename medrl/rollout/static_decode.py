@@ -59,6 +59,16 @@ class StaticDecodeState:
     compile_seconds: float | None = None
     steps_run: int = 0
 
+    def describe(self) -> str:
+        kind = "compiled" if self.compiled else "static (eager)"
+        compiled = (
+            f", compiled in {self.compile_seconds:.1f} s" if self.compile_seconds is not None else ""
+        )
+        return (
+            f"decode={kind}: {self.rows} rows x {self.capacity} positions, "
+            f"{self.steps_run} steps{compiled}"
+        )
+
 
 def _step_function(model: nn.Module) -> Callable[..., torch.Tensor]:
     def step(

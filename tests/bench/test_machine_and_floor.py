@@ -111,3 +111,22 @@ def test_the_report_header_names_the_cpu_and_the_bandwidth():
     text = render_report({"environment": environment, "settings": {}, "sections": {}})
     assert "- cpu: AMD EPYC (AuthenticAMD family 25 model 17; ...); kind `amd-x`" in text
     assert "- memory read bandwidth: 25.0 GB/s (2 threads" in text
+
+
+def test_the_report_lists_what_the_engine_chose_by_measurement_once():
+    linear = "cpu_linear=auto, sampling (16 rows): onednn (torch/MKL 70.00 ms, oneDNN 34.00 ms ...)"
+    compiled = "decode=compiled: 16 rows x 320 positions, 63 steps, compiled in 41.0 s"
+    runs = [
+        {"steps": [decode_step(0.3, 4)], "peak_rss_bytes": GIB, "engine_decisions": [linear]},
+        {
+            "steps": [decode_step(0.3, 4)],
+            "peak_rss_bytes": GIB,
+            "engine_decisions": [linear, compiled],
+        },
+    ]
+    figures = system_summary(runs)
+    assert figures["engine_decisions"] == [linear, compiled]
+    environment = {"device": "cpu", "device_name": "cpu", "threads": 2, "versions": {}}
+    section = {"systems": {"medrl": {"summary": figures}}}
+    text = render_report({"environment": environment, "settings": {}, "sections": {"grpo": section}})
+    assert f"medrl's engine, chosen by measurement:\n\n- {linear}\n- {compiled}\n" in text

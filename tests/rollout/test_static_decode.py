@@ -79,6 +79,12 @@ def test_one_state_serves_every_rollout_of_a_shape(tiny_policy):
     again = engine.generate(model, tok, PROMPTS, GREEDY, num_samples=2)
     assert len(engine.static_decoder.states) == 1
     assert torch.equal(first.completion_ids, again.completion_ids)
+    (state,) = engine.static_decoder.states.values()
+    steps = first.completion_ids.shape[1] + again.completion_ids.shape[1] - 2
+    assert state.steps_run == steps  # the prefill made each rollout's first token
+    # greedy samples of a prompt are identical: each prompt is decoded once, 3 rows
+    line = f"decode=static (eager): 3 rows x {state.capacity} positions, {steps} steps"
+    assert line in engine.decisions()
 
 
 @pytest.mark.slow

@@ -144,8 +144,10 @@ class RolloutEngine:
             stack.enter_context(autocast_weights(model, self.device))
             if pieces.decode_attention:
                 stack.enter_context(sampling_attention(model))
-            # Decided on the weights as sampling sees them (merged, cast).
-            routed = self.routes_linears(model, "sampling", rows)
+            # Decided on the weights as sampling sees them (merged, cast). A compiled decode
+            # step leaves the products to inductor, which cannot lower the oneDNN route.
+            compiled = pieces.decode == "compiled"
+            routed = not compiled and self.routes_linears(model, "sampling", rows)
             stack.enter_context(onednn_linears(model, routed))
             yield
 

@@ -38,8 +38,9 @@ def test_static_greedy_decoding_gives_the_dynamic_loops_tokens(tiny_policy):
     assert ours.texts == theirs.texts
 
 
-def decode_rows(policy, settings, eos, static):
-    """Raw decode of PROMPTS x 4 samples under per-prompt seeds, static or dynamic."""
+def decode_rows(policy, settings, eos, static, decoder=None):
+    """Raw decode of PROMPTS x 4 samples under per-prompt seeds: dynamic, static, or through
+    `decoder` (a StaticDecoder, compiled or not)."""
     tok = policy.tokenizer
     ids, mask = left_pad(encode_prompts(tok, PROMPTS), tok.pad_token_id)
     with torch.no_grad():
@@ -52,7 +53,7 @@ def decode_rows(policy, settings, eos, static):
             eos,
             tok.pad_token_id,
             prompt_seeds=[11, 12, 13],
-            static_decoder=StaticDecoder(compile=False) if static else None,
+            static_decoder=decoder or (StaticDecoder(compile=False) if static else None),
         )
 
 
@@ -87,10 +88,38 @@ def test_one_state_serves_every_rollout_of_a_shape(tiny_policy):
     assert line in engine.decisions()
 
 
-@pytest.mark.slow
-def test_compiled_static_decoding_gives_the_dynamic_loops_greedy_tokens(tiny_policy):
+@pytest.fixture(scope="module")
+def compiled_decoder():
+    """One compiled decoder for the module: every test below decodes 12 rows at the same
+    capacity, so the step is compiled once (about 15 s on a 2-core CPU)."""
+    return StaticDecoder(compile=True)
+
+
+@pytest.mark.parametrize("settings", [GREEDY, SAMPLE], ids=["greedy", "sampled"])
+def test_compiled_decoding_draws_the_dynamic_loops_tokens(tiny_policy, settings, compiled_decoder):
+    """torch.compile'd static steps: greedy tokens identical, and the same sampled tokens from
+    the same per-prompt draws, rows ending early included. GRPO's log-probs are computed from
+    these tokens by the same passes whatever the decode, so they are the same too."""
+    tok = tiny_policy.tokenizer
+    first = decode_rows(tiny_policy, settings, [tok.eos_token_id], static=False)
+    stop = next(t for t in first[:, 1:4].flatten().tolist() if not (first == t).any(dim=1).all())
+    eos = [tok.eos_token_id, stop]
+    dynamic = decode_rows(tiny_policy, settings, eos, static=False)
+    compiled = decode_rows(tiny_policy, settings, eos, static=True, decoder=compiled_decoder)
+    assert torch.equal(compiled, dynamic)
+    (state,) = compiled_decoder.states.values()
+    assert state.compiled and state.compile_seconds is not None and state.compile_seconds > 0
+
+
+def test_the_engine_compiles_once_and_reports_it(tiny_policy):
+    from medrl.rollout import RolloutEngine
+
     model, tok = tiny_policy.model, tiny_policy.tokenizer
-    compiled = EngineSettings(decode="compiled")
-    ours = generate(model, tok, PROMPTS, GREEDY, num_samples=2, engine=compiled)
+    engine = RolloutEngine(EngineSettings(decode="compiled"), "cpu")
+    ours = engine.generate(model, tok, PROMPTS, GREEDY, num_samples=2)
+    again = engine.generate(model, tok, PROMPTS, GREEDY, num_samples=2)
     theirs = generate(model, tok, PROMPTS, GREEDY, num_samples=2, engine=DYNAMIC)
     assert torch.equal(ours.completion_ids, theirs.completion_ids)
+    assert torch.equal(again.completion_ids, theirs.completion_ids)
+    (state,) = engine.static_decoder.states.values()
+    assert any("compiled in" in line for line in engine.decisions())

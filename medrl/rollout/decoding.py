@@ -29,7 +29,7 @@ Shapes: b prompts, G samples each, N = b*G rows, P prompt width, C completion wi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -124,6 +124,21 @@ def pick_tokens(
     return sample_categorical(torch.softmax(scores, dim=-1), uniforms)
 
 
+def token_picker(
+    settings: SamplingSettings, streams: PromptStreams | None
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """pick(logits [n, V], rows [n]) -> ids [n]: `pick_tokens` for those rows, their draws
+    taken from the per-prompt `streams` in row order (None: the global RNG). Both decode loops
+    (this module's and medrl.rollout.static_decode's) pick through it, so they draw alike."""
+    warpers = logits_warpers(settings)
+
+    def pick(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        uniforms = None if streams is None or settings.greedy else streams.uniforms(rows)
+        return pick_tokens(logits, settings, warpers, uniforms)
+
+    return pick
+
+
 def sample_categorical(probs: torch.Tensor, uniforms: torch.Tensor | None = None) -> torch.Tensor:
     """One draw per row from probs [n, V] -> ids [n], by inverting the cumulative distribution.
 
@@ -185,14 +200,14 @@ def decode(
         logits, cache, mask = _prefill(
             model, prompt_ids, prompt_mask, num_samples, share_prompt, capacity
         )
-    if static:
-        with timed(timings, "decode"):
-            return _static_decode(
-                static_decoder, model, logits, cache, mask, settings, eos_ids, pad_id, streams
-            )
+    pick = token_picker(settings, streams)
     with timed(timings, "decode"):
+        if static:
+            return _static_decode(
+                static_decoder, model, logits, cache, mask, settings, eos_ids, pad_id, pick
+            )
         return _decode_loop(
-            model, logits, cache, mask, settings, eos_ids, pad_id, device, streams, lockstep
+            model, logits, cache, mask, settings, eos_ids, pad_id, device, pick, lockstep
         )
 
 
@@ -205,7 +220,7 @@ def _static_decode(
     settings: SamplingSettings,
     eos_ids: Sequence[int],
     pad_id: int,
-    streams: PromptStreams | None,
+    pick: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> torch.Tensor:
     """The decode of `_decode_loop` in static-shape steps (medrl.rollout.static_decode): the
     same picks from the same draws, every row running every step."""
@@ -214,12 +229,6 @@ def _static_decode(
     dtype = cache.layers[0].keys.dtype
     state = decoder.state(model, rows, capacity, dtype, logits.device)
     load_prefill(state, cache, mask)
-    warpers = logits_warpers(settings)
-
-    def pick(active_logits: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-        uniforms = None if streams is None or settings.greedy else streams.uniforms(active)
-        return pick_tokens(active_logits, settings, warpers, uniforms)
-
     return static_decode_loop(state, logits, mask, settings, eos_ids, pad_id, pick)
 
 
@@ -264,13 +273,12 @@ def _decode_loop(
     eos_ids: Sequence[int],
     pad_id: int,
     device: torch.device,
-    streams: PromptStreams | None = None,
+    pick: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     lockstep: bool = False,
 ) -> torch.Tensor:
     """Sample until every row ended or max_new_tokens; finished rows leave the batch. With
     `lockstep`, until every row of every process ended (this process's rows idle meanwhile)."""
     rows = logits.shape[0]
-    warpers = logits_warpers(settings)
     eos = torch.tensor(list(eos_ids), device=device)
     tokens = torch.full((rows, settings.max_new_tokens), pad_id, dtype=torch.long, device=device)
     active = torch.arange(rows, device=device)  # [n] the rows still writing
@@ -279,8 +287,7 @@ def _decode_loop(
     finished = False  # every row of this process has ended
     for step in range(settings.max_new_tokens):
         if not finished:
-            uniforms = None if streams is None or settings.greedy else streams.uniforms(active)
-            chosen = pick_tokens(logits, settings, warpers, uniforms)  # [n]
+            chosen = pick(logits, active)  # [n]
             tokens[active, step] = chosen
             width = step + 1
             ended = torch.isin(chosen, eos)  # [n]

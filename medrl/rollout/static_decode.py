@@ -62,7 +62,9 @@ class StaticDecodeState:
     def describe(self) -> str:
         kind = "compiled" if self.compiled else "static (eager)"
         compiled = (
-            f", compiled in {self.compile_seconds:.1f} s" if self.compile_seconds is not None else ""
+            f", compiled in {self.compile_seconds:.1f} s"
+            if self.compile_seconds is not None
+            else ""
         )
         return (
             f"decode={kind}: {self.rows} rows x {self.capacity} positions, "

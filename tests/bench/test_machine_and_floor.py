@@ -128,5 +128,7 @@ def test_the_report_lists_what_the_engine_chose_by_measurement_once():
     assert figures["engine_decisions"] == [linear, compiled]
     environment = {"device": "cpu", "device_name": "cpu", "threads": 2, "versions": {}}
     section = {"systems": {"medrl": {"summary": figures}}}
-    text = render_report({"environment": environment, "settings": {}, "sections": {"grpo": section}})
+    text = render_report(
+        {"environment": environment, "settings": {}, "sections": {"grpo": section}}
+    )
     assert f"medrl's engine, chosen by measurement:\n\n- {linear}\n- {compiled}\n" in text

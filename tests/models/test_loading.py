@@ -79,9 +79,7 @@ def test_qlora_runs_forward_and_backward_on_4bit_layers(tiny_spec):
 def adapter_gradients(policy) -> dict[str, torch.Tensor]:
     policy.model.zero_grad(set_to_none=True)
     forward_backward(policy)
-    return {
-        name: p.grad.clone() for name, p in policy.model.named_parameters() if p.requires_grad
-    }
+    return {name: p.grad.clone() for name, p in policy.model.named_parameters() if p.requires_grad}
 
 
 @pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
@@ -93,7 +91,9 @@ def test_qlora_gradients_are_the_same_after_an_inference_forward(tiny_spec, comp
     which has no backward, afterwards: the base path of every 4-bit layer then stops passing
     gradients back (or raises, on layers with a bias). medrl's QLoRA keeps the training kernel.
     """
-    policy = load_policy(tiny_spec, QLoraAdapter(r=4, alpha=8, dropout=0.0, compute_dtype=compute_dtype))
+    policy = load_policy(
+        tiny_spec, QLoraAdapter(r=4, alpha=8, dropout=0.0, compute_dtype=compute_dtype)
+    )
     policy.model.train()
     before = adapter_gradients(policy)
     policy.model.eval()

@@ -9,6 +9,12 @@ key/value head (no copy of the cache per query head). Every other call is transf
 prefill, several tokens, training, and float32, where this path showed no gain (7.8 s against
 8.8 s in one run, within the 1.5 s spread between runs).
 
+Whether it pays depends on the CPU: on an AMD EPYC Zen 3 (AVX2, no AVX-512 bfloat16) the same
+bfloat16 step of 16 rows x 9 heads over 100-200 positions took 1.2-2.3 ms here against sdpa's
+0.26-0.40 ms. With `engine.decode_attention: auto` the engine times both once per process on
+the run's rows, heads, head size and dtype (`DecodeAttentionChooser`, over TIMING_LENGTH cached
+positions) and switches only where medrl's was faster.
+
 sampling_attention(model) switches a model that uses "sdpa" to it for a block (rollouts only,
 after register_decode_attention(): medrl.rollout.engine does both, on a CPU);
 attention_implementation(model, name) does the same for any registered implementation.
@@ -16,8 +22,12 @@ attention_implementation(model, name) does the same for any registered implement
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -27,6 +37,10 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 NAME = "medrl_decode"
+TIMING_LENGTH = 256  # cached positions of the timed step: a prompt plus a completion's order
+TIMING_REPEATS = 5
+
+log = logging.getLogger(__name__)
 
 
 def decode_attention_forward(
@@ -112,3 +126,95 @@ def _configs(model: nn.Module) -> list[Any]:
         if config is not None and hasattr(config, "_attn_implementation"):
             seen.setdefault(id(config), config)
     return list(seen.values())
+
+
+@dataclass(frozen=True)
+class DecodeAttentionTiming:
+    """Seconds of one decode step's attention (one layer) in sdpa and in medrl's."""
+
+    rows: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    dtype: str
+    sdpa_seconds: float
+    medrl_seconds: float
+
+    @property
+    def medrl_wins(self) -> bool:
+        return self.medrl_seconds < self.sdpa_seconds
+
+    def describe(self) -> str:
+        winner = "medrl" if self.medrl_wins else "sdpa"
+        return (
+            f"decode_attention=auto, {self.dtype} ({self.rows} rows, {self.heads} heads / "
+            f"{self.kv_heads} key-value heads of {self.head_dim}, {TIMING_LENGTH} positions): "
+            f"{winner} (sdpa {1e6 * self.sdpa_seconds:.0f} us, medrl "
+            f"{1e6 * self.medrl_seconds:.0f} us per layer)"
+        )
+
+
+def time_decode_attention(
+    rows: int, heads: int, kv_heads: int, head_dim: int, dtype: torch.dtype
+) -> DecodeAttentionTiming:
+    """Both attentions of a one-token step on random [rows, heads, 1, head_dim] queries over
+    TIMING_LENGTH cached positions (the first eighth masked, as left padding is), each the
+    best of TIMING_REPEATS after a warm-up call."""
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(rows, heads, 1, head_dim, generator=generator).to(dtype)
+    key, value = (
+        torch.randn(rows, kv_heads, TIMING_LENGTH, head_dim, generator=generator).to(dtype)
+        for _ in range(2)
+    )
+    mask = torch.ones(rows, 1, 1, TIMING_LENGTH, dtype=torch.bool)
+    mask[..., : TIMING_LENGTH // 8] = False
+    module = SimpleNamespace(training=False, num_key_value_groups=heads // kv_heads)
+    seconds = []
+    for attention in (sdpa_attention_forward, decode_attention_forward):
+        attention(module, query, key, value, mask)  # warm-up
+        best = float("inf")
+        for _ in range(TIMING_REPEATS):
+            start = time.perf_counter()
+            attention(module, query, key, value, mask)
+            best = min(best, time.perf_counter() - start)
+        seconds.append(best)
+    name = str(dtype).removeprefix("torch.")
+    return DecodeAttentionTiming(rows, heads, kv_heads, head_dim, name, *seconds)
+
+
+def attention_shape(model: nn.Module) -> tuple[int, int, int] | None:
+    """(heads, key-value heads, head size) from the model's (text) config; None if unknown."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    heads = getattr(config, "num_attention_heads", None)
+    if not heads:
+        return None
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return heads, kv_heads, head_dim
+
+
+class DecodeAttentionChooser:
+    """decode_attention=auto: whether medrl's attention beats sdpa for a run's half-precision
+    decode steps, timed once per (rows, heads, key-value heads, head size, dtype, threads)."""
+
+    def __init__(self) -> None:
+        self.decisions: dict[tuple, DecodeAttentionTiming] = {}
+
+    def medrl_wins(self, model: nn.Module, rows: int, dtype: torch.dtype) -> bool:
+        """False where the model's attention shape cannot be read (sdpa stays)."""
+        shape = attention_shape(model)
+        if shape is None:
+            return False
+        key = (rows, *shape, dtype, torch.get_num_threads())
+        if key not in self.decisions:
+            self.decisions[key] = time_decode_attention(rows, *shape, dtype)
+            log.info(self.decisions[key].describe())
+        return self.decisions[key].medrl_wins
+
+
+# One per process, as medrl.rollout.kernel_choice.CHOOSER.
+CHOOSER = DecodeAttentionChooser()

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medrl.rollout import kernel_choice
+from medrl.rollout import decode_attention, kernel_choice
 from medrl.rollout.decode_attention import register_decode_attention, sampling_attention
 from medrl.rollout.generation import Rollout, eval_mode, model_device, sample_rollout
 from medrl.rollout.lean_passes import lean_passes, register_lean_attention
@@ -61,7 +61,8 @@ class EnginePieces:
     autocast_weights: bool  # frozen weights cast once under autocast (always: same numbers)
     cpu_linear: str  # onednn | torch | auto (timed per phase, medrl.rollout.kernel_choice)
     decode: str  # dynamic | static | compiled (medrl's sampler; medrl.rollout.static_decode)
-    decode_attention: bool  # CPU only
+    prepack_sampling_weights: bool  # CPU only: oneDNN Linears read prepacked weights in sampling
+    decode_attention: bool | str  # CPU only; auto: timed against sdpa once per process
     lean_activations: bool  # CPU only
     kernel_cache_capacity: int | None  # CPU only; None = oneDNN's own default
     release_heap: bool  # CPU only
@@ -87,6 +88,7 @@ def engine_pieces(settings: EngineSettings, device: torch.device | str) -> Engin
         autocast_weights=True,
         cpu_linear=settings.cpu_linear if on_cpu else "torch",
         decode=settings.decode,
+        prepack_sampling_weights=on_cpu and settings.prepack_sampling_weights,
         decode_attention=on_cpu and settings.decode_attention,
         lean_activations=on_cpu and settings.lean_activations,
         kernel_cache_capacity=settings.kernel_cache_capacity if on_cpu else None,
@@ -125,12 +127,34 @@ class RolloutEngine:
 
     # --- contexts --------------------------------------------------------------------------
 
-    def routes_linears(self, model: nn.Module, phase: str, rows: int) -> bool:
-        """Whether `model`'s float32 Linears run in oneDNN during `phase` (sampling | passes)
-        at about `rows` rows: as cpu_linear says, or for auto as timing both said."""
+    def routed_shapes(
+        self, model: nn.Module, phase: str, rows: int
+    ) -> frozenset[tuple[int, int]] | None:
+        """The (out, in) weight shapes of `model`'s float32 Linears that run in oneDNN during
+        `phase` (sampling | passes) at about `rows` rows: all (None) for cpu_linear=onednn,
+        none for torch, and for auto those where timing both said oneDNN was faster."""
+        if self.pieces.cpu_linear == "onednn":
+            return None
         if self.pieces.cpu_linear != "auto":
-            return self.pieces.cpu_linear == "onednn"
-        return kernel_choice.CHOOSER.onednn_wins(model, phase, rows)
+            return frozenset()
+        prepack = self.pieces.prepack_sampling_weights
+        return kernel_choice.CHOOSER.onednn_shapes(model, phase, rows, prepack_sampling=prepack)
+
+    def decode_attention_pays(self, model: nn.Module, rows: int) -> bool:
+        """Whether sampling switches `model`'s sdpa to medrl's decode attention: as
+        decode_attention says, or for auto, where sampling runs in half precision (float32 steps
+        stay on sdpa either way), as timing both at `rows` rows said."""
+        setting = self.pieces.decode_attention
+        if setting != "auto":
+            return bool(setting)
+        device_type = self.device.type
+        if torch.is_autocast_enabled(device_type):
+            dtype = torch.get_autocast_dtype(device_type)
+        else:
+            dtype = next((p.dtype for p in model.parameters()), torch.float32)
+        if dtype not in (torch.bfloat16, torch.float16):
+            return False
+        return decode_attention.CHOOSER.medrl_wins(model, rows, dtype)
 
     @contextmanager
     def sampling(self, model: nn.Module, rows: int = 1) -> Iterator[None]:
@@ -142,13 +166,14 @@ class RolloutEngine:
             if pieces.merge_adapter:
                 stack.enter_context(merged_lora(model))
             stack.enter_context(autocast_weights(model, self.device))
-            if pieces.decode_attention:
+            if self.decode_attention_pays(model, rows):
                 stack.enter_context(sampling_attention(model))
             # Decided on the weights as sampling sees them (merged, cast). A compiled decode
             # step leaves the products to inductor, which cannot lower the oneDNN route.
-            compiled = pieces.decode == "compiled"
-            routed = not compiled and self.routes_linears(model, "sampling", rows)
-            stack.enter_context(onednn_linears(model, routed))
+            if pieces.decode != "compiled":
+                shapes = self.routed_shapes(model, "sampling", rows)
+                prepack_rows = rows if pieces.prepack_sampling_weights else None
+                stack.enter_context(onednn_linears(model, shapes=shapes, prepack_rows=prepack_rows))
             yield
 
     @contextmanager
@@ -161,15 +186,16 @@ class RolloutEngine:
                 if model is None:
                     continue
                 stack.enter_context(autocast_weights(model, self.device))
-                routed = self.routes_linears(model, "passes", kernel_choice.PASS_ROWS)
-                stack.enter_context(onednn_linears(model, routed))
+                shapes = self.routed_shapes(model, "passes", kernel_choice.PASS_ROWS)
+                stack.enter_context(onednn_linears(model, shapes=shapes))
                 stack.enter_context(lean_passes(model, self.pieces.lean_activations))
             yield
 
     def linears(self, model: nn.Module) -> Iterator[int]:
         """Around SFT's forward (its graph keeps the routed products, so the backward runs
         them too): on a CPU, float32 Linears in oneDNN; elsewhere nothing changes."""
-        return onednn_linears(model, self.routes_linears(model, "passes", kernel_choice.PASS_ROWS))
+        shapes = self.routed_shapes(model, "passes", kernel_choice.PASS_ROWS)
+        return onednn_linears(model, shapes=shapes)
 
     def before_micro_batch(self) -> None:
         """Between update micro-batches: on a CPU with release_heap, the heap's free pages
@@ -182,6 +208,7 @@ class RolloutEngine:
         timing (shared by the process's engines) and each compiled decode shape's compile
         seconds."""
         lines = [timing.describe() for timing in kernel_choice.CHOOSER.decisions.values()]
+        lines += [timing.describe() for timing in decode_attention.CHOOSER.decisions.values()]
         if self.static_decoder is not None:
             for state in self.static_decoder.states.values():
                 lines.append(state.describe())

@@ -19,6 +19,7 @@ from medrl.utils.settings import (
     bool_rule,
     choice_rule,
     count_rule,
+    is_bool,
     is_count,
     is_number,
     positive,
@@ -100,6 +101,11 @@ class EngineSettings(SettingsBlock):
                    than MKL on an Intel Xeon with AMX), "torch" leaves them to F.linear (MKL),
                    "auto" times both on the run's own weights and row counts once per process
                    and takes the faster, per phase (medrl.rollout.kernel_choice; logged).
+    prepack_sampling_weights: on a CPU, the Linears sampling routes to oneDNN read a copy of
+                   their weight in oneDNN's blocked layout, made once per rollout
+                   (medrl.rollout.onednn_linear.prepacked_weight): oneDNN otherwise repacks the
+                   weight inside every product, a large part of a 16-row decode product. Costs
+                   the routed weights' bytes again while sampling.
     decode:        medrl's sampler's decode steps: "dynamic" (finished rows leave the batch, the
                    cache grows: new shapes every token), "static" (every row every step, a
                    fixed-capacity cache and mask: one shape per rollout,
@@ -111,7 +117,10 @@ class EngineSettings(SettingsBlock):
                    [K, V] logits are kept for the backward.
     decode_attention: on a CPU, half-precision one-token decode steps run medrl's attention
                    (medrl.rollout.decode_attention: two batched matmuls instead of sdpa's CPU
-                   kernel); float32 and every other call stay on sdpa.
+                   kernel); float32 and every other call stay on sdpa. "auto" times both on
+                   the run's rows, heads and dtype once per process and takes the faster
+                   (logged): on an AMD EPYC Zen 3, without AVX-512 bfloat16, medrl's was about
+                   5x slower than sdpa, while it was faster on the Zen 5.
     kernel_cache_capacity: on a CPU, entries of oneDNN's and ideep's per-shape kernel caches
                    (medrl.rollout.onednn_linear.bound_kernel_caches; null = their default of
                    1,024, which grows by ~35 MB per GRPO step under packing).
@@ -131,6 +140,11 @@ class EngineSettings(SettingsBlock):
         ("cpu_linear", *choice_rule(CPU_LINEARS)),
         ("decode", *choice_rule(DECODES)),
         (
+            "decode_attention",
+            lambda v: v == "auto" or is_bool(v),
+            'must be "auto", true or false',
+        ),
+        (
             "kernel_cache_capacity",
             lambda v: v is None or is_count(v, 1),
             "must be an integer >= 1, or null for oneDNN's default",
@@ -144,7 +158,7 @@ class EngineSettings(SettingsBlock):
                 "fused_head",
                 "lean_activations",
                 "release_heap",
-                "decode_attention",
+                "prepack_sampling_weights",
             )
         ),
     )
@@ -159,7 +173,8 @@ class EngineSettings(SettingsBlock):
     fused_head: bool
     lean_activations: bool
     release_heap: bool
-    decode_attention: bool
+    prepack_sampling_weights: bool
+    decode_attention: bool | str
     kernel_cache_capacity: int | None
 
 

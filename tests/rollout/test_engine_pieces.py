@@ -8,17 +8,24 @@ import os
 import subprocess
 import sys
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
-from medrl.rollout import STRAIGHTFORWARD, EngineSettings, RolloutEngine, engine_pieces
+from medrl.rollout import (
+    STRAIGHTFORWARD,
+    EngineSettings,
+    RolloutEngine,
+    decode_attention,
+    engine_pieces,
+)
 from medrl.rollout import onednn_linear as onednn_module
 from medrl.rollout.decode_attention import NAME as DECODE_ATTENTION
 from medrl.rollout.lean_passes import GQA_ATTENTION
 
-CPU_PIECES = ("decode_attention", "lean_activations", "release_heap")
+CPU_PIECES = ("decode_attention", "lean_activations", "release_heap", "prepack_sampling_weights")
 # Everything on, release_heap included, so "off" can only come from the device.
 EVERYTHING = EngineSettings(release_heap=True)
 
@@ -85,10 +92,64 @@ def _attention(model: nn.Module) -> str:
 
 def test_the_sampling_context_of_a_cpu_engine_switches_attention_and_linears(tiny_policy):
     model = tiny_policy.model
-    with RolloutEngine(EngineSettings(cpu_linear="onednn"), "cpu").sampling(model):
+    settings = EngineSettings(cpu_linear="onednn", decode_attention=True)
+    with RolloutEngine(settings, "cpu").sampling(model):
         assert _attention(model) == DECODE_ATTENTION
         assert _linear_routed(model)
     assert _attention(model) == "sdpa" and not _linear_routed(model)
+
+
+@pytest.fixture
+def attention_timings(monkeypatch):
+    """decode_attention=auto with a fresh chooser whose timing is faked: the (sdpa, medrl)
+    seconds it returns are set by the test; every timed shape is recorded."""
+    timed = []
+    outcome = {"seconds": (1.0, 2.0)}
+
+    def fake(rows, heads, kv_heads, head_dim, dtype):
+        timed.append((rows, heads, kv_heads, head_dim, dtype))
+        return decode_attention.DecodeAttentionTiming(
+            rows, heads, kv_heads, head_dim, str(dtype), *outcome["seconds"]
+        )
+
+    monkeypatch.setattr(decode_attention, "CHOOSER", decode_attention.DecodeAttentionChooser())
+    monkeypatch.setattr(decode_attention, "time_decode_attention", fake)
+    return SimpleNamespace(timed=timed, outcome=outcome)
+
+
+def test_auto_decode_attention_never_times_or_switches_float32_sampling(
+    tiny_policy, attention_timings
+):
+    model = tiny_policy.model
+    with RolloutEngine(EngineSettings(), "cpu").sampling(model, rows=16):
+        assert _attention(model) == "sdpa"
+    assert attention_timings.timed == []
+
+
+@pytest.mark.parametrize("medrl_faster", [True, False])
+def test_auto_decode_attention_switches_half_precision_sampling_only_where_it_was_faster(
+    tiny_policy, attention_timings, medrl_faster
+):
+    model = tiny_policy.model
+    attention_timings.outcome["seconds"] = (2.0, 1.0) if medrl_faster else (1.0, 2.0)
+    engine = RolloutEngine(EngineSettings(), "cpu")
+    expected = DECODE_ATTENTION if medrl_faster else "sdpa"
+    for _ in range(2):  # timed once per process and shape
+        with torch.autocast("cpu", dtype=torch.bfloat16), engine.sampling(model, rows=16):
+            assert _attention(model) == expected
+    config = model.config
+    shape = (config.num_attention_heads, config.num_key_value_heads, config.head_dim)
+    assert attention_timings.timed == [(16, *shape, torch.bfloat16)]
+    winner = "medrl" if medrl_faster else "sdpa"
+    assert any(
+        "decode_attention=auto, " in line and f": {winner} (" in line for line in engine.decisions()
+    )
+
+
+def test_decode_attention_timing_runs_both_attentions():
+    timing = decode_attention.time_decode_attention(4, 4, 2, 8, torch.bfloat16)
+    assert 0 < timing.sdpa_seconds < 1 and 0 < timing.medrl_seconds < 1
+    assert timing.describe().startswith("decode_attention=auto, bfloat16 (4 rows, 4 heads / 2")
 
 
 def test_the_contexts_of_a_cuda_engine_leave_transformers_path_alone(tiny_policy):

@@ -83,6 +83,68 @@ def test_other_dtypes_autocast_and_empty_inputs_use_f_linear(onednn_calls):
     assert onednn_calls == []
 
 
+def test_without_a_graph_to_record_the_product_skips_the_autograd_function(
+    monkeypatch, onednn_calls
+):
+    """Sampling and the reference pass need no graph: the product runs alone (same numbers),
+    and the autograd Function only where some operand requires grad under grad mode."""
+    applied = []
+    original = module._OneDnnLinearFunction.apply
+    monkeypatch.setattr(
+        module._OneDnnLinearFunction, "apply", lambda *a: applied.append(1) or original(*a)
+    )
+    layer = nn.Linear(5, 7)
+    x = torch.randn(2, 3, 5)
+    expected = nn.functional.linear(x, layer.weight, layer.bias)
+    with torch.no_grad():
+        torch.testing.assert_close(onednn_linear(x, layer.weight, layer.bias), expected)
+    frozen = layer.weight.detach(), layer.bias.detach()
+    torch.testing.assert_close(onednn_linear(x, *frozen), expected)
+    assert applied == [] and len(onednn_calls) == 2
+    out = onednn_linear(x, layer.weight, layer.bias)  # trainable weight: recorded
+    assert applied == [1] and out.grad_fn is not None
+
+
+def test_the_context_routes_only_the_shapes_asked_for(onednn_calls):
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2))
+    x = torch.randn(3, 4)
+    with onednn_linears(model, shapes={(2, 4)}) as routed:
+        assert routed == 1 and "forward" in vars(model[2]) and "forward" not in vars(model[0])
+        model(x)
+    assert onednn_calls == [(3, 4)]
+    with onednn_linears(model, shapes=frozenset()) as routed:
+        assert routed == 0
+    with onednn_linears(model, shapes=None) as routed:
+        assert routed == 3
+
+
+@pytest.mark.skipif(not module.prepacking_supported(), reason="no oneDNN weight prepacking")
+def test_prepacked_sampling_products_equal_f_linear_and_follow_weight_changes(monkeypatch):
+    """With prepack_rows, a product without a graph reads a oneDNN-layout copy of the weight,
+    made once and made again only when the weight changes in place (e.g. LoRA merged); one
+    that records a graph still takes the plain route, and every forward is back on exit."""
+    packs = []
+    original = module.prepacked_weight
+    monkeypatch.setattr(module, "prepacked_weight", lambda w, r: packs.append(r) or original(w, r))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 3, bias=False))
+    x = torch.randn(4, 2, 6)
+    with onednn_linears(model, prepack_rows=8):
+        with torch.no_grad():
+            expected = nn.functional.linear(
+                nn.functional.linear(x, *model[0].parameters()), model[1].weight
+            )
+            torch.testing.assert_close(model(x), expected)
+            model(x[:1])  # another row count reads the same copies
+            assert packs == [8, 8]
+            model[1].weight.mul_(2.0)  # an in-place change: that Linear packs again
+            torch.testing.assert_close(model(x), 2 * expected)
+        assert packs == [8, 8, 8]
+        model(x).sum().backward()  # trainable weights record a graph: not from the copies
+        assert packs == [8, 8, 8] and model[0].weight.grad is not None
+    assert all("forward" not in vars(layer) for layer in model)
+
+
 def test_the_context_routes_every_plain_linear_and_restores_their_forward(onednn_calls):
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
     x = torch.randn(3, 4)

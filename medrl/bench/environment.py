@@ -126,6 +126,31 @@ def read_bandwidth(threads: int, size_mib: int = 512, repeats: int = 5) -> float
         torch.set_num_threads(before)
 
 
+def matmul_rate(threads: int, dtype: str = "float32", size: int = 1024, repeats: int = 5) -> float:
+    """Dense matrix product rate in FLOP/s with `threads` threads: the best of `repeats`
+    [size, size] @ [size, size] products in `dtype` (float32 | bfloat16), i.e. the most a
+    decode forward's products can get from this CPU (a decode step's few rows reach less).
+    Restores torch's thread count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        generator = torch.Generator().manual_seed(0)
+        a, b = (
+            torch.randn(size, size, generator=generator).to(getattr(torch, dtype)) for _ in range(2)
+        )
+        a @ b  # kernels warm
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+        return 2 * size**3 / best
+    finally:
+        torch.set_num_threads(before)
+
+
 def device_name(device: str) -> str:
     """The GPU's name on CUDA, else the CPU's, with the core count."""
     import torch
@@ -148,10 +173,13 @@ def machine_slug(environment: dict[str, Any]) -> str:
     return environment["cpu"]["slug"]
 
 
-def describe(device: str, threads: int, bandwidth: bool = False) -> dict[str, Any]:
+def describe(
+    device: str, threads: int, bandwidth: bool = False, compute_dtype: str = "float32"
+) -> dict[str, Any]:
     """The environment block of a report: device, threads, versions, platform, the CPU's kind
     (every report names the CPU, whatever the device), and with `bandwidth` the measured
-    memory read bandwidth (bytes/s; CPU runs, for the decode floor)."""
+    memory read bandwidth (bytes/s) and matrix product rate in `compute_dtype` (FLOP/s; CPU
+    runs, for the decode floors)."""
     kind = cpu_kind()
     found = {
         "device": device,
@@ -163,6 +191,8 @@ def describe(device: str, threads: int, bandwidth: bool = False) -> dict[str, An
     }
     if bandwidth:
         found["read_bandwidth_bytes_per_s"] = read_bandwidth(threads)
+        found["matmul_flops_per_s"] = matmul_rate(threads, compute_dtype)
+        found["matmul_dtype"] = compute_dtype
     return found
 
 

@@ -14,7 +14,13 @@ from hydra.utils import instantiate
 
 from medrl.bench.common import model_spec, precision_autocast
 from medrl.bench.environment import rss_bytes
-from medrl.bench.instrument import PhaseClock, causal_lm, decode_weight_bytes, time_generation
+from medrl.bench.instrument import (
+    PhaseClock,
+    causal_lm,
+    decode_flops_per_row,
+    decode_weight_bytes,
+    time_generation,
+)
 from medrl.bench.settings import BenchTask, grpo_kwargs
 from medrl.models import load_policy
 from medrl.rollout import eos_token_ids, generation_kwargs
@@ -47,6 +53,7 @@ def run_rollout(task: BenchTask, cfg: Any, clock: PhaseClock) -> dict[str, Any]:
     return {
         "rss_after_load_bytes": loaded_rss,
         "decode_weight_bytes": decode_weight_bytes(model, str(cfg.precision)),
+        "decode_flops_per_row": decode_flops_per_row(model),
     }
 
 

@@ -242,6 +242,21 @@ def device_sync(device: str) -> Callable[[], None] | None:
     return torch.cuda.synchronize if device == "cuda" else None
 
 
+def decode_flops_per_row(model: torch.nn.Module) -> int:
+    """Floating-point operations of one row of a decode forward's products: 2 per weight of
+    every Linear (multiply and add; a tied weight once, as `decode_weight_bytes` counts).
+    Attention over the cache, norms and sampling are not counted (a few percent at this size)."""
+    total = 0
+    seen: set[int] = set()
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(module, torch.nn.Linear) or weight is None or id(weight) in seen:
+            continue
+        seen.add(id(weight))
+        total += 2 * weight.numel()
+    return total
+
+
 def decode_weight_bytes(model: torch.nn.Module, precision: str) -> int:
     """Bytes of weights one decode forward must read from memory: every Linear's weight (the
     output head among them; with tied embeddings that is the embedding matrix) at the width the

@@ -22,6 +22,7 @@ from medrl.bench.environment import rss_bytes
 from medrl.bench.instrument import (
     PhaseClock,
     causal_lm,
+    decode_flops_per_row,
     decode_weight_bytes,
     time_generation,
     time_optimizer_steps,
@@ -140,6 +141,7 @@ def run_grpo(task: BenchTask, cfg: Any, clock: PhaseClock) -> dict[str, Any]:
         "rss_after_load_bytes": loaded_rss,
         "conventions": module.conventions(),
         "decode_weight_bytes": decode_weight_bytes(policy.model, str(cfg.precision)),
+        "decode_flops_per_row": decode_flops_per_row(policy.model),
         "engine_decisions": module.engine.decisions(),
     }
 
@@ -212,6 +214,7 @@ def run_rollout(task: BenchTask, cfg: Any, clock: PhaseClock) -> dict[str, Any]:
     return {
         "rss_after_load_bytes": loaded_rss,
         "decode_weight_bytes": decode_weight_bytes(policy.model, str(cfg.precision)),
+        "decode_flops_per_row": decode_flops_per_row(policy.model),
         "engine_decisions": engine.decisions(),
     }
 

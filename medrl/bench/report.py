@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from medrl.bench.instrument import PHASES
-from medrl.bench.stats import Summary, decode_floor_ms, ratio
+from medrl.bench.stats import Summary, compute_floor_ms, decode_floor_ms, ratio
 
 GIB = 1024**3
 NAMES = {"medrl": "medrl", "trl": "TRL", "hf": "plain generate"}
@@ -155,10 +155,22 @@ def breakdown_table(systems: Mapping[str, Mapping[str, Any]]) -> str:
     return markdown_table(header, rows)
 
 
-def floor_table(systems: Mapping[str, Mapping[str, Any]], bandwidth: float | None) -> str | None:
-    """Per system: median ms per decode forward, the weights one forward reads, the floor
-    (those bytes at the measured read bandwidth) and how many floors a forward takes; None
-    when no system timed its decode forwards."""
+COMPUTE_FLOOR_NOTE = (
+    "The compute floor: the forward's Linear products for every row of the step at the dense "
+    "matrix product rate measured above; a forward can be held by either floor. medrl's rows "
+    "leave the batch as they end, so its average forward has fewer rows than that."
+)
+
+
+def floor_table(
+    systems: Mapping[str, Mapping[str, Any]],
+    bandwidth: float | None,
+    matmul_rate: float | None = None,
+) -> str | None:
+    """Per system: median ms per decode forward, the weights one forward reads, the memory
+    floor (those bytes at the measured read bandwidth) and how many floors a forward takes;
+    with `matmul_rate` (FLOP/s) also the compute floor (the products of all the step's rows at
+    that rate) and the same ratio. None when no system timed its decode forwards."""
     names = [n for n, f in systems.items() if _get(f.get("decode_ms_per_forward"), "median")]
     if not names:
         return None
@@ -168,16 +180,24 @@ def floor_table(systems: Mapping[str, Mapping[str, Any]], bandwidth: float | Non
         measured = _get(figures["decode_ms_per_forward"], "median")
         weights = figures.get("decode_weight_bytes")
         floor = decode_floor_ms(weights, bandwidth)
-        rows.append(
-            [
-                NAMES.get(name, name),
-                f"{measured:.1f}",
-                fmt_gib(weights),
-                "n/a" if floor is None else f"{floor:.1f}",
-                "n/a" if floor is None else f"{measured / floor:.2f}x",
+        row = [
+            NAMES.get(name, name),
+            f"{measured:.1f}",
+            fmt_gib(weights),
+            "n/a" if floor is None else f"{floor:.1f}",
+            "n/a" if floor is None else f"{measured / floor:.2f}x",
+        ]
+        if matmul_rate:
+            step_rows = _get(figures.get("counters", {}).get("rows"), "median")
+            compute = compute_floor_ms(figures.get("decode_flops_per_row"), step_rows, matmul_rate)
+            row += [
+                "n/a" if compute is None else f"{compute:.1f} ({step_rows:.0f} rows)",
+                "n/a" if compute is None else f"{measured / compute:.2f}x",
             ]
-        )
+        rows.append(row)
     header = ["system", "ms per decode forward", "weights read", "floor ms", "forward / floor"]
+    if matmul_rate:
+        header += ["compute floor ms", "forward / compute floor"]
     return markdown_table(header, rows)
 
 
@@ -241,6 +261,13 @@ def header_lines(environment: Mapping[str, Any], settings: Mapping[str, Any]) ->
             f"- memory read bandwidth: {bandwidth / 1e9:.1f} GB/s ({environment['threads']} "
             "threads, best of 5 sums over 512 MiB)"
         )
+    rate = environment.get("matmul_flops_per_s")
+    if rate:
+        lines.append(
+            f"- dense matrix product rate: {rate / 1e9:.0f} GFLOP/s "
+            f"({environment.get('matmul_dtype', 'float32')}, {environment['threads']} threads, "
+            "best of 5 products of 1024 x 1024 matrices)"
+        )
     lines.append(f"- versions: {versions}")
     lines += [f"- {key}: {value}" for key, value in settings.items()]
     return lines
@@ -265,10 +292,17 @@ def render_report(results: Mapping[str, Any]) -> str:
         if kind == "grpo" and any(f["phases"] for f in systems.values()):
             lines += ["", "Where the GRPO step's time goes (same instrumentation in both):", ""]
             lines.append(breakdown_table(systems))
-        floor = floor_table(systems, results["environment"].get("read_bandwidth_bytes_per_s"))
+        environment = results["environment"]
+        floor = floor_table(
+            systems,
+            environment.get("read_bandwidth_bytes_per_s"),
+            environment.get("matmul_flops_per_s"),
+        )
         if floor:
             lines += ["", "Decode against the memory floor (weights read once per forward):", ""]
             lines.append(floor)
+            if environment.get("matmul_flops_per_s"):
+                lines += ["", COMPUTE_FLOOR_NOTE]
         for name, figures in systems.items():
             decisions = figures.get("engine_decisions") or []
             if decisions:

@@ -45,6 +45,13 @@ log = logging.getLogger(__name__)
 SECTIONS = {"all": ("grpo", "sft", "rollout"), "scaling": ()}
 
 
+def compute_dtype(cfg: Any) -> str:
+    """The dtype the bench's products run in: bfloat16 under bf16-mixed, else the weights'."""
+    if cfg.precision == "bf16-mixed":
+        return "bfloat16"
+    return "float32" if str(cfg.dtype) in ("float32", "auto") else str(cfg.dtype)
+
+
 def trl_choice(setting: Any) -> tuple[bool, str | None]:
     """(compare with TRL?, why not): trl=auto compares when trl imports, true requires it."""
     setting = str(setting).lower()
@@ -245,7 +252,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     inputs = prepare_prompts(cfg)
     runs = Runs(out / "workers")
     results: dict[str, Any] = {
-        "environment": describe(str(cfg.device), int(cfg.threads), bandwidth=cfg.device == "cpu"),
+        "environment": describe(
+            str(cfg.device),
+            int(cfg.threads),
+            bandwidth=cfg.device == "cpu",
+            compute_dtype=compute_dtype(cfg),
+        ),
         "settings": settings_summary(cfg),
         "notes": [skipped] if skipped else [],
         "prompts": inputs[1],

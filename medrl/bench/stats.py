@@ -106,6 +106,10 @@ def system_summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "engine_decisions": list(
             dict.fromkeys(line for run in ok for line in run.get("engine_decisions", []))
         ),
+        "decode_flops_per_row": max(
+            (run["decode_flops_per_row"] for run in ok if "decode_flops_per_row" in run),
+            default=None,
+        ),
         "decode_weight_bytes": max(
             (run["decode_weight_bytes"] for run in ok if "decode_weight_bytes" in run),
             default=None,
@@ -119,6 +123,16 @@ def system_summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             default=None,
         ),
     }
+
+
+def compute_floor_ms(
+    flops_per_row: float | None, rows: float | None, flops_per_s: float | None
+) -> float | None:
+    """The least time a decode forward of `rows` rows can take on the products alone, in ms:
+    its FLOPs at the measured dense matrix product rate; None when any is unknown."""
+    if not flops_per_row or not rows or not flops_per_s:
+        return None
+    return 1000 * flops_per_row * rows / flops_per_s
 
 
 def decode_floor_ms(weight_bytes: float | None, bandwidth: float | None) -> float | None:

@@ -24,6 +24,7 @@ from medrl.bench.environment import rss_bytes
 from medrl.bench.instrument import (
     PhaseClock,
     causal_lm,
+    decode_flops_per_row,
     decode_weight_bytes,
     time_calls,
     time_generation,
@@ -156,6 +157,7 @@ def run_grpo(task: BenchTask, cfg: Any, clock: PhaseClock) -> dict[str, Any]:
         "trl_args": trl_args,
         "prompt_ids_match": prompt_ids_match(tokenizer, task.prompts),
         "decode_weight_bytes": decode_weight_bytes(trainer.model, str(cfg.precision)),
+        "decode_flops_per_row": decode_flops_per_row(trainer.model),
     }
 
 

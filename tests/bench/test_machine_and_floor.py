@@ -8,10 +8,10 @@ import math
 import torch
 from torch import nn
 
-from medrl.bench.environment import cpu_kind, read_bandwidth
-from medrl.bench.instrument import decode_weight_bytes
+from medrl.bench.environment import cpu_kind, matmul_rate, read_bandwidth
+from medrl.bench.instrument import decode_flops_per_row, decode_weight_bytes
 from medrl.bench.report import GIB, floor_table, render_report
-from medrl.bench.stats import decode_floor_ms, system_summary
+from medrl.bench.stats import compute_floor_ms, decode_floor_ms, system_summary
 
 AMD = """processor\t: 0
 vendor_id\t: AuthenticAMD
@@ -51,6 +51,14 @@ def test_read_bandwidth_is_a_finite_positive_rate_and_leaves_the_thread_count():
     assert torch.get_num_threads() == before
 
 
+def test_matmul_rate_is_a_finite_positive_rate_and_leaves_the_thread_count():
+    before = torch.get_num_threads()
+    for dtype in ("float32", "bfloat16"):
+        rate = matmul_rate(threads=1, dtype=dtype, size=64, repeats=2)
+        assert math.isfinite(rate) and rate > 0
+    assert torch.get_num_threads() == before
+
+
 class Tied(nn.Module):
     """An embedding [10, 4] tied to the output head, one bias-carrying Linear [3, 4], a norm."""
 
@@ -69,6 +77,11 @@ def test_decode_weight_bytes_counts_linear_weights_once_at_the_compute_width():
     assert decode_weight_bytes(model, "32-true") == (12 + 40) * 4
     assert decode_weight_bytes(model, "bf16-mixed") == (12 + 40) * 2
     assert decode_weight_bytes(model.to(torch.bfloat16), "32-true") == (12 + 40) * 2
+
+
+def test_decode_flops_per_row_are_two_per_linear_weight_counted_once():
+    # proj 3 x 4 and the tied head 10 x 4 (once): a multiply and an add per weight
+    assert decode_flops_per_row(Tied()) == 2 * (12 + 40)
 
 
 def decode_step(decode_s, width):
@@ -99,6 +112,28 @@ def test_ms_per_decode_forward_divides_decode_time_by_the_forwards_after_prefill
     assert "| medrl | 100.0 | 0.19 GiB | 20.0 | 5.00x |" in table
 
 
+def test_the_compute_floor_is_the_products_of_every_row_at_the_measured_rate():
+    # 1e8 FLOPs per row x 16 rows at 1e11 FLOP/s = 16 ms
+    assert compute_floor_ms(1e8, 16, 1e11) == 16.0
+    assert compute_floor_ms(None, 16, 1e11) is None and compute_floor_ms(1e8, 16, None) is None
+    steps = [decode_step(0.3, 4), decode_step(0.5, 6)]
+    for step in steps:
+        step["counters"]["rows"] = 16.0
+    runs = [
+        {
+            "steps": steps,
+            "peak_rss_bytes": GIB,
+            "decode_weight_bytes": 2 * 10**8,
+            "decode_flops_per_row": 10**8,
+        }
+    ]
+    figures = system_summary(runs)
+    assert figures["decode_flops_per_row"] == 10**8
+    table = floor_table({"medrl": figures}, bandwidth=1e10, matmul_rate=1e11)
+    # 100 ms per forward: 5 memory floors of 20 ms, 6.25 compute floors of 16 ms
+    assert "| medrl | 100.0 | 0.19 GiB | 20.0 | 5.00x | 16.0 (16 rows) | 6.25x |" in table
+
+
 def test_the_report_header_names_the_cpu_and_the_bandwidth():
     environment = {
         "device": "cpu",
@@ -107,8 +142,11 @@ def test_the_report_header_names_the_cpu_and_the_bandwidth():
         "versions": {},
         "cpu": {"description": "AMD EPYC (AuthenticAMD family 25 model 17; ...)", "slug": "amd-x"},
         "read_bandwidth_bytes_per_s": 2.5e10,
+        "matmul_flops_per_s": 1.5e11,
+        "matmul_dtype": "float32",
     }
     text = render_report({"environment": environment, "settings": {}, "sections": {}})
+    assert "- dense matrix product rate: 150 GFLOP/s (float32, 2 threads" in text
     assert "- cpu: AMD EPYC (AuthenticAMD family 25 model 17; ...); kind `amd-x`" in text
     assert "- memory read bandwidth: 25.0 GB/s (2 threads" in text
 

@@ -26,8 +26,8 @@ from medrl.rollout.decode_attention import NAME as DECODE_ATTENTION
 from medrl.rollout.lean_passes import GQA_ATTENTION
 
 CPU_PIECES = ("decode_attention", "lean_activations", "release_heap", "prepack_sampling_weights")
-# Everything on, release_heap included, so "off" can only come from the device.
-EVERYTHING = EngineSettings(release_heap=True)
+# Everything on, release_heap and prepacking included, so "off" can only come from the device.
+EVERYTHING = EngineSettings(release_heap=True, prepack_sampling_weights=True)
 
 
 def test_a_cpu_engine_runs_every_piece_it_is_given():

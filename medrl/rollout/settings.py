@@ -100,7 +100,8 @@ class EngineSettings(SettingsBlock):
                    (medrl.rollout.onednn_linear; about twice MKL's rate on an AMD EPYC, slower
                    than MKL on an Intel Xeon with AMX), "torch" leaves them to F.linear (MKL),
                    "auto" times both on the run's own weights and row counts once per process
-                   and takes the faster, per phase (medrl.rollout.kernel_choice; logged).
+                   and takes the faster, per phase and weight shape
+                   (medrl.rollout.kernel_choice; logged).
     prepack_sampling_weights: on a CPU, the Linears sampling routes to oneDNN read a copy of
                    their weight in oneDNN's blocked layout, made once per rollout
                    (medrl.rollout.onednn_linear.prepacked_weight): oneDNN otherwise repacks the

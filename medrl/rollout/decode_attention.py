@@ -11,9 +11,10 @@ prefill, several tokens, training, and float32, where this path showed no gain (
 
 Whether it pays depends on the CPU: on an AMD EPYC Zen 3 (AVX2, no AVX-512 bfloat16) the same
 bfloat16 step of 16 rows x 9 heads over 100-200 positions took 1.2-2.3 ms here against sdpa's
-0.26-0.40 ms. With `engine.decode_attention: auto` the engine times both once per process on
-the run's rows, heads, head size and dtype (`DecodeAttentionChooser`, over TIMING_LENGTH cached
-positions) and switches only where medrl's was faster.
+0.26-0.40 ms. With `engine.decode_attention: auto` the engine times both on the run's rows,
+heads, head size and dtype (`DecodeAttentionChooser`, over TIMING_LENGTH cached positions;
+once per CPU kind, the decision stored by medrl.rollout.decision_store) and switches only where
+medrl's was faster.
 
 sampling_attention(model) switches a model that uses "sdpa" to it for a block (rollouts only,
 after register_decode_attention(): medrl.rollout.engine does both, on a CPU);
@@ -26,7 +27,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -139,6 +140,7 @@ class DecodeAttentionTiming:
     dtype: str
     sdpa_seconds: float
     medrl_seconds: float
+    stored: bool = False  # read from the machine's DecisionStore, timed by an earlier process
 
     @property
     def medrl_wins(self) -> bool:
@@ -151,6 +153,7 @@ class DecodeAttentionTiming:
             f"{self.kv_heads} key-value heads of {self.head_dim}, {TIMING_LENGTH} positions): "
             f"{winner} (sdpa {1e6 * self.sdpa_seconds:.0f} us, medrl "
             f"{1e6 * self.medrl_seconds:.0f} us per layer)"
+            + (" [stored: timed by an earlier process on this CPU kind]" if self.stored else "")
         )
 
 
@@ -201,8 +204,9 @@ class DecodeAttentionChooser:
     """decode_attention=auto: whether medrl's attention beats sdpa for a run's half-precision
     decode steps, timed once per (rows, heads, key-value heads, head size, dtype, threads)."""
 
-    def __init__(self) -> None:
+    def __init__(self, persist: bool = False) -> None:
         self.decisions: dict[tuple, DecodeAttentionTiming] = {}
+        self.persist = persist  # keep decisions per machine kind (medrl.rollout.decision_store)
 
     def medrl_wins(self, model: nn.Module, rows: int, dtype: torch.dtype) -> bool:
         """False where the model's attention shape cannot be read (sdpa stays)."""
@@ -211,10 +215,24 @@ class DecodeAttentionChooser:
             return False
         key = (rows, *shape, dtype, torch.get_num_threads())
         if key not in self.decisions:
-            self.decisions[key] = time_decode_attention(rows, *shape, dtype)
+            self.decisions[key] = self._decide(key, rows, shape, dtype)
             log.info(self.decisions[key].describe())
         return self.decisions[key].medrl_wins
 
+    def _decide(self, key, rows, shape, dtype) -> DecodeAttentionTiming:
+        """The stored decision for `key` on this machine kind, else a new timing (stored)."""
+        from medrl.rollout.decision_store import DecisionStore, default_store_path
 
-# One per process, as medrl.rollout.kernel_choice.CHOOSER.
-CHOOSER = DecodeAttentionChooser()
+        store = DecisionStore(default_store_path()) if self.persist else None
+        name = store.key("decode_attention", *map(str, key)) if store else ""
+        stored = store.get(name) if store else None
+        if stored is not None:
+            return DecodeAttentionTiming(**{**stored, "stored": True})
+        timing = time_decode_attention(rows, *shape, dtype)
+        if store:
+            store.put(name, {k: v for k, v in asdict(timing).items() if k != "stored"})
+        return timing
+
+
+# One per process, its decisions stored per machine kind, as medrl.rollout.kernel_choice.CHOOSER.
+CHOOSER = DecodeAttentionChooser(persist=True)

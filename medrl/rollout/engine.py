@@ -15,10 +15,11 @@ Which pieces run is decided once, by device (`engine_pieces`), when the engine i
   attention takes a tree mask: sdpa or eager), log-probs taken from the hidden states by chunks
   (fused_head), and frozen weights cast once under autocast;
 - on a CPU only, the pieces measured on the 2-core CPUs this project runs on: float32 Linears in
-  oneDNN, medrl's one-token decode attention for half precision, attention and MLPs that keep
-  fewer activations for the backward (they route sdpa calls, which on a GPU would replace the
-  attention the user chose), the caps on oneDNN's per-shape kernel caches, and glibc heap
-  release between update micro-batches.
+  oneDNN and medrl's one-token decode attention for half precision (each where timing says it
+  is faster, the decision stored per machine kind: medrl.rollout.decision_store), attention
+  and MLPs that keep fewer activations for the backward (they route sdpa calls, which on a GPU
+  would replace the attention the user chose), the caps on oneDNN's per-shape kernel caches,
+  and glibc heap release between update micro-batches.
 
 On CUDA the engine is therefore transformers' own path (sdpa / flash attention, its caches)
 plus the device-independent wins. Building an engine for a CPU bounds the kernel caches (in
@@ -62,7 +63,7 @@ class EnginePieces:
     cpu_linear: str  # onednn | torch | auto (timed per phase, medrl.rollout.kernel_choice)
     decode: str  # dynamic | static | compiled (medrl's sampler; medrl.rollout.static_decode)
     prepack_sampling_weights: bool  # CPU only: oneDNN Linears read prepacked weights in sampling
-    decode_attention: bool | str  # CPU only; auto: timed against sdpa once per process
+    decode_attention: bool | str  # CPU only; auto: timed against sdpa, stored per CPU kind
     lean_activations: bool  # CPU only
     kernel_cache_capacity: int | None  # CPU only; None = oneDNN's own default
     release_heap: bool  # CPU only

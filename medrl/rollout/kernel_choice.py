@@ -17,7 +17,9 @@ REPEATS after a warm-up call. The choice is made per shape: the winner differs b
 on one CPU (on an AMD EPYC Zen 3 at 16 rows, MKL and oneDNN were within 5% on a layer's
 products while SmolLM2's 576 -> 49152 head took 32.6 ms in MKL and 13.4 ms in oneDNN). Both
 kernels compute the same products (float32, no reduced precision; results equal to rounding),
-so the choice changes speed only. The decision and its figures are logged.
+so the choice changes speed only, and rounding: a decision is therefore stored per machine
+kind (medrl.rollout.decision_store) and reused by later processes, so that a resumed run takes
+the kernels of the run it continues. The decision and its figures are logged.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from medrl.rollout.decision_store import DecisionStore, default_store_path
 from medrl.rollout.onednn_linear import (
     _matmul,
     onednn_linear_supported,
@@ -74,6 +77,7 @@ class LinearTiming:
     phase: str  # sampling | passes
     rows: int
     shapes: tuple[ShapeTiming, ...]
+    stored: bool = False  # read from the machine's DecisionStore, timed by an earlier process
 
     @property
     def torch_seconds(self) -> float:
@@ -101,7 +105,17 @@ class LinearTiming:
             f"{1000 * self.chosen_seconds:.2f} ms per round of the model's Linears as chosen "
             f"(torch/MKL alone {1000 * self.torch_seconds:.2f} ms, "
             f"oneDNN alone {1000 * self.onednn_seconds:.2f} ms)"
+            + (" [stored: timed by an earlier process on this CPU kind]" if self.stored else "")
         )
+
+    def to_json(self) -> dict:
+        shapes = [[*s.shape, s.count, s.torch_seconds, s.onednn_seconds] for s in self.shapes]
+        return {"phase": self.phase, "rows": self.rows, "shapes": shapes}
+
+    @classmethod
+    def from_json(cls, data: dict) -> LinearTiming:
+        shapes = tuple(ShapeTiming((o, i), c, t, d) for o, i, c, t, d in data["shapes"])
+        return cls(data["phase"], data["rows"], shapes, stored=True)
 
 
 def float32_linear_weights(model: nn.Module) -> dict[tuple[int, int], tuple[torch.Tensor, int]]:
@@ -174,8 +188,15 @@ class LinearChooser:
     shape, decided by `time_linears` once per (phase, weight shapes, rows, threads) in this
     process."""
 
-    def __init__(self) -> None:
+    def __init__(self, persist: bool = False) -> None:
         self.decisions: dict[tuple, LinearTiming] = {}
+        self.persist = persist  # keep decisions per machine kind (medrl.rollout.decision_store)
+        self._store: DecisionStore | None = None
+
+    def store(self) -> DecisionStore | None:
+        if self.persist and self._store is None:
+            self._store = DecisionStore(default_store_path())
+        return self._store
 
     def onednn_shapes(
         self, model: nn.Module, phase: str, rows: int, prepack_sampling: bool = False
@@ -195,13 +216,26 @@ class LinearChooser:
         key = (phase, tuple(sorted((s, c) for s, (_, c) in weights.items())), rows)
         key += (torch.get_num_threads(), prepack_sampling)
         if key not in self.decisions:
-            sampling = phase == "sampling"
-            prepack = sampling and prepack_sampling and prepacking_supported()
-            shapes = time_linears(weights, rows, backward=not sampling, prepack=prepack)
-            self.decisions[key] = LinearTiming(phase, rows, shapes)
+            self.decisions[key] = self._decide(key, weights, phase, rows, prepack_sampling)
             log.info(self.decisions[key].describe())
         return self.decisions[key].onednn_shapes
 
+    def _decide(self, key, weights, phase, rows, prepack_sampling) -> LinearTiming:
+        """The stored decision for `key` on this machine kind, else a new timing (stored)."""
+        store = self.store()
+        stored = store.get(store.key("linear", *key)) if store else None
+        if stored is not None:
+            return LinearTiming.from_json(stored)
+        sampling = phase == "sampling"
+        prepack = sampling and prepack_sampling and prepacking_supported()
+        timing = LinearTiming(
+            phase, rows, time_linears(weights, rows, backward=not sampling, prepack=prepack)
+        )
+        if store:
+            store.put(store.key("linear", *key), timing.to_json())
+        return timing
 
-# One per process: every engine (the SFT and GRPO stages', evaluation's) shares its decisions.
-CHOOSER = LinearChooser()
+
+# One per process: every engine (the SFT and GRPO stages', evaluation's) shares its decisions,
+# and every process on one machine kind the stored ones (so a resumed run computes alike).
+CHOOSER = LinearChooser(persist=True)

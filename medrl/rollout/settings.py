@@ -99,9 +99,10 @@ class EngineSettings(SettingsBlock):
                    (forward and backward): "onednn" runs them through oneDNN's matmul
                    (medrl.rollout.onednn_linear; about twice MKL's rate on an AMD EPYC, slower
                    than MKL on an Intel Xeon with AMX), "torch" leaves them to F.linear (MKL),
-                   "auto" times both on the run's own weights and row counts once per process
-                   and takes the faster, per phase and weight shape
-                   (medrl.rollout.kernel_choice; logged).
+                   "auto" times both on the run's own weights and row counts and takes the
+                   faster, per phase and weight shape (medrl.rollout.kernel_choice; logged, and
+                   stored per CPU kind so later runs and resumed ones take the same kernels:
+                   medrl.rollout.decision_store).
     prepack_sampling_weights: on a CPU, the Linears sampling routes to oneDNN read a copy of
                    their weight in oneDNN's blocked layout, made once per rollout
                    (medrl.rollout.onednn_linear.prepacked_weight): oneDNN otherwise repacks the
@@ -119,7 +120,7 @@ class EngineSettings(SettingsBlock):
     decode_attention: on a CPU, half-precision one-token decode steps run medrl's attention
                    (medrl.rollout.decode_attention: two batched matmuls instead of sdpa's CPU
                    kernel); float32 and every other call stay on sdpa. "auto" times both on
-                   the run's rows, heads and dtype once per process and takes the faster
+                   the run's rows, heads and dtype (stored as cpu_linear's) and takes the faster
                    (logged): on an AMD EPYC Zen 3, without AVX-512 bfloat16, medrl's was about
                    5x slower than sdpa, while it was faster on the Zen 5.
     kernel_cache_capacity: on a CPU, entries of oneDNN's and ideep's per-shape kernel caches

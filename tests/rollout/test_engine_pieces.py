@@ -266,3 +266,24 @@ def test_the_engine_calls_no_transformers_api_marked_for_removal(tiny_policy):
             plain.logprobs(model, rollout, slice(None), 1.0)
     removals = [str(w.message) for w in caught if "will be removed" in str(w.message)]
     assert not removals, removals
+
+
+def test_a_decode_attention_decision_is_stored_and_reused(monkeypatch, tmp_path):
+    monkeypatch.setenv("MEDRL_CACHE_DIR", str(tmp_path))
+    timed = []
+
+    def fake(rows, heads, kv_heads, head_dim, dtype):
+        timed.append(rows)
+        return decode_attention.DecodeAttentionTiming(
+            rows, heads, kv_heads, head_dim, "bfloat16", 2.0, 1.0
+        )
+
+    monkeypatch.setattr(decode_attention, "time_decode_attention", fake)
+    model = nn.Module()
+    model.config = SimpleNamespace(num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    first = decode_attention.DecodeAttentionChooser(persist=True)
+    assert first.medrl_wins(model, 16, torch.bfloat16) and timed == [16]
+    later = decode_attention.DecodeAttentionChooser(persist=True)  # as in another process
+    assert later.medrl_wins(model, 16, torch.bfloat16) and timed == [16]
+    (decision,) = later.decisions.values()
+    assert decision.stored and decision.medrl_seconds == 1.0

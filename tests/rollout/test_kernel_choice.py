@@ -126,3 +126,52 @@ def test_sharded_weights_are_not_timed(monkeypatch):
     assert {shape: count for shape, (_, count) in weights.items()} == {(4, 4): 2, (8, 4): 1}
     monkeypatch.setattr(kernel_choice, "weights_sharded", lambda m: True)
     assert kernel_choice.LinearChooser().onednn_shapes(three_by_four(), "passes", 256) == set()
+
+
+def test_a_decision_is_stored_per_machine_kind_and_reused_by_the_next_process(
+    monkeypatch, tmp_path, caplog
+):
+    """A resumed run (a new process) must take the kernels of the run it continues: the second
+    chooser reads the first one's decision instead of timing (and perhaps deciding) anew."""
+    monkeypatch.setenv("MEDRL_CACHE_DIR", str(tmp_path))
+    timed = []
+
+    def fake_timing(weights, rows, backward, prepack=False):
+        timed.append(rows)
+        return tuple(
+            kernel_choice.ShapeTiming(shape, count, 2.0, 1.0 if shape == (8, 4) else 3.0)
+            for shape, (_, count) in weights.items()
+        )
+
+    monkeypatch.setattr(kernel_choice, "time_linears", fake_timing)
+    model = three_by_four()
+    first = kernel_choice.LinearChooser(persist=True)
+    assert first.onednn_shapes(model, "sampling", 16) == {(8, 4)}
+    assert timed == [16] and list((tmp_path / "kernel_choices").glob("*.json"))
+    later = kernel_choice.LinearChooser(persist=True)  # as in another process
+    assert later.onednn_shapes(model, "sampling", 16) == {(8, 4)}
+    assert timed == [16], "timed again instead of reading the stored decision"
+    (decision,) = later.decisions.values()
+    assert decision.stored and decision.describe().endswith("on this CPU kind]")
+    assert decision.shapes == next(iter(first.decisions.values())).shapes
+    assert later.onednn_shapes(model, "passes", 256) == {(8, 4)}  # another key: timed
+    assert timed == [16, 256]
+
+
+def test_an_unreadable_store_means_timing_again(monkeypatch, tmp_path):
+    monkeypatch.setenv("MEDRL_CACHE_DIR", str(tmp_path))
+    chooser = kernel_choice.LinearChooser(persist=True)
+    path = chooser.store().path
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    timed = []
+    monkeypatch.setattr(
+        kernel_choice,
+        "time_linears",
+        lambda w, rows, backward, prepack=False: (
+            timed.append(rows)
+            or tuple(kernel_choice.ShapeTiming(s, c, 1.0, 2.0) for s, (_, c) in w.items())
+        ),
+    )
+    assert chooser.onednn_shapes(three_by_four(), "sampling", 16) == set()
+    assert timed == [16] and "sampling" in path.read_text()  # rewritten with the decision

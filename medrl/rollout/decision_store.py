@@ -7,7 +7,7 @@ round differently: a run killed and resumed (a new process) could then continue 
 kernels than the uninterrupted run and end with other weights. So a decision is timed once per
 machine kind and stored; later processes on that kind read it instead of timing again.
 
-The store is one JSON file per CPU kind (medrl.bench.environment.cpu_kind's slug) under
+The store is one JSON file per CPU kind (a digest of /proc/cpuinfo's identity and flags) under
 `<cache dir>/kernel_choices/`, the cache dir being $MEDRL_CACHE_DIR or ~/.cache/medrl, as
 conf/paths/default.yaml's cache_dir. Keys name the decision's inputs and torch's version;
 writes are atomic (a temporary file renamed), and a file that cannot be read or written only
@@ -16,6 +16,7 @@ means timing again (logged), never a failed run. Delete the folder to time again
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -27,12 +28,22 @@ import torch
 log = logging.getLogger(__name__)
 
 
+def machine_kind(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """A file name for this kind of CPU: a digest of its first block's vendor, family, model,
+    model name and flags (the same CPU kind gives the same name); "unknown" elsewhere."""
+    try:
+        first = cpuinfo.read_text().split("\n\n")[0]
+    except OSError:
+        return "unknown"
+    wanted = ("vendor_id", "cpu family", "model", "model name", "flags")
+    fields = [line for line in first.splitlines() if line.split(":")[0].strip() in wanted]
+    return hashlib.sha256("\n".join(fields).encode()).hexdigest()[:16]
+
+
 def default_store_path() -> Path:
     """<cache dir>/kernel_choices/<cpu kind>.json (the cache dir of conf/paths/default.yaml)."""
-    from medrl.bench.environment import cpu_kind
-
     cache = os.environ.get("MEDRL_CACHE_DIR") or str(Path.home() / ".cache" / "medrl")
-    return Path(cache) / "kernel_choices" / f"{cpu_kind().slug}.json"
+    return Path(cache) / "kernel_choices" / f"{machine_kind()}.json"
 
 
 class DecisionStore:

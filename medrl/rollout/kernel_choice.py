@@ -185,8 +185,8 @@ def time_linears(
 
 class LinearChooser:
     """cpu_linear=auto: which float32 Linears to route through oneDNN, per phase and weight
-    shape, decided by `time_linears` once per (phase, weight shapes, rows, threads) in this
-    process."""
+    shape, decided by `time_linears` once per (phase, weight shapes, rows, threads, prepacking)
+    and, with `persist`, stored for the machine kind (later processes read it)."""
 
     def __init__(self, persist: bool = False) -> None:
         self.decisions: dict[tuple, LinearTiming] = {}
@@ -205,9 +205,9 @@ class LinearChooser:
         faster at `rows` rows (sampling: forwards, from prepacked weights with
         `prepack_sampling`; passes: forwards and input gradients); empty
         when the model has no float32 Linear, the build lacks the op or the weights are sharded
-        across processes (onednn_linears routes nothing then). Each process of a distributed run
-        decides for itself: both kernels compute the same float32 products, so ranks that chose
-        differently differ only by rounding."""
+        across processes (onednn_linears routes nothing then). Processes of a distributed run
+        that find no stored decision time for themselves: both kernels compute the same float32
+        products, so ranks that chose differently differ only by rounding."""
         if not onednn_linear_supported() or weights_sharded(model):
             return frozenset()
         weights = float32_linear_weights(model)

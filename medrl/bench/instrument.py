@@ -242,19 +242,21 @@ def device_sync(device: str) -> Callable[[], None] | None:
     return torch.cuda.synchronize if device == "cuda" else None
 
 
+def linear_weights(model: torch.nn.Module) -> list[torch.Tensor]:
+    """The weight of every nn.Linear in `model`, a tied weight (head = embedding) once."""
+    found: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(module, torch.nn.Linear) and weight is not None:
+            found.setdefault(id(weight), weight)
+    return list(found.values())
+
+
 def decode_flops_per_row(model: torch.nn.Module) -> int:
     """Floating-point operations of one row of a decode forward's products: 2 per weight of
     every Linear (multiply and add; a tied weight once, as `decode_weight_bytes` counts).
     Attention over the cache, norms and sampling are not counted (a few percent at this size)."""
-    total = 0
-    seen: set[int] = set()
-    for module in model.modules():
-        weight = getattr(module, "weight", None)
-        if not isinstance(module, torch.nn.Linear) or weight is None or id(weight) in seen:
-            continue
-        seen.add(id(weight))
-        total += 2 * weight.numel()
-    return total
+    return sum(2 * weight.numel() for weight in linear_weights(model))
 
 
 def decode_weight_bytes(model: torch.nn.Module, precision: str) -> int:
@@ -265,13 +267,7 @@ def decode_weight_bytes(model: torch.nn.Module, precision: str) -> int:
     few rows and norms are vectors: not counted. With
     the memory read bandwidth this gives the decode floor: no decode step can take less time
     than reading its weights once (`medrl.bench.stats.decode_floor`)."""
-    total = 0
-    seen: set[int] = set()
-    for module in model.modules():
-        weight = getattr(module, "weight", None)
-        if not isinstance(module, torch.nn.Linear) or weight is None or id(weight) in seen:
-            continue
-        seen.add(id(weight))  # a tied weight counts once
-        width = 2 if precision == "bf16-mixed" else weight.element_size()
-        total += weight.numel() * width
-    return total
+    return sum(
+        weight.numel() * (2 if precision == "bf16-mixed" else weight.element_size())
+        for weight in linear_weights(model)
+    )

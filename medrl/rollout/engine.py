@@ -19,7 +19,9 @@ Which pieces run is decided once, by device (`engine_pieces`), when the engine i
   is faster, the decision stored per machine kind: medrl.rollout.decision_store), attention
   and MLPs that keep fewer activations for the backward (they route sdpa calls, which on a GPU
   would replace the attention the user chose), the caps on oneDNN's per-shape kernel caches,
-  and glibc heap release between update micro-batches.
+  glibc heap release between update micro-batches, and under autocast the frozen weights'
+  copies kept for the run with their float32 pages handed back to the OS where they are mapped
+  from the checkpoint (medrl.rollout.merged_adapter.CastCopies).
 
 On CUDA the engine is therefore transformers' own path (sdpa / flash attention, its caches)
 plus the device-independent wins. Building an engine for a CPU bounds the kernel caches (in
@@ -42,7 +44,12 @@ from medrl.rollout.decode_attention import register_decode_attention, sampling_a
 from medrl.rollout.generation import Rollout, eval_mode, model_device, sample_rollout
 from medrl.rollout.lean_passes import lean_passes, register_lean_attention
 from medrl.rollout.logprobs import completion_logprobs
-from medrl.rollout.merged_adapter import autocast_weights, merged_lora
+from medrl.rollout.merged_adapter import (
+    CastCopies,
+    autocast_dtype,
+    autocast_weights,
+    merged_lora,
+)
 from medrl.rollout.onednn_linear import bound_kernel_caches, onednn_linears
 from medrl.rollout.settings import STRAIGHTFORWARD, EngineSettings, SamplingSettings
 from medrl.rollout.static_decode import StaticDecoder
@@ -67,14 +74,16 @@ class EnginePieces:
     lean_activations: bool  # CPU only
     kernel_cache_capacity: int | None  # CPU only; None = oneDNN's own default
     release_heap: bool  # CPU only
+    keep_cast_weights: bool  # CPU only: autocast copies of frozen weights kept for the run
+    release_cast_sources: bool  # CPU only: ... and their file-backed float32 pages released
 
 
 def engine_pieces(settings: EngineSettings, device: torch.device | str) -> EnginePieces:
     """The pieces `settings` asks for that run on `device` (e.g. "cpu", "cuda:0").
 
     The CPU pieces (cpu_linear onednn or auto, decode_attention, lean_activations,
-    kernel_cache_capacity, release_heap) are off on any other device (cpu_linear is "torch"
-    there); the rest hold there as set."""
+    kernel_cache_capacity, release_heap, keep_cast_weights, release_cast_sources) are off on
+    any other device (cpu_linear is "torch" there); the rest hold there as set."""
     device_type = torch.device(device).type
     on_cpu = device_type == "cpu"
     return EnginePieces(
@@ -94,6 +103,10 @@ def engine_pieces(settings: EngineSettings, device: torch.device | str) -> Engin
         lean_activations=on_cpu and settings.lean_activations,
         kernel_cache_capacity=settings.kernel_cache_capacity if on_cpu else None,
         release_heap=on_cpu and settings.release_heap,
+        keep_cast_weights=on_cpu and settings.keep_cast_weights,
+        release_cast_sources=on_cpu
+        and settings.keep_cast_weights
+        and settings.release_cast_sources,
     )
 
 
@@ -111,6 +124,10 @@ class RolloutEngine:
             register_decode_attention()
         if self.pieces.lean_activations:
             register_lean_attention()
+        # Frozen weights' autocast copies, kept across this engine's phases (keep_cast_weights).
+        self.cast_copies = None
+        if self.pieces.keep_cast_weights:
+            self.cast_copies = CastCopies(release_sources=self.pieces.release_cast_sources)
         self.static_decoder = None
         if self.pieces.decode != "dynamic":
             self.static_decoder = StaticDecoder(compile=self.pieces.decode == "compiled")
@@ -165,8 +182,12 @@ class RolloutEngine:
         pieces = self.pieces
         with ExitStack() as stack:
             if pieces.merge_adapter:
-                stack.enter_context(merged_lora(model))
-            stack.enter_context(autocast_weights(model, self.device))
+                # Under autocast each merged weight is kept in autocast's dtype only (the
+                # numbers autocast_weights would give it).
+                dtype = autocast_dtype(self.device)
+                release = pieces.release_cast_sources and dtype is not None
+                stack.enter_context(merged_lora(model, dtype=dtype, release_pages=release))
+            stack.enter_context(autocast_weights(model, self.device, self.cast_copies))
             if self.decode_attention_pays(model, rows):
                 stack.enter_context(sampling_attention(model))
             # Decided on the weights as sampling sees them (merged, cast). A compiled decode
@@ -186,7 +207,7 @@ class RolloutEngine:
             for model in models:
                 if model is None:
                     continue
-                stack.enter_context(autocast_weights(model, self.device))
+                stack.enter_context(autocast_weights(model, self.device, self.cast_copies))
                 shapes = self.routed_shapes(model, "passes", kernel_choice.PASS_ROWS)
                 stack.enter_context(onednn_linears(model, shapes=shapes))
                 stack.enter_context(lean_passes(model, self.pieces.lean_activations))

@@ -14,17 +14,28 @@ model once per token. autocast_weights casts every frozen Linear weight once for
 instead: the same bfloat16 numbers autocast would use. A merged weight is then rounded to
 bfloat16 as a whole, so under autocast merged sampling matches peft's unmerged forward to
 bfloat16 rounding (to float32 rounding without autocast).
+
+Two CPU memory measures for autocast (engine settings keep_cast_weights and
+release_cast_sources): `CastCopies` keeps each frozen weight's cast copy from one block to the
+next (cast once per run, not once per phase), and the float32 originals, which autocast then
+never reads, give their resident pages back to the OS where they are mapped from the checkpoint
+file (medrl.utils.pages; merging LoRA reads the adapted layers' originals again, and gives them
+back after). Without them, a bfloat16-mixed GRPO step on a CPU holds every weight twice, once
+in each dtype.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from medrl.sharding import weights_sharded
+from medrl.utils.pages import release_file_pages
 
 
 def lora_layers(model: nn.Module) -> list[nn.Module]:
@@ -68,27 +79,37 @@ def can_merge_exactly(model: nn.Module) -> bool:
 
 
 @contextmanager
-def merged_lora(model: nn.Module) -> Iterator[bool]:
+def merged_lora(
+    model: nn.Module, dtype: torch.dtype | None = None, release_pages: bool = False
+) -> Iterator[bool]:
     """Inside the block `model` computes with merged weights and adapters bypassed; yields True.
 
     Where merging would not be exact (see can_merge_exactly) nothing changes and it yields
     False. Gradients are not meant to flow inside (merged weights are plain tensors).
+    dtype: each merged weight is then cast to it (autocast's dtype: the numbers autocast_weights
+    would give it, without keeping the float32 merge). release_pages: the base weights read for
+    the merge give their file-backed pages back afterwards (medrl.utils.pages).
     """
     if not can_merge_exactly(model):
         yield False
         return
-    merged = ((layer.get_base_layer(), _merged_weight(layer)) for layer in lora_layers(model))
+    layers = lora_layers(model)
+    with torch.no_grad():
+        merged = [(layer.get_base_layer(), _merged_weight(layer, dtype)) for layer in layers]
+    if release_pages:
+        release_file_pages(base.weight for base, _ in merged)
     with swapped_weights(merged), model.disable_adapter():
         yield True
 
 
-def _merged_weight(layer: nn.Module) -> torch.Tensor:
-    """W + the delta of every active adapter of a LoRA layer (a new tensor; no gradients)."""
+def _merged_weight(layer: nn.Module, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """W + the delta of every active adapter of a LoRA layer (a new tensor; no gradients),
+    summed in W's dtype and then cast to `dtype` if given."""
     merged = layer.get_base_layer().weight.detach().clone()
     for name in layer.active_adapters:
         if name in layer.lora_A:
             merged += layer.get_delta_weight(name).to(merged.dtype)
-    return merged
+    return merged if dtype is None else merged.to(dtype)
 
 
 @contextmanager
@@ -115,12 +136,63 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return torch.get_autocast_dtype(device.type)
 
 
+@dataclass
+class _CastCopy:
+    source: weakref.ref  # the weight it was cast from
+    version: int  # the source's version counter when cast (in-place changes bump it)
+    copy: torch.Tensor
+
+
+class CastCopies:
+    """Frozen weights' copies in autocast's dtype, kept from one autocast_weights block to the
+    next: each weight is cast once per run rather than once per phase, and cast again only if
+    it changed in place or another dtype is asked for. With `release_sources`, a weight's
+    float32 pages go back to the OS once its copy is made, where they are mapped from the
+    checkpoint file (medrl.utils.pages): autocast never reads them again.
+
+    A copy lives as long as its source: every `cast` first forgets the copies of weights that
+    no longer exist."""
+
+    def __init__(self, release_sources: bool = False) -> None:
+        self.release_sources = release_sources
+        self._copies: dict[int, _CastCopy] = {}
+
+    def __len__(self) -> int:
+        return len(self._copies)
+
+    def cast(self, weights: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+        """Each weight's copy in `dtype` (kept, or made now), in order."""
+        self._drop_orphans()
+        copies, made = [], []
+        for weight in weights:
+            kept = self._copies.get(id(weight))
+            fresh = kept is not None and kept.source() is weight
+            if fresh and kept.version == weight._version and kept.copy.dtype == dtype:
+                copies.append(kept.copy)
+                continue
+            copy = weight.detach().to(dtype)
+            self._copies[id(weight)] = _CastCopy(weakref.ref(weight), weight._version, copy)
+            copies.append(copy)
+            made.append(weight)
+        if self.release_sources and made:
+            release_file_pages(made)
+        return copies
+
+    def _drop_orphans(self) -> None:
+        """Forget the copies whose source no longer exists (e.g. a rollout's merged weights)."""
+        for key in [key for key, kept in self._copies.items() if kept.source() is None]:
+            del self._copies[key]
+
+
 @contextmanager
-def autocast_weights(model: nn.Module, device: torch.device) -> Iterator[torch.dtype | None]:
+def autocast_weights(
+    model: nn.Module, device: torch.device, copies: CastCopies | None = None
+) -> Iterator[torch.dtype | None]:
     """Inside the block every frozen plain nn.Linear weight of `model` is a copy cast once to
     the autocast dtype; yields that dtype, or None (nothing changes) when autocast is off on
     `device` or the weights are sharded (FSDP, ZeRO-3). The weights the model holds on entry
     (merged ones inside merged_lora) are the ones cast, and the ones put back on exit.
+    copies: where the copies are kept between blocks (CastCopies); None: made for this block.
 
     Exactly the numbers autocast computes: it casts a Linear's weight to its dtype on every
     call, and caches the cast only for weights that require gradients (which are left to it
@@ -132,13 +204,17 @@ def autocast_weights(model: nn.Module, device: torch.device) -> Iterator[torch.d
     if dtype is None or weights_sharded(model):  # sharded weights: see can_merge_exactly
         yield None
         return
-    frozen = (
+    frozen = [
         module
         for module in model.modules()
         if type(module) is nn.Linear
         and not module.weight.requires_grad
         and module.weight.dtype != dtype
-    )
-    cast = [(module, module.weight.detach().to(dtype)) for module in frozen]
-    with swapped_weights(cast):
+    ]
+    weights = [module.weight for module in frozen]
+    if copies is None:
+        cast = [weight.detach().to(dtype) for weight in weights]
+    else:
+        cast = copies.cast(weights, dtype)
+    with swapped_weights(zip(frozen, cast, strict=True)):
         yield dtype

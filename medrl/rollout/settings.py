@@ -80,7 +80,8 @@ class EngineSettings(SettingsBlock):
     """How rollouts are produced and their log-probs computed; none of these changes the math.
 
     medrl.rollout.engine resolves them for a device: the CPU pieces (cpu_linear,
-    decode_attention, lean_activations, kernel_cache_capacity, release_heap) run on a CPU only;
+    decode_attention, lean_activations, kernel_cache_capacity, release_heap, keep_cast_weights,
+    release_cast_sources) run on a CPU only;
     on a GPU the engine is transformers' own path plus the device-independent pieces.
 
     sampler:       "medrl" (medrl.rollout.decoding: each prompt prefilled once and its KV cache
@@ -129,6 +130,15 @@ class EngineSettings(SettingsBlock):
     lean_activations: the reference and update passes keep fewer activations for the backward
                    (medrl.rollout.lean_passes): grouped key/value heads go to PyTorch's
                    attention unrepeated, SiLU-gated MLPs keep two tensors instead of three.
+    keep_cast_weights: on a CPU under autocast (bf16-mixed), frozen Linear weights are cast to
+                   bfloat16 once per run and the copies kept (medrl.rollout.merged_adapter
+                   .CastCopies), instead of once per sampling or log-prob phase; cast again if
+                   a weight changes in place. Same numbers.
+    release_cast_sources: with keep_cast_weights, the float32 originals, which autocast never
+                   reads once their copy exists, give their resident pages back to the OS where
+                   they are mapped from the checkpoint file (medrl.utils.pages: madvise; the
+                   values stay, read again from the file where used, i.e. merging LoRA for
+                   sampling). Weights held in memory rather than mapped are left alone.
     release_heap:  before each micro-batch of the update, hand the CPU heap's free pages back
                    to the OS (glibc malloc_trim; medrl.utils.heap), so peak resident memory is
                    what the micro-batch needs rather than what fragmentation left behind. Off
@@ -161,6 +171,8 @@ class EngineSettings(SettingsBlock):
                 "lean_activations",
                 "release_heap",
                 "prepack_sampling_weights",
+                "keep_cast_weights",
+                "release_cast_sources",
             )
         ),
     )
@@ -176,6 +188,8 @@ class EngineSettings(SettingsBlock):
     lean_activations: bool
     release_heap: bool
     prepack_sampling_weights: bool
+    keep_cast_weights: bool
+    release_cast_sources: bool
     decode_attention: bool | str
     kernel_cache_capacity: int | None
 

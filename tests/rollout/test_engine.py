@@ -20,6 +20,7 @@ from peft import LoraConfig, get_peft_model
 
 from medrl.rollout import (
     EngineSettings,
+    RolloutEngine,
     SamplingSettings,
     completion_logprobs,
     encode_prompts,
@@ -208,6 +209,32 @@ def test_merged_sampling_equals_unmerged_sampling_greedy(tiny_policy, lora_polic
     ours = generate(lora_policy, tok, PROMPTS, GREEDY, engine=merged)
     plain = generate(lora_policy, tok, PROMPTS, GREEDY)
     assert torch.equal(ours.completion_ids, plain.completion_ids)
+
+
+def test_bf16_sampling_with_kept_copies_and_released_sources_samples_the_same(
+    tiny_policy, lora_policy
+):
+    """Under autocast the engine keeps the frozen weights' copies across rollouts, merges LoRA
+    straight into bfloat16 and releases the float32 sources' pages: the same samples, twice,
+    as casting everything afresh for each rollout; the model keeps its own weights."""
+    tok = tiny_policy.tokenizer
+    objects = dict(lora_policy.named_parameters())
+    fresh = RolloutEngine(
+        EngineSettings(keep_cast_weights=False, release_cast_sources=False), "cpu"
+    )
+    kept = RolloutEngine(EngineSettings(), "cpu")
+    assert kept.cast_copies is not None and fresh.cast_copies is None
+    runs = {}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for name, engine in (("fresh", fresh), ("kept", kept), ("kept again", kept)):
+            runs[name] = generate(
+                lora_policy, tok, PROMPTS, SAMPLE, num_samples=2, generator_seed=3, engine=engine
+            )
+    assert len(kept.cast_copies) > 0
+    for name in ("kept", "kept again"):
+        assert torch.equal(runs[name].completion_ids, runs["fresh"].completion_ids), name
+    for name, param in lora_policy.named_parameters():
+        assert param is objects[name] and param.dtype == torch.float32, name
 
 
 def sampled_rollout(policy, model):

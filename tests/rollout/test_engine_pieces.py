@@ -25,7 +25,14 @@ from medrl.rollout import onednn_linear as onednn_module
 from medrl.rollout.decode_attention import NAME as DECODE_ATTENTION
 from medrl.rollout.lean_passes import GQA_ATTENTION
 
-CPU_PIECES = ("decode_attention", "lean_activations", "release_heap", "prepack_sampling_weights")
+CPU_PIECES = (
+    "decode_attention",
+    "lean_activations",
+    "release_heap",
+    "prepack_sampling_weights",
+    "keep_cast_weights",
+    "release_cast_sources",
+)
 # Everything on, release_heap and prepacking included, so "off" can only come from the device.
 EVERYTHING = EngineSettings(release_heap=True, prepack_sampling_weights=True)
 
@@ -52,6 +59,12 @@ def test_a_cuda_engine_drops_the_cpu_pieces_and_keeps_the_device_independent_one
     assert pieces.sampler == "medrl"
     assert pieces.merge_adapter and pieces.shared_prompt_logprobs
     assert pieces.pack_completions and pieces.fused_head and pieces.autocast_weights
+
+
+def test_released_cast_sources_need_kept_copies():
+    """Without kept copies every phase would cast again, reading the released pages back."""
+    pieces = engine_pieces(replace(EVERYTHING, keep_cast_weights=False), "cpu")
+    assert not pieces.keep_cast_weights and not pieces.release_cast_sources
 
 
 def test_settings_turned_off_stay_off_and_packing_needs_shared_prompts():

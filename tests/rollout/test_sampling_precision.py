@@ -4,7 +4,8 @@
   heads) gives transformers' sdpa output, and sampling through it decodes the same tokens;
 - under autocast, frozen Linear weights cast once (autocast_weights) give the logits and the
   adapter gradients autocast computes by casting them every call, and the model gets its own
-  weights back.
+  weights back; copies kept across blocks (CastCopies) are made once per weight and again only
+  when it changes, and LoRA merged straight into autocast's dtype gives the same weights.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from medrl.rollout import (
     encode_prompts,
     left_pad,
+    merged_adapter,
 )
 from medrl.rollout.decode_attention import decode_attention_forward, sampling_attention
-from medrl.rollout.merged_adapter import autocast_weights
+from medrl.rollout.merged_adapter import CastCopies, autocast_weights, merged_lora
 
 
 @pytest.fixture
@@ -201,3 +203,84 @@ def test_autocast_weights_keep_the_adapter_gradients(tiny_policy, lora_model):
     for name, grad in cast_once.items():
         assert grad.abs().sum() > 0, name
         torch.testing.assert_close(grad, recast_every_call[name], rtol=0, atol=0, msg=name)
+
+
+def frozen_weights(model):
+    return {
+        name: module.weight
+        for name, module in model.named_modules()
+        if type(module) is nn.Linear and not module.weight.requires_grad
+    }
+
+
+@pytest.fixture
+def released(monkeypatch):
+    """The weights handed to release_file_pages, call by call."""
+    calls = []
+    monkeypatch.setattr(
+        merged_adapter, "release_file_pages", lambda tensors: calls.append(list(tensors)) or 0
+    )
+    return calls
+
+
+def test_kept_copies_are_cast_once_and_again_only_when_a_weight_changes(
+    tiny_policy, lora_model, released
+):
+    tok = tiny_policy.tokenizer
+    copies = CastCopies(release_sources=True)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        recast_every_call = prompt_logits(lora_model, tok)
+        with autocast_weights(lora_model, CPU, copies):
+            first = frozen_weights(lora_model)
+            kept_once = prompt_logits(lora_model, tok)
+        with autocast_weights(lora_model, CPU, copies):
+            second = frozen_weights(lora_model)
+            kept_twice = prompt_logits(lora_model, tok)
+    assert torch.equal(kept_once, recast_every_call) and torch.equal(kept_twice, kept_once)
+    assert first.keys() == second.keys() and len(first) == len(copies)
+    same = [second[n].data_ptr() == first[n].data_ptr() for n in first]
+    assert all(same), "the same copies, not new casts"
+    originals = frozen_weights(lora_model)
+    assert len(released) == 1 and {id(w) for w in released[0]} == {
+        id(w) for w in originals.values()
+    }, "each original released once, when its copy was made"
+
+    name, changed = next(iter(originals.items()))
+    with torch.no_grad():
+        changed.add_(1.0)  # in place: its version moves on
+    with torch.autocast("cpu", dtype=torch.bfloat16), autocast_weights(lora_model, CPU, copies):
+        third = frozen_weights(lora_model)
+    assert third[name].data_ptr() != first[name].data_ptr()
+    assert torch.equal(third[name], changed.bfloat16())
+    assert all(third[n].data_ptr() == first[n].data_ptr() for n in first if n != name)
+    assert [w is changed for w in released[1]] == [True]
+
+
+def test_copies_of_weights_that_no_longer_exist_are_forgotten():
+    copies = CastCopies()
+    transient = torch.randn(4, 4)
+    copies.cast([transient], torch.bfloat16)
+    assert len(copies) == 1
+    del transient
+    copies.cast([], torch.bfloat16)
+    assert len(copies) == 0
+
+
+def test_lora_merged_into_autocast_dtype_is_the_merged_weight_cast(
+    tiny_policy, lora_model, released
+):
+    def adapted_weights():
+        return {n: w.clone() for n, w in frozen_weights(lora_model).items() if "proj" in n}
+
+    with merged_lora(lora_model) as merged_in_float32:
+        float32 = adapted_weights()
+    with merged_lora(lora_model, dtype=torch.bfloat16, release_pages=True) as merged_in_bf16:
+        bf16 = adapted_weights()
+    assert merged_in_float32 and merged_in_bf16
+    adapted = [n for n in bf16 if bf16[n].dtype == torch.bfloat16]
+    assert adapted, "the adapted layers hold bfloat16 merged weights"
+    for name in adapted:
+        assert torch.equal(bf16[name], float32[name].bfloat16()), name
+    bases = [layer.get_base_layer().weight for layer in merged_adapter.lora_layers(lora_model)]
+    assert len(released) == 1 and [w is b for w, b in zip(released[0], bases, strict=True)]
+    assert all(w.dtype == torch.float32 for w in frozen_weights(lora_model).values())

@@ -8,7 +8,9 @@ uses through a bfloat16 copy), `release_file_pages` asks the kernel to reclaim t
 again from the file (or the page cache) when next touched. Only whole pages inside a tensor's
 bytes that lie in a file-backed mapping are advised: anonymous memory (a tensor computed or
 copied in memory, a page already written to) is left alone, so nothing is ever swapped out and
-no write can be lost. Measured on the bench's SmolLM2-135M (a 540 MB float32 checkpoint, AMD
+no write can be lost. As for any memory-mapped load, the file must not be rewritten in place
+while the run lasts (medrl's converted checkpoints are written to a new folder and renamed into
+place, never rewritten). Measured on the bench's SmolLM2-135M (a 540 MB float32 checkpoint, AMD
 EPYC Zen 5): resident memory 1208 -> 695 MiB after releasing every weight, identical values
 read back afterwards.
 """

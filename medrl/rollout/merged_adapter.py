@@ -140,15 +140,27 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
 class _CastCopy:
     source: weakref.ref  # the weight it was cast from
     version: int  # the source's version counter when cast (in-place changes bump it)
+    where: tuple  # the source's (data pointer, shape, device): a re-pointed `.data` moves it
     copy: torch.Tensor
+
+
+def _where(weight: torch.Tensor) -> tuple:
+    return weight.data_ptr(), tuple(weight.shape), weight.device
 
 
 class CastCopies:
     """Frozen weights' copies in autocast's dtype, kept from one autocast_weights block to the
-    next: each weight is cast once per run rather than once per phase, and cast again only if
-    it changed in place or another dtype is asked for. With `release_sources`, a weight's
-    float32 pages go back to the OS once its copy is made, where they are mapped from the
-    checkpoint file (medrl.utils.pages): autocast never reads them again.
+    next: each weight is cast once per run rather than once per phase, and cast again if it
+    changed in place (its version counter), was re-pointed (`.data = ...`, `.to()`) or another
+    dtype is asked for. An in-place change made through `.data` (``w.data += x``) moves neither,
+    so it is not seen: medrl changes no frozen weight that way, and peft's merge_adapter, which
+    does, marks its layers merged, and autocast_weights then casts afresh.
+
+    With `release_sources`, a weight's float32 pages go back to the OS once its copy is made,
+    where they are mapped from the checkpoint file (medrl.utils.pages): autocast never reads them
+    again. Only those copies are kept then; a weight held in memory (e.g. a reference model
+    copied in the process) is cast per block as before, so that its copy does not stay alive
+    between phases (sampling) without any saving to show for it.
 
     A copy lives as long as its source: every `cast` first forgets the copies of weights that
     no longer exist."""
@@ -166,17 +178,28 @@ class CastCopies:
         copies, made = [], []
         for weight in weights:
             kept = self._copies.get(id(weight))
-            fresh = kept is not None and kept.source() is weight
-            if fresh and kept.version == weight._version and kept.copy.dtype == dtype:
+            if kept is not None and self._current(kept, weight, dtype):
                 copies.append(kept.copy)
                 continue
             copy = weight.detach().to(dtype)
-            self._copies[id(weight)] = _CastCopy(weakref.ref(weight), weight._version, copy)
+            entry = _CastCopy(weakref.ref(weight), weight._version, _where(weight), copy)
+            self._copies[id(weight)] = entry
             copies.append(copy)
             made.append(weight)
         if self.release_sources and made:
-            release_file_pages(made)
+            for weight, released in zip(made, release_file_pages(made), strict=True):
+                if not released:  # in memory: nothing saved by keeping its copy
+                    del self._copies[id(weight)]
         return copies
+
+    @staticmethod
+    def _current(kept: _CastCopy, weight: torch.Tensor, dtype: torch.dtype) -> bool:
+        return (
+            kept.source() is weight
+            and kept.version == weight._version
+            and kept.where == _where(weight)
+            and kept.copy.dtype == dtype
+        )
 
     def _drop_orphans(self) -> None:
         """Forget the copies whose source no longer exists (e.g. a rollout's merged weights)."""
@@ -212,6 +235,8 @@ def autocast_weights(
         and module.weight.dtype != dtype
     ]
     weights = [module.weight for module in frozen]
+    if any(layer.merged for layer in lora_layers(model)):  # peft merged into the weights' .data
+        copies = None
     if copies is None:
         cast = [weight.detach().to(dtype) for weight in weights]
     else:

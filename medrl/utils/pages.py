@@ -4,14 +4,18 @@ transformers loads safetensors checkpoints as memory maps: a weight's pages are 
 file when first touched and then count in the process's resident memory for as long as the
 kernel keeps them. Where a phase never reads a weight (float32 weights that autocast only ever
 uses through a bfloat16 copy), `release_file_pages` asks the kernel to reclaim those pages
-(Linux's madvise MADV_PAGEOUT). The values do not change: a clean page of a file mapping is read
-again from the file (or the page cache) when next touched. Only whole pages inside a tensor's
-bytes that lie in a file-backed mapping are advised: anonymous memory (a tensor computed or
-copied in memory, a page already written to) is left alone, so nothing is ever swapped out and
-no write can be lost. As for any memory-mapped load, the file must not be rewritten in place
+(Linux's madvise MADV_PAGEOUT). The values do not change: MADV_PAGEOUT never discards data. A
+clean page of the file is simply read again from the file (or the page cache) when next
+touched; a page the process wrote to (copy-on-write, so anonymous memory inside the file's
+mapping) stays resident, or is swapped out where the system has swap, and comes back intact.
+
+Only whole pages inside a tensor's bytes, within a mapping of a regular file, are advised:
+tensors in anonymous memory (computed or copied in the process) are left alone, and so are
+shared-memory files (/dev/shm, memfd, System V), whose pages would leave the process's count
+without leaving memory. As for any memory-mapped load, the file must not be rewritten in place
 while the run lasts (medrl's converted checkpoints are written to a new folder and renamed into
-place, never rewritten). Measured on the bench's SmolLM2-135M (a 540 MB float32 checkpoint, AMD
-EPYC Zen 5): resident memory 1208 -> 695 MiB after releasing every weight, identical values
+place, never rewritten). Measured on the bench's SmolLM2-135M (a 540 MB float32 checkpoint,
+AMD EPYC Zen 5): resident memory 1208 -> 695 MiB after releasing every weight, identical values
 read back afterwards.
 """
 
@@ -45,15 +49,22 @@ def _madvise():
     return madvise
 
 
+# Paths of shared-memory mappings: their pages stay in memory when a process lets them go.
+SHARED_MEMORY_PREFIXES = ("/dev/shm/", "/run/shm/", "/memfd:", "/SYSV")
+
+
 def file_mappings() -> list[tuple[int, int]]:
     """[(start, end)] of this process's mappings of regular files, sorted (from
-    /proc/self/maps: a mapping with an inode; anonymous memory, the heap and stacks have none)."""
+    /proc/self/maps: a mapping with an inode and a path; anonymous memory, the heap and stacks
+    have none), shared-memory files left out."""
     ranges = []
     with open("/proc/self/maps") as maps:
         for line in maps:
             fields = line.split()
             # address perms offset device inode [path]
             if len(fields) < 6 or fields[4] == "0" or not fields[5].startswith("/"):
+                continue
+            if fields[5].startswith(SHARED_MEMORY_PREFIXES):
                 continue
             start, end = (int(part, 16) for part in fields[0].split("-"))
             ranges.append((start, end))
@@ -66,28 +77,39 @@ def _inside(ranges: list[tuple[int, int]], start: int, end: int) -> bool:
     return index >= 0 and ranges[index][0] <= start and end <= ranges[index][1]
 
 
-def release_file_pages(tensors: Iterable[torch.Tensor]) -> int:
+def release_file_pages(tensors: Iterable[torch.Tensor]) -> list[int]:
     """Ask the kernel to reclaim the whole pages of each contiguous CPU tensor's bytes that a
-    file mapping holds; returns the bytes advised (0 where nothing is file-backed or the system
-    cannot). A page shared with a neighbouring tensor is left resident."""
+    regular file's mapping holds; returns the bytes advised per tensor, in order (0 where it is
+    not file-backed, spans less than a page, or the system cannot). A page shared with a
+    neighbouring tensor is left resident."""
+    tensors = list(tensors)
     madvise = _madvise()
     if madvise is None:
-        return 0
+        return [0] * len(tensors)
     ranges = None
     page = mmap.PAGESIZE
-    advised = 0
+    advised = []
     for tensor in tensors:
-        if tensor.device.type != "cpu" or tensor.layout != torch.strided:
-            continue
-        if not tensor.is_contiguous():  # its bytes are not one range
-            continue
-        first = tensor.data_ptr()
-        last = first + tensor.numel() * tensor.element_size()
-        start, end = -(-first // page) * page, last // page * page  # whole pages only
-        if end <= start:
-            continue
-        if ranges is None:
+        start, end = _whole_pages(tensor, page)
+        if end > start and ranges is None:
             ranges = file_mappings()
-        if _inside(ranges, start, end) and madvise(start, end - start, MADV_PAGEOUT) == 0:
-            advised += end - start
+        if (
+            end > start
+            and _inside(ranges, start, end)
+            and madvise(start, end - start, MADV_PAGEOUT) == 0
+        ):
+            advised.append(end - start)
+        else:
+            advised.append(0)
     return advised
+
+
+def _whole_pages(tensor: torch.Tensor, page: int) -> tuple[int, int]:
+    """[start, end) of the whole pages inside a contiguous CPU tensor's bytes (empty: (0, 0))."""
+    if tensor.device.type != "cpu" or tensor.layout != torch.strided:
+        return 0, 0
+    if not tensor.is_contiguous():  # its bytes are not one range
+        return 0, 0
+    first = tensor.data_ptr()
+    last = first + tensor.numel() * tensor.element_size()
+    return -(-first // page) * page, last // page * page

@@ -211,29 +211,54 @@ def test_merged_sampling_equals_unmerged_sampling_greedy(tiny_policy, lora_polic
     assert torch.equal(ours.completion_ids, plain.completion_ids)
 
 
-def test_bf16_sampling_with_kept_copies_and_released_sources_samples_the_same(
-    tiny_policy, lora_policy
+@pytest.fixture
+def mapped_lora_policy(tiny_spec):
+    """The tiny model loaded as a run loads it (weights memory-mapped from its checkpoint) under
+    a LoRA adapter with random B, so sampling's merge changes the weights."""
+    from medrl.models import LoraAdapter, load_policy
+
+    adapter = LoraAdapter(
+        r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"], bias="none"
+    )
+    policy = load_policy(tiny_spec, adapter)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in policy.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.02)
+    return policy
+
+
+def test_bf16_sampling_and_passes_with_kept_copies_and_released_sources_compute_the_same(
+    mapped_lora_policy,
 ):
-    """Under autocast the engine keeps the frozen weights' copies across rollouts, merges LoRA
-    straight into bfloat16 and releases the float32 sources' pages: the same samples, twice,
-    as casting everything afresh for each rollout; the model keeps its own weights."""
-    tok = tiny_policy.tokenizer
-    objects = dict(lora_policy.named_parameters())
+    """Under autocast the engine keeps the frozen weights' copies across phases, merges LoRA
+    straight into bfloat16 and releases the float32 sources' pages: the same samples, twice, and
+    the same log-probs as casting everything afresh in every phase; the model keeps its own
+    weights."""
+    model, tok = mapped_lora_policy.model, mapped_lora_policy.tokenizer
+    objects = dict(model.named_parameters())
     fresh = RolloutEngine(
         EngineSettings(keep_cast_weights=False, release_cast_sources=False), "cpu"
     )
     kept = RolloutEngine(EngineSettings(), "cpu")
     assert kept.cast_copies is not None and fresh.cast_copies is None
-    runs = {}
+    rollouts, logps = {}, {}
     with torch.autocast("cpu", dtype=torch.bfloat16):
         for name, engine in (("fresh", fresh), ("kept", kept), ("kept again", kept)):
-            runs[name] = generate(
-                lora_policy, tok, PROMPTS, SAMPLE, num_samples=2, generator_seed=3, engine=engine
+            rollouts[name] = generate(
+                model, tok, PROMPTS, SAMPLE, num_samples=2, generator_seed=3, engine=engine
             )
+            with torch.no_grad(), engine.passes(model):
+                logps[name] = engine.logprobs(
+                    model, rollouts["fresh"], slice(None), temperature=1.0
+                )
+    # Copies are kept only for weights whose pages were released (mapped from the file).
     assert len(kept.cast_copies) > 0
     for name in ("kept", "kept again"):
-        assert torch.equal(runs[name].completion_ids, runs["fresh"].completion_ids), name
-    for name, param in lora_policy.named_parameters():
+        assert torch.equal(rollouts[name].completion_ids, rollouts["fresh"].completion_ids), name
+        assert torch.equal(logps[name], logps["fresh"]), name
+    for name, param in model.named_parameters():
         assert param is objects[name] and param.dtype == torch.float32, name
 
 

@@ -215,11 +215,20 @@ def frozen_weights(model):
 
 @pytest.fixture
 def released(monkeypatch):
-    """The weights handed to release_file_pages, call by call."""
-    calls = []
-    monkeypatch.setattr(
-        merged_adapter, "release_file_pages", lambda tensors: calls.append(list(tensors)) or 0
-    )
+    """The weights handed to release_file_pages, call by call; each counts as file-backed
+    (one page released) unless its id is in `released.in_memory`."""
+
+    class Calls(list):
+        in_memory: set[int] = set()
+
+    calls = Calls()
+
+    def release(tensors):
+        tensors = list(tensors)
+        calls.append(tensors)
+        return [0 if id(t) in calls.in_memory else 4096 for t in tensors]
+
+    monkeypatch.setattr(merged_adapter, "release_file_pages", release)
     return calls
 
 
@@ -282,5 +291,41 @@ def test_lora_merged_into_autocast_dtype_is_the_merged_weight_cast(
     for name in adapted:
         assert torch.equal(bf16[name], float32[name].bfloat16()), name
     bases = [layer.get_base_layer().weight for layer in merged_adapter.lora_layers(lora_model)]
-    assert len(released) == 1 and [w is b for w, b in zip(released[0], bases, strict=True)]
+    assert len(released) == 1 and all(w is b for w, b in zip(released[0], bases, strict=True))
     assert all(w.dtype == torch.float32 for w in frozen_weights(lora_model).values())
+
+
+def test_a_re_pointed_weight_is_cast_again():
+    weight = torch.zeros(4, 4)
+    copies = CastCopies()
+    [first] = copies.cast([weight], torch.bfloat16)
+    weight.data = torch.full((4, 4), 5.0)  # same object and version, other storage
+    [second] = copies.cast([weight], torch.bfloat16)
+    assert torch.equal(first, torch.zeros(4, 4, dtype=torch.bfloat16))
+    assert torch.equal(second, torch.full((4, 4), 5.0, dtype=torch.bfloat16))
+
+
+def test_released_sources_keep_only_the_copies_of_file_backed_weights(released):
+    mapped, in_memory = torch.randn(4, 4), torch.randn(4, 4)
+    released.in_memory.add(id(in_memory))
+    copies = CastCopies(release_sources=True)
+    first = copies.cast([mapped, in_memory], torch.bfloat16)
+    second = copies.cast([mapped, in_memory], torch.bfloat16)
+    assert len(copies) == 1
+    assert second[0] is first[0], "the file-backed weight's copy is kept"
+    assert second[1] is not first[1] and torch.equal(second[1], first[1]), "cast per block"
+
+
+def test_a_model_with_peft_merged_layers_is_cast_afresh(tiny_policy, lora_model):
+    """peft's merge_adapter adds into the weights' .data, which no version counter sees."""
+    copies = CastCopies()
+    lora_model.merge_adapter()
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16), autocast_weights(lora_model, CPU, copies):
+            cast = frozen_weights(lora_model)
+        assert len(copies) == 0
+        bases = {n: w for n, w in frozen_weights(lora_model).items()}
+        for name, weight in cast.items():
+            assert torch.equal(weight, bases[name].bfloat16()), name
+    finally:
+        lora_model.unmerge_adapter()

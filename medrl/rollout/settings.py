@@ -133,7 +133,8 @@ class EngineSettings(SettingsBlock):
     keep_cast_weights: on a CPU under autocast (bf16-mixed), frozen Linear weights are cast to
                    bfloat16 once per run and the copies kept (medrl.rollout.merged_adapter
                    .CastCopies), instead of once per sampling or log-prob phase; cast again if
-                   a weight changes in place. Same numbers.
+                   a weight changes in place or is re-pointed. With release_cast_sources, only
+                   the copies of weights mapped from the checkpoint file are kept. Same numbers.
     release_cast_sources: with keep_cast_weights, the float32 originals, which autocast never
                    reads once their copy exists, give their resident pages back to the OS where
                    they are mapped from the checkpoint file (medrl.utils.pages: madvise; the

@@ -20,12 +20,15 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 log = logging.getLogger(__name__)
+
+Decision = TypeVar("Decision")
 
 
 def machine_kind(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
@@ -77,3 +80,21 @@ class DecisionStore:
         except (OSError, ValueError) as error:
             log.warning("kernel decisions in %s unreadable (%s): timing again", self.path, error)
             return {}
+
+
+def stored_or_measured(
+    parts: tuple,
+    measure: Callable[[], Decision],
+    encode: Callable[[Decision], Any],
+    decode: Callable[[Any], Decision],
+) -> Decision:
+    """The decision named by `parts` from this machine kind's store (decoded), or else
+    `measure()`, stored (encoded) for the next process: the one path of every `auto` chooser."""
+    store = DecisionStore(default_store_path())
+    key = store.key(*parts)
+    stored = store.get(key)
+    if stored is not None:
+        return decode(stored)
+    decision = measure()
+    store.put(key, encode(decision))
+    return decision

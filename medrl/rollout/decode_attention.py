@@ -37,6 +37,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from medrl.rollout.decision_store import stored_or_measured
+
 NAME = "medrl_decode"
 TIMING_LENGTH = 256  # cached positions of the timed step: a prompt plus a completion's order
 TIMING_REPEATS = 5
@@ -221,17 +223,18 @@ class DecodeAttentionChooser:
 
     def _decide(self, key, rows, shape, dtype) -> DecodeAttentionTiming:
         """The stored decision for `key` on this machine kind, else a new timing (stored)."""
-        from medrl.rollout.decision_store import DecisionStore, default_store_path
 
-        store = DecisionStore(default_store_path()) if self.persist else None
-        name = store.key("decode_attention", *map(str, key)) if store else ""
-        stored = store.get(name) if store else None
-        if stored is not None:
-            return DecodeAttentionTiming(**{**stored, "stored": True})
-        timing = time_decode_attention(rows, *shape, dtype)
-        if store:
-            store.put(name, {k: v for k, v in asdict(timing).items() if k != "stored"})
-        return timing
+        def measure() -> DecodeAttentionTiming:
+            return time_decode_attention(rows, *shape, dtype)
+
+        if not self.persist:
+            return measure()
+        return stored_or_measured(
+            ("decode_attention", *map(str, key)),
+            measure,
+            lambda timing: {k: v for k, v in asdict(timing).items() if k != "stored"},
+            lambda stored: DecodeAttentionTiming(**{**stored, "stored": True}),
+        )
 
 
 # One per process, its decisions stored per machine kind, as medrl.rollout.kernel_choice.CHOOSER.

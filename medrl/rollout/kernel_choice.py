@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from medrl.rollout.decision_store import DecisionStore, default_store_path
+from medrl.rollout.decision_store import stored_or_measured
 from medrl.rollout.onednn_linear import (
     _matmul,
     onednn_linear_supported,
@@ -191,12 +191,6 @@ class LinearChooser:
     def __init__(self, persist: bool = False) -> None:
         self.decisions: dict[tuple, LinearTiming] = {}
         self.persist = persist  # keep decisions per machine kind (medrl.rollout.decision_store)
-        self._store: DecisionStore | None = None
-
-    def store(self) -> DecisionStore | None:
-        if self.persist and self._store is None:
-            self._store = DecisionStore(default_store_path())
-        return self._store
 
     def onednn_shapes(
         self, model: nn.Module, phase: str, rows: int, prepack_sampling: bool = False
@@ -222,18 +216,18 @@ class LinearChooser:
 
     def _decide(self, key, weights, phase, rows, prepack_sampling) -> LinearTiming:
         """The stored decision for `key` on this machine kind, else a new timing (stored)."""
-        store = self.store()
-        stored = store.get(store.key("linear", *key)) if store else None
-        if stored is not None:
-            return LinearTiming.from_json(stored)
         sampling = phase == "sampling"
         prepack = sampling and prepack_sampling and prepacking_supported()
-        timing = LinearTiming(
-            phase, rows, time_linears(weights, rows, backward=not sampling, prepack=prepack)
+
+        def measure() -> LinearTiming:
+            shapes = time_linears(weights, rows, backward=not sampling, prepack=prepack)
+            return LinearTiming(phase, rows, shapes)
+
+        if not self.persist:
+            return measure()
+        return stored_or_measured(
+            ("linear", *key), measure, LinearTiming.to_json, LinearTiming.from_json
         )
-        if store:
-            store.put(store.key("linear", *key), timing.to_json())
-        return timing
 
 
 # One per process: every engine (the SFT and GRPO stages', evaluation's) shares its decisions,

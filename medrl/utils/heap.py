@@ -13,21 +13,15 @@ price is time: the released pages are faulted in (and zeroed) again by the next 
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
+
+from medrl.utils.libc import c_function
 
 
 @functools.cache
 def _malloc_trim():
     """glibc's malloc_trim, or None where the C library has none (macOS, musl)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        return ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):
-        return None
+    return c_function("malloc_trim")
 
 
 def release_free_heap() -> bool:

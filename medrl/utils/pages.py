@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import bisect
 import ctypes
-import ctypes.util
 import functools
 import mmap
 import sys
@@ -31,21 +30,18 @@ from collections.abc import Iterable
 
 import torch
 
+from medrl.utils.libc import c_function
+
 MADV_PAGEOUT = 21  # linux/mman.h, Linux 5.4 and later
 
 
 @functools.cache
 def _madvise():
     """libc's madvise, or None where pages cannot be released this way (not Linux)."""
-    name = ctypes.util.find_library("c")
-    if not sys.platform.startswith("linux") or name is None:
-        return None
-    try:
-        madvise = ctypes.CDLL(name, use_errno=True).madvise
-    except (OSError, AttributeError):
-        return None
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    madvise.restype = ctypes.c_int
+    madvise = c_function("madvise") if sys.platform.startswith("linux") else None
+    if madvise is not None:
+        madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        madvise.restype = ctypes.c_int
     return madvise
 
 
@@ -91,16 +87,12 @@ def release_file_pages(tensors: Iterable[torch.Tensor]) -> list[int]:
     advised = []
     for tensor in tensors:
         start, end = _whole_pages(tensor, page)
-        if end > start and ranges is None:
-            ranges = file_mappings()
-        if (
-            end > start
-            and _inside(ranges, start, end)
-            and madvise(start, end - start, MADV_PAGEOUT) == 0
-        ):
-            advised.append(end - start)
-        else:
-            advised.append(0)
+        released = 0
+        if end > start:
+            ranges = file_mappings() if ranges is None else ranges  # read once per call
+            if _inside(ranges, start, end) and madvise(start, end - start, MADV_PAGEOUT) == 0:
+                released = end - start
+        advised.append(released)
     return advised
 
 

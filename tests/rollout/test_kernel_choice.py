@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from medrl.rollout import EngineSettings, RolloutEngine, kernel_choice
+from medrl.rollout.decision_store import default_store_path
 from medrl.rollout.onednn_linear import onednn_linear_supported
 
 pytestmark = pytest.mark.skipif(
@@ -161,7 +162,7 @@ def test_a_decision_is_stored_per_machine_kind_and_reused_by_the_next_process(
 def test_an_unreadable_store_means_timing_again(monkeypatch, tmp_path):
     monkeypatch.setenv("MEDRL_CACHE_DIR", str(tmp_path))
     chooser = kernel_choice.LinearChooser(persist=True)
-    path = chooser.store().path
+    path = default_store_path()
     path.parent.mkdir(parents=True)
     path.write_text("{not json")
     timed = []
